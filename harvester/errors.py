@@ -1,0 +1,82 @@
+"""The harvester's exceptions: one root, a few branches.
+
+Foreign exceptions (aiohttp, sqlite3, OSError) are translated into these at the edge,
+so that the scheduler never sees a library's types.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class HarvesterError(Exception):
+    """Root of everything the harvester raises on purpose."""
+
+
+class ConfigError(HarvesterError):
+    """Bad configuration or command line; the message names the culprit. Exit code 2."""
+
+
+class StoreError(HarvesterError):
+    """The state store could not be read or written."""
+
+
+class CloverError(HarvesterError):
+    """Clover answered something other than what we asked for."""
+
+
+class CloverUnavailable(CloverError):
+    """A transient failure: connection error, timeout, 5xx. Worth retrying with backoff."""
+
+
+class WindowClosed(CloverUnavailable):
+    """A 503 that speaks of available hours: the export window is closed."""
+
+    def __init__(self, message: str, reopens_at: datetime | None = None) -> None:
+        super().__init__(message)
+        self.reopens_at = reopens_at
+
+
+class ServerBusy(CloverUnavailable):
+    """A 503 while the window is open: the server runs as many exports as it can."""
+
+
+class RateLimited(CloverError):
+    """A 429. `scope` is "token" (this merchant's token) or "app" (every token on the host)."""
+
+    def __init__(self, message: str, scope: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.retry_after_s = retry_after_s
+
+
+class CloverRefused(CloverError):
+    """Clover refused the request in a way that retrying will not fix."""
+
+
+class PermissionMissing(CloverRefused):
+    """403 on creating an export: the app lacks Clover's export permission for the merchant."""
+
+
+class TokenRejected(CloverRefused):
+    """401: the access token is not (or no longer) accepted."""
+
+
+class ExportNotFound(CloverRefused):
+    """404 on an export id: the server no longer knows it."""
+
+
+class ExportFailed(HarvesterError):
+    """An export ended without usable files: an unknown status, DONE without URLs, a stall."""
+
+
+class DownloadError(HarvesterError):
+    """A file could not be downloaded intact."""
+
+
+class BadFile(DownloadError):
+    """The body was truncated, not JSON, or broke the 1000-object rule: download it again."""
+
+
+class FileExpired(DownloadError):
+    """The file host answered 403/404/410, or availableUntil has passed: export again."""
