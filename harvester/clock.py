@@ -6,8 +6,9 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -93,3 +94,22 @@ class FakeClock:
                 return
             self._elapsed = max(self._elapsed, self._sleepers[0][0])
             self._wake_due()
+
+
+async def wait_first(*waits: Coroutine[Any, Any, object]) -> None:
+    """Wait until the first of these coroutines finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def nap(clock: Clock, seconds: float, stop: asyncio.Event) -> bool:
+    """Sleep on `clock` unless `stop` is set first. True if the nap ran its course."""
+    if stop.is_set():
+        return False
+    await wait_first(clock.sleep(seconds), stop.wait())
+    return not stop.is_set()

@@ -1,0 +1,227 @@
+"""The command line: parse words, load the config, run a command, map the outcome to an exit code.
+
+Exit codes: 0 all requested work done; 1 it ran but some work failed; 2 usage or
+configuration error (found before anything is created or written); 130 / 143 stopped by
+SIGINT / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from harvester import commands
+from harvester.chunks import ExportType, TimeRange, parse_instant
+from harvester.clock import Clock, SystemClock
+from harvester.config import Config, load_config
+from harvester.errors import ConfigError, HarvesterError
+from harvester.logs import configure_logging, get_logger
+from harvester.planning import Selection, select
+from harvester.simulator import command as simulator_command
+from harvester.status import build_status, render_status, status_as_json
+from harvester.store import read_snapshot
+from harvester.summary import Summary
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"harvester: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="JSON lines, console lines, or auto: console on a terminal, JSON elsewhere",
+    )
+    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    with_config = _Parser(add_help=False, parents=[common])
+    with_config.add_argument("--config", required=True, type=Path, help="the YAML config file")
+
+    selecting = _Parser(add_help=False, parents=[with_config])
+    selecting.add_argument(
+        "--merchant", action="append", default=[], metavar="ID", help="only this merchant (repeat)"
+    )
+    selecting.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        type=str.upper,
+        choices=[str(t) for t in ExportType],
+        help="only this type (repeat)",
+    )
+
+    ranged = _Parser(add_help=False, parents=[selecting])
+    ranged.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        metavar="DATE",
+        help="YYYY-MM-DD (midnight UTC) or an ISO-8601 instant with offset",
+    )
+    ranged.add_argument(
+        "--to", dest="end", required=True, metavar="DATE", help="exclusive; same forms as --from"
+    )
+
+    parser = _Parser(
+        prog="harvester",
+        description="Harvest Clover orders and payments through the bulk Export API.",
+    )
+    words = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    words.add_parser("backfill", parents=[ranged], help="harvest a date range")
+    words.add_parser("plan", parents=[ranged], help="print the exports backfill would make")
+    words.add_parser("run", parents=[selecting], help="the nightly job: up to today, then lookback")
+    status = words.add_parser("status", parents=[with_config], help="what the state store says")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    words.add_parser("check-config", parents=[with_config], help="validate the config and exit")
+    simulate = words.add_parser("simulate", parents=[common], help="run the built-in simulator")
+    simulator_command.add_arguments(simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
+    args = _parser().parse_args(argv)
+    clock = clock or SystemClock()
+    try:
+        if args.command == "simulate":
+            configure_logging(args.log_format, args.log_level or "info")
+            return _simulate(args, clock)
+        config = load_config(args.config)
+        configure_logging(args.log_format, args.log_level or config.log_level)
+        if args.command == "check-config":
+            print(f"{args.config}: ok ({len(config.merchants)} merchants)")
+            return EXIT_OK
+        if args.command == "status":
+            return _status(config, as_json=args.json)
+        selections = select(config, args.merchant, [ExportType(t) for t in args.type])
+        if args.command == "run":
+            commands.check_nightly_starts(config, selections)
+            return _supervise(
+                lambda stop: _report(commands.nightly(config, selections, clock, stop)),
+                config,
+                clock,
+            )
+        requested = _requested(args)
+        if args.command == "plan":
+            return _plan(config, selections, requested)
+        return _supervise(
+            lambda stop: _report(commands.backfill(config, selections, requested, clock, stop)),
+            config,
+            clock,
+        )
+    except ConfigError as exc:
+        print(f"harvester: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HarvesterError as exc:
+        print(f"harvester: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _requested(args: argparse.Namespace) -> TimeRange:
+    start = parse_instant(args.start, "--from")
+    end = parse_instant(args.end, "--to")
+    if start >= end:
+        raise ConfigError(f"--from ({args.start}) must be before --to ({args.end})")
+    return TimeRange(start, end)
+
+
+def _plan(config: Config, selections: Sequence[Selection], requested: TimeRange) -> int:
+    planned = commands.plan_backfill(config, selections, requested)
+    for chunk in planned:
+        note = "  (resume)" if chunk.resume else ""
+        print(f"{chunk.merchant_id}  {chunk.type}  {chunk.range}{note}")
+    print(f"{len(planned)} exports")
+    return EXIT_OK
+
+
+def _status(config: Config, *, as_json: bool) -> int:
+    rows = build_status(config, read_snapshot(config.state_path))
+    if as_json:
+        print(json.dumps(status_as_json(rows), indent=2))
+    else:
+        print(render_status(rows))
+    return EXIT_OK
+
+
+async def _report(summary_coroutine: Awaitable[Summary]) -> int:
+    summary = await summary_coroutine
+    print(summary.render(), flush=True)
+    return summary.exit_code
+
+
+def _supervise(
+    work: Callable[[asyncio.Event], Awaitable[int]], config: Config, clock: Clock
+) -> int:
+    return asyncio.run(_run_until_signal(work, config.timing.shutdown_grace_s, clock))
+
+
+async def _run_until_signal(
+    work: Callable[[asyncio.Event], Awaitable[int]], grace_s: float, clock: Clock
+) -> int:
+    """Run `work`; on SIGINT/SIGTERM ask it to stop, give it `grace_s`, then cancel it."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[int] = []
+    task = asyncio.ensure_future(work(stop))
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            get_logger().warning(
+                "run.stopping", signal=signal.Signals(signum).name, grace_s=grace_s
+            )
+            stop.set()
+        else:
+            task.cancel()  # a second signal: stop now
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not task.done():
+            grace = asyncio.ensure_future(clock.sleep(grace_s))
+            await asyncio.wait((task, grace), return_when=asyncio.FIRST_COMPLETED)
+            grace.cancel()
+            if not task.done():
+                get_logger().warning("run.abandoned", reason="shutdown grace ran out")
+                task.cancel()
+        try:
+            code = await task
+        except asyncio.CancelledError:
+            code = EXIT_FAILED
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 128 + received[0] if received else code
+
+
+def _simulate(args: argparse.Namespace, clock: Clock) -> int:
+    try:
+        settings, faults = simulator_command.settings_from_args(args)
+    except ValueError as exc:
+        print(f"harvester simulate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def serve(stop: asyncio.Event) -> int:
+        await simulator_command.serve(
+            settings, faults, args.host, args.port, args.file_port, stop, clock
+        )
+        return EXIT_OK
+
+    asyncio.run(_run_until_signal(serve, 5.0, clock))
+    return EXIT_OK

@@ -1,0 +1,297 @@
+"""Clover's Export API over HTTP. The only module that uses aiohttp's client.
+
+Each call here makes exactly one request and translates every answer that is not a success
+into the harvester's error family; retry policy lives with the callers. The bearer token is
+sent to the region's API host only: file downloads carry no credentials at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+
+from harvester.chunks import ExportType, TimeRange
+from harvester.errors import (
+    BadFile,
+    CloverError,
+    CloverRefused,
+    CloverUnavailable,
+    ExportNotFound,
+    FileExpired,
+    PermissionMissing,
+    RateLimited,
+    TokenRejected,
+)
+from harvester.output import PartWriter
+from harvester.ratelimit import RequestLimiter, scope_of_header
+
+DOWNLOAD_PIECE_BYTES = 64 * 1024
+_BODY_IN_ERRORS = 200  # characters of a server's answer quoted in an error message
+
+
+class ExportStatus(StrEnum):
+    PENDING = "PENDING"  # queued behind other exports
+    IN_PROGRESS = "IN_PROGRESS"
+    DONE = "DONE"  # files are listed in exportUrls
+
+
+@dataclass(frozen=True, slots=True)
+class ExportInfo:
+    """What Clover says about one export."""
+
+    id: str
+    status: str
+    percent: float
+    available_until: datetime | None
+    urls: tuple[str, ...] | None  # None: the answer had no exportUrls
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """A refresh answer. The tokens stay out of reprs."""
+
+    access_token: str = field(repr=False)
+    access_expires_at: datetime | None
+    refresh_token: str = field(repr=False)
+    refresh_expires_at: datetime | None
+
+
+def _instant(value: Any, unit_s: float) -> datetime | None:
+    """An epoch number (in units of `unit_s` seconds), numeric string or ISO text; else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(value * unit_s, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _epoch_ms(value: Any) -> datetime | None:
+    # The sheet says "probably epoch ms"; a ten-digit number can only be seconds.
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 10**11:
+        return _instant(value, 1.0)
+    return _instant(value, 0.001)
+
+
+def parse_export(body: Any) -> ExportInfo:
+    """Read an export object defensively; raise CloverError if it has no usable id or status."""
+    if not isinstance(body, Mapping):
+        raise CloverError(f"export answer is not a JSON object: {str(body)[:_BODY_IN_ERRORS]}")
+    export_id = body.get("id")
+    status = body.get("status")
+    if not isinstance(export_id, str) or not export_id:
+        raise CloverError("export answer has no id")
+    if not isinstance(status, str):
+        raise CloverError(f"export {export_id}: answer has no status")
+    try:
+        percent = float(body.get("percentComplete") or 0)
+    except (TypeError, ValueError):
+        percent = 0.0
+    urls: tuple[str, ...] | None = None
+    export_urls = body.get("exportUrls")
+    if isinstance(export_urls, Mapping) and isinstance(export_urls.get("elements"), list):
+        found = [item.get("url") for item in export_urls["elements"] if isinstance(item, Mapping)]
+        if len(found) != len(export_urls["elements"]) or not all(
+            isinstance(url, str) and url for url in found
+        ):
+            raise CloverError(f"export {export_id}: exportUrls has an element without a url")
+        urls = tuple(str(url) for url in found)
+    return ExportInfo(
+        id=export_id,
+        status=status,
+        percent=max(0.0, min(100.0, percent)),
+        available_until=_epoch_ms(body.get("availableUntil")),
+        urls=urls,
+    )
+
+
+def parse_grant(body: Any) -> TokenGrant:
+    if not isinstance(body, Mapping):
+        raise CloverError("token refresh answer is not a JSON object")
+    access, refresh = body.get("access_token"), body.get("refresh_token")
+    if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh:
+        raise CloverError("token refresh answer lacks access_token or refresh_token")
+    return TokenGrant(
+        access_token=access,
+        access_expires_at=_instant(body.get("access_token_expiration"), 1.0),
+        refresh_token=refresh,
+        refresh_expires_at=_instant(body.get("refresh_token_expiration"), 1.0),
+    )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return max(0.0, float(headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    text: str
+
+    def json(self, what: str) -> Any:
+        try:
+            return json.loads(self.text)
+        except ValueError as exc:
+            raise CloverUnavailable(f"{what}: answer is not JSON: {self.text[:80]!r}") from exc
+
+
+# What a 503 on creating an export means (window closed or server full) depends on the body
+# and on the window table, so the caller supplies the judgement.
+Classify503 = Callable[[str], CloverError]
+
+
+class CloverApi:
+    """One Clover API host. One request per call, no retries."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        limiter: RequestLimiter,
+        request_timeout_s: float,
+        classify_503: Classify503,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url
+        self._limiter = limiter
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._classify_503 = classify_503
+
+    async def create_export(
+        self, merchant_id: str, token: str, export_type: ExportType, span: TimeRange
+    ) -> ExportInfo:
+        """POST an export of [start, end): Clover gets endTime = end - 1 ms (half-open)."""
+        what = f"create {export_type} export {span}"
+        answer = await self._request(
+            "POST",
+            f"/v3/merchants/{merchant_id}/exports",
+            merchant_id,
+            token,
+            {"type": str(export_type), "startTime": span.start_ms, "endTime": span.end_ms - 1},
+        )
+        if answer.status == 403:
+            raise PermissionMissing(
+                f"export permission missing: Clover answered 403 to {what} "
+                f"({answer.text[:_BODY_IN_ERRORS]})"
+            )
+        if answer.status == 503:
+            raise self._classify_503(answer.text)
+        self._raise_for_status(answer, what)
+        return parse_export(answer.json(what))
+
+    async def get_export(self, merchant_id: str, token: str, export_id: str) -> ExportInfo:
+        what = f"poll export {export_id}"
+        answer = await self._request(
+            "GET", f"/v3/merchants/{merchant_id}/exports/{export_id}", merchant_id, token, None
+        )
+        if answer.status == 404:
+            raise ExportNotFound(f"Clover no longer knows export {export_id} (404)")
+        self._raise_for_status(answer, what)
+        info = parse_export(answer.json(what))
+        if info.id != export_id:
+            raise CloverError(f"asked for export {export_id}, Clover answered about {info.id}")
+        return info
+
+    async def refresh(self, merchant_id: str, client_id: str, refresh_token: str) -> TokenGrant:
+        what = "refresh the access token"
+        answer = await self._request(
+            "POST",
+            "/oauth/v2/refresh",
+            merchant_id,
+            None,
+            {"client_id": client_id, "refresh_token": refresh_token},
+        )
+        if answer.status in (400, 401, 403):
+            raise TokenRejected(f"refresh token rejected ({answer.status})")
+        self._raise_for_status(answer, what)
+        return parse_grant(answer.json(what))
+
+    async def _request(
+        self, method: str, path: str, merchant_id: str, token: str | None, body: Any
+    ) -> _Answer:
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            async with (
+                self._limiter.request(merchant_id),
+                self._session.request(
+                    method,
+                    self._base_url + path,
+                    json=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    # A redirect could carry the bearer token to another host: refuse them.
+                    allow_redirects=False,
+                ) as response,
+            ):
+                text = await response.text(errors="replace")
+                return _Answer(response.status, dict(response.headers), text)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CloverUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+
+    def _raise_for_status(self, answer: _Answer, what: str) -> None:
+        if answer.status < 300:
+            return
+        quoted = answer.text[:_BODY_IN_ERRORS]
+        if answer.status == 429:
+            raise RateLimited(
+                f"{what}: rate limited (429)",
+                scope=str(scope_of_header(answer.headers)),
+                retry_after_s=_retry_after(answer.headers),
+            )
+        if answer.status == 401:
+            raise TokenRejected(f"{what}: token rejected (401)")
+        if answer.status >= 500:
+            raise CloverUnavailable(f"{what}: Clover answered {answer.status} {quoted}")
+        raise CloverRefused(f"{what}: Clover answered {answer.status} {quoted}")
+
+
+async def download_file(
+    session: aiohttp.ClientSession, url: str, writer: PartWriter, stall_timeout_s: float
+) -> int | None:
+    """Stream one export file into `writer`; return the announced Content-Length.
+
+    No credentials: export file URLs are pre-signed and may be on another host.
+    """
+    # A slow but moving body is fine; a body that stops moving is not.
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=stall_timeout_s, sock_read=stall_timeout_s
+    )
+    try:
+        async with session.get(url, timeout=timeout) as response:
+            if response.status in (403, 404, 410):
+                raise FileExpired(f"file host answered {response.status}: the file has expired")
+            if response.status >= 500 or response.status == 429:
+                raise CloverUnavailable(f"file host answered {response.status}")
+            if response.status != 200:
+                raise BadFile(f"file host answered {response.status}")
+            async for piece in response.content.iter_chunked(DOWNLOAD_PIECE_BYTES):
+                await writer.write(piece)
+            return response.content_length
+    except aiohttp.ClientPayloadError as exc:
+        raise BadFile(f"body cut short: {exc}") from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise CloverUnavailable(f"download: {type(exc).__name__}: {exc}") from exc

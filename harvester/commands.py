@@ -1,0 +1,181 @@
+"""What each CLI word does, as coroutines and functions the CLI (and tests) call."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from harvester.chunks import ExportType, TimeRange, start_of_utc_day
+from harvester.clock import Clock
+from harvester.config import Config
+from harvester.logs import get_logger
+from harvester.output import recover
+from harvester.planning import (
+    Selection,
+    lookback_range,
+    nightly_range,
+    nightly_start,
+    plan_chunks,
+)
+from harvester.scheduler import Harvest, MerchantWork
+from harvester.store import ChunkRecord, ChunkStatus, Snapshot, Store, read_snapshot
+from harvester.summary import Summary
+
+USER_AGENT = "clover-harvester/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedChunk:
+    merchant_id: str
+    type: ExportType
+    range: TimeRange
+    resume: bool  # known to the store already (unfinished), not cut anew
+
+
+def plan_backfill(
+    config: Config, selections: Sequence[Selection], requested: TimeRange
+) -> list[PlannedChunk]:
+    """The chunks `backfill` would harvest; reads the store read-only, calls nothing."""
+    snapshot = read_snapshot(config.state_path) if config.state_path.exists() else None
+    planned = []
+    for selection in selections:
+        for export_type in selection.types:
+            covered, unfinished = _known(snapshot, selection.merchant.id, export_type)
+            chunk_plan = plan_chunks(requested, covered, unfinished, config.chunk_days)
+            planned += [
+                PlannedChunk(selection.merchant.id, export_type, r, True) for r in chunk_plan.resume
+            ]
+            planned += [
+                PlannedChunk(selection.merchant.id, export_type, r, False) for r in chunk_plan.new
+            ]
+    return planned
+
+
+def check_nightly_starts(config: Config, selections: Sequence[Selection]) -> None:
+    """Refuse, before anything is written, a merchant `run` would not know where to start."""
+    snapshot = read_snapshot(config.state_path) if config.state_path.exists() else None
+    for selection in selections:
+        for export_type in selection.types:
+            covered, _ = _known(snapshot, selection.merchant.id, export_type)
+            nightly_start(selection.merchant, config.default_start, covered)
+
+
+def _known(
+    snapshot: Snapshot | None, merchant_id: str, export_type: ExportType
+) -> tuple[list[TimeRange], list[TimeRange]]:
+    if snapshot is None:
+        return [], []
+    mine = [c for c in snapshot.chunks if c.merchant_id == merchant_id and c.type == export_type]
+    return _split_known(mine)
+
+
+def _split_known(chunks: Sequence[ChunkRecord]) -> tuple[list[TimeRange], list[TimeRange]]:
+    """(covered ranges, ranges of chunks with work outstanding)."""
+    covered = [c.range for c in chunks if c.completed_at is not None]
+    unfinished = [c.range for c in chunks if c.status is not ChunkStatus.COMPLETE]
+    return covered, unfinished
+
+
+async def backfill(
+    config: Config,
+    selections: Sequence[Selection],
+    requested: TimeRange,
+    clock: Clock,
+    stop: asyncio.Event,
+) -> Summary:
+    async with await _open_store(config, clock) as store:
+        work = [
+            MerchantWork(s.merchant, tuple(await _chunks(store, config, s, requested)))
+            for s in selections
+        ]
+        return await _harvest(config, store, work, clock, stop)
+
+
+async def nightly(
+    config: Config, selections: Sequence[Selection], clock: Clock, stop: asyncio.Event
+) -> Summary:
+    """`harvester run`: everything up to the start of today, then the lookback re-harvest."""
+    today = start_of_utc_day(clock.now())
+    lookback = lookback_range(today, config.lookback_days)
+    async with await _open_store(config, clock) as store:
+        work = []
+        for selection in selections:
+            chunks: list[ChunkRecord] = []
+            for export_type in selection.types:
+                covered = await store.covered(selection.merchant.id, export_type)
+                start = nightly_start(selection.merchant, config.default_start, covered)
+                requested = nightly_range(start, today)
+                if requested is not None:
+                    chunks += await _chunks(store, config, selection, requested, (export_type,))
+                if lookback is not None:
+                    chunks += await _reharvest(store, selection, export_type, lookback, chunks)
+            work.append(MerchantWork(selection.merchant, tuple(chunks)))
+        return await _harvest(config, store, work, clock, stop)
+
+
+async def _chunks(
+    store: Store,
+    config: Config,
+    selection: Selection,
+    requested: TimeRange,
+    types: Sequence[ExportType] | None = None,
+) -> list[ChunkRecord]:
+    found: list[ChunkRecord] = []
+    for export_type in types or selection.types:
+        known = await store.chunks(selection.merchant.id, export_type)
+        covered, unfinished = _split_known(known)
+        chunk_plan = plan_chunks(requested, covered, unfinished, config.chunk_days)
+        found += [c for c in known if c.range in chunk_plan.resume]
+        found += await store.add_chunks(selection.merchant.id, export_type, chunk_plan.new)
+    return found
+
+
+async def _reharvest(
+    store: Store,
+    selection: Selection,
+    export_type: ExportType,
+    lookback: TimeRange,
+    already: Sequence[ChunkRecord],
+) -> list[ChunkRecord]:
+    """Complete chunks overlapping the lookback: Clover objects change after creation."""
+    taken = {c.id for c in already}
+    complete = await store.chunks(selection.merchant.id, export_type, [ChunkStatus.COMPLETE])
+    return [
+        await store.reset_for_reharvest(c.id)
+        for c in complete
+        if c.range.overlaps(lookback) and c.id not in taken
+    ]
+
+
+async def _open_store(config: Config, clock: Clock) -> Store:
+    """Open the store and tidy the output folder from whatever a dead run left behind."""
+    store = await Store.open(config.state_path, clock)
+    await store.start_run()
+    downloading = await store.chunks(statuses=[ChunkStatus.DOWNLOADING])
+    keep = {(c.merchant_id, c.type.folder, c.range.name) for c in downloading}
+    tidied = await asyncio.to_thread(
+        recover, config.output_dir, lambda merchant, folder, name: (merchant, folder, name) in keep
+    )
+    if tidied:
+        get_logger().info("output.recovered", paths=[str(path) for path in tidied])
+    return store
+
+
+async def _harvest(
+    config: Config, store: Store, work: Sequence[MerchantWork], clock: Clock, stop: asyncio.Event
+) -> Summary:
+    log = get_logger()
+    planned = sum(len(item.chunks) for item in work)
+    log.info("run.started", merchants=len(work), chunks=planned)
+    async with aiohttp.ClientSession(
+        headers={"User-Agent": USER_AGENT},
+        trust_env=False,
+        connector=aiohttp.TCPConnector(limit=64),
+    ) as session:
+        summary = await Harvest(config, store, session, clock, stop, random.Random()).run(work)
+    log.info("run.finished", **summary.as_dict())
+    return summary

@@ -1,0 +1,623 @@
+"""The YAML configuration: load it, check it, and hand out frozen settings.
+
+Every refusal is a ConfigError whose message starts with the YAML path of the culprit
+("merchants[2].token: ..."), and no message ever shows a token.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hmac
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from harvester.chunks import MAX_CHUNK_DAYS, ExportType, parse_instant
+from harvester.errors import ConfigError
+from harvester.windows import BUILTIN_REGIONS, WindowTable
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_MERCHANT_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+_REGION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A `${` that does not start a well-formed reference is matched too, to be refused.
+_ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+
+
+class Secret:
+    """A token. repr/str never show it: "Secret('***')". .reveal() returns the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The token itself, for the Authorization header and the store, nowhere else."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    poll_min_s: float = 2.0
+    poll_max_s: float = 60.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 300.0
+    export_timeout_s: float = 3600.0  # a running export with no progress this long has failed
+    shutdown_grace_s: float = 30.0
+    window_margin_s: float | None = None  # None: the observed p90 export duration, at least 300 s
+    request_timeout_s: float = 60.0  # every HTTP request
+    max_attempts: int = 8  # per operation, for transient errors
+    export_cooldown_s: float = 60.0  # before creating a failed export again
+    token_refresh_margin_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    token_requests_per_s: float = 16.0
+    token_concurrent: int = 5
+    app_requests_per_s: float = 50.0
+    app_concurrent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    name: str
+    base_url: str  # no trailing slash
+    windows: WindowTable
+    max_concurrent_exports: int = 3
+    client_id: str | None = None
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    index: int  # position in the YAML list, for messages ("merchants[3]")
+    id: str
+    region: Region
+    types: tuple[ExportType, ...]  # default (PAYMENTS, ORDERS), no duplicates
+    token: Secret | None  # exactly one of token / refresh_token
+    refresh_token: Secret | None
+    client_id: str | None  # merchant's own, else its region's; required with refresh_token
+    start: datetime | None  # where `harvester run` starts when nothing is covered yet
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path  # the config file, absolute
+    output_dir: Path  # absolute; relative YAML paths resolve against the config file's folder
+    state_path: Path  # absolute, same rule
+    chunk_days: int
+    timing: Timing
+    max_concurrent_downloads: int
+    max_export_attempts: int
+    lookback_days: int
+    default_start: datetime | None
+    regions: Mapping[str, Region]  # built-ins merged with overrides
+    merchants: tuple[Merchant, ...]
+    log_level: str  # one of LOG_LEVELS
+
+
+_TOP_KEYS = (
+    "output_dir",
+    "state_path",
+    "chunk_days",
+    "timing",
+    "max_concurrent_downloads",
+    "max_export_attempts",
+    "lookback_days",
+    "default_start",
+    "log_level",
+    "regions",
+    "merchants",
+)
+_TIMING_KEYS = tuple(item.name for item in fields(Timing))
+_RATE_LIMIT_KEYS = tuple(item.name for item in fields(RateLimits))
+_REGION_KEYS = ("base_url", "windows", "max_concurrent_exports", "client_id", "rate_limits")
+_MERCHANT_KEYS = ("id", "region", "token", "refresh_token", "client_id", "types", "start")
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and check the YAML config at `path`; `environ` (default os.environ) fills ${VAR}."""
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else _show(raw)
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {got}")
+    top = _Section(raw, "", _TOP_KEYS, os.environ if environ is None else environ)
+    config_path = path.resolve()
+    folder = config_path.parent
+    regions = _read_regions(top)
+    return Config(
+        path=config_path,
+        output_dir=_path(top.env_text("output_dir") or "data", folder),
+        state_path=_path(top.env_text("state_path") or "state/harvester.sqlite3", folder),
+        chunk_days=top.whole("chunk_days", 30, minimum=1, maximum=MAX_CHUNK_DAYS),
+        timing=_read_timing(top.section("timing", _TIMING_KEYS)),
+        max_concurrent_downloads=top.whole("max_concurrent_downloads", 8, minimum=1),
+        max_export_attempts=top.whole("max_export_attempts", 3, minimum=1),
+        lookback_days=top.whole("lookback_days", 0, minimum=0),
+        default_start=_instant(top.get("default_start"), "default_start"),
+        regions=MappingProxyType(regions),
+        merchants=_read_merchants(top, regions),
+        log_level=_log_level(top.text("log_level")),
+    )
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read: not UTF-8 text") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader extends SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark else f"{path}"
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys and keeping impossible dates as text.
+
+    A duplicate key would silently drop the first value (a whole merchant list, say), and
+    PyYAML raises a bare ValueError for a date like 2023-02-30; as text it gets the usual
+    message naming its YAML path.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys brought in by "<<: *anchor" may be overridden
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
+def _substitute(text: str, where: str, environ: Mapping[str, str]) -> str:
+    """`text` with every ${VAR} replaced from `environ`."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name is None:
+            # The text is not shown: it may be a token that merely contains "${".
+            raise ConfigError(
+                f"{where}: a '${{' must start a reference like ${{NAME}} "
+                f"(letters, digits and underscores)"
+            )
+        value = environ.get(name)
+        if value is None:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return value
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+class _Section:
+    """One YAML mapping being read: typed getters whose messages name the key's YAML path."""
+
+    __slots__ = ("_environ", "_prefix", "_values")
+
+    def __init__(
+        self, value: object, prefix: str, known: Sequence[str], environ: Mapping[str, str]
+    ) -> None:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{prefix}: expected a mapping, got {_show(value)}")
+        for key in value:
+            if key not in known:
+                raise ConfigError(_unknown_key(_join(prefix, key), str(key), known))
+        self._prefix = prefix
+        self._values: dict[object, object] = value
+        self._environ = environ
+
+    def path(self, key: str) -> str:
+        return _join(self._prefix, key)
+
+    def get(self, key: str) -> object:
+        """The value as written; None when the key is absent or null."""
+        return self._values.get(key)
+
+    def has(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def section(self, key: str, known: Sequence[str]) -> _Section:
+        return self.within(self.get(key), self.path(key), known)
+
+    def within(self, value: object, prefix: str, known: Sequence[str]) -> _Section:
+        """A section for a mapping found inside this one, reading the same environment."""
+        return _Section(value, prefix, known, self._environ)
+
+    def text(self, key: str) -> str | None:
+        """Non-empty text as written."""
+        value = self.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.path(key)}: expected text, got {_show(value)}")
+        if not value.strip():
+            raise ConfigError(f"{self.path(key)}: must not be empty")
+        return value
+
+    def env_text(self, key: str) -> str | None:
+        """Non-empty text with ${VAR} references filled in from the environment.
+
+        Only tokens, client ids, URLs and paths read the environment: other values are
+        echoed in messages, which must never show a secret that came from there.
+        """
+        written = self.text(key)
+        if written is None:
+            return None
+        value = _substitute(written, self.path(key), self._environ)
+        if not value.strip():
+            raise ConfigError(f"{self.path(key)}: is empty after reading the environment")
+        return value
+
+    def secret(self, key: str) -> Secret | None:
+        where = self.path(key)
+        value = self.get(key)
+        if value is None:
+            return None
+        # No message here shows the value: it is, or is meant to be, a token.
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got a value of type {type(value).__name__}")
+        value = _substitute(value, where, self._environ)
+        if not value.strip():
+            raise ConfigError(f"{where}: the token is empty")
+        # Surrounding whitespace (a newline from a secrets file) is never part of a token.
+        return Secret(value.strip())
+
+    def whole(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        value = self.get(key)
+        if value is None:
+            return default
+        where = self.path(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {_show(value)}")
+        number = value
+        if maximum is not None and not minimum <= number <= maximum:
+            raise ConfigError(f"{where}: must be {minimum}..{maximum}, got {number}")
+        if number < minimum:
+            raise ConfigError(f"{where}: must be at least {minimum}, got {number}")
+        return number
+
+    def number(self, key: str, default: float, minimum: float) -> float:
+        """A number of at least `minimum` (a rate), or `default` when absent."""
+        value = self._real(key)
+        if value is None:
+            return default
+        if value < minimum:
+            raise ConfigError(f"{self.path(key)}: must be at least {minimum:g}, got {value:g}")
+        return value
+
+    def duration(self, key: str, default: float) -> float:
+        """A positive number of seconds, or `default` when absent."""
+        value = self._real(key)
+        if value is None:
+            return default
+        if value <= 0:
+            raise ConfigError(f"{self.path(key)}: must be more than 0 seconds, got {value:g}")
+        return value
+
+    def _real(self, key: str) -> float | None:
+        value = self.get(key)
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(number := float(value))
+        ):
+            raise ConfigError(f"{self.path(key)}: expected a number, got {_show(value)}")
+        return number
+
+
+def _read_timing(section: _Section) -> Timing:
+    defaults = Timing()
+    seconds = section.duration
+    timing = Timing(
+        poll_min_s=seconds("poll_min_s", defaults.poll_min_s),
+        poll_max_s=seconds("poll_max_s", defaults.poll_max_s),
+        backoff_base_s=seconds("backoff_base_s", defaults.backoff_base_s),
+        backoff_max_s=seconds("backoff_max_s", defaults.backoff_max_s),
+        export_timeout_s=seconds("export_timeout_s", defaults.export_timeout_s),
+        shutdown_grace_s=seconds("shutdown_grace_s", defaults.shutdown_grace_s),
+        window_margin_s=(
+            seconds("window_margin_s", 0.0)
+            if section.has("window_margin_s")
+            else defaults.window_margin_s
+        ),
+        request_timeout_s=seconds("request_timeout_s", defaults.request_timeout_s),
+        max_attempts=section.whole("max_attempts", defaults.max_attempts, minimum=1),
+        export_cooldown_s=seconds("export_cooldown_s", defaults.export_cooldown_s),
+        token_refresh_margin_s=seconds("token_refresh_margin_s", defaults.token_refresh_margin_s),
+    )
+    for low, high in (("poll_min_s", "poll_max_s"), ("backoff_base_s", "backoff_max_s")):
+        low_value, high_value = getattr(timing, low), getattr(timing, high)
+        if low_value > high_value:
+            raise ConfigError(
+                f"{section.path(low)}: {low_value:g} is more than "
+                f"{section.path(high)} ({high_value:g})"
+            )
+    return timing
+
+
+def _read_regions(top: _Section) -> dict[str, Region]:
+    regions = {
+        name: Region(name=name, base_url=builtin.base_url, windows=builtin.windows)
+        for name, builtin in BUILTIN_REGIONS.items()
+    }
+    value = top.get("regions")
+    if value is None:
+        return regions
+    if not isinstance(value, dict):
+        raise ConfigError(f"regions: expected a mapping of region names, got {_show(value)}")
+    for name, settings in value.items():
+        where = f"regions.{name}"
+        if not isinstance(name, str) or not _REGION_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}: a region name is 1 to 64 ASCII letters, digits, '-' or '_'"
+            )
+        regions[name] = _read_region(name, top.within(settings, where, _REGION_KEYS), regions)
+    return regions
+
+
+def _read_region(name: str, section: _Section, regions: Mapping[str, Region]) -> Region:
+    """Region `name` with the keys in `section` changed; a new region needs a base_url."""
+    base_url = _base_url(section)
+    base = regions.get(name)
+    if base is None:
+        if base_url is None:
+            raise ConfigError(
+                f"{section.path('base_url')}: required for a region that is not built in "
+                f"(built in: {', '.join(sorted(BUILTIN_REGIONS))})"
+            )
+        # A new host's window is unknown; its 503s say when it is closed.
+        base = Region(name=name, base_url=base_url, windows=WindowTable.always())
+    limits = section.section("rate_limits", _RATE_LIMIT_KEYS)
+    old_limits = base.rate_limits
+    return Region(
+        name=name,
+        base_url=base_url or base.base_url,
+        windows=(
+            WindowTable.parse(section.get("windows"), section.path("windows"))
+            if section.has("windows")
+            else base.windows
+        ),
+        max_concurrent_exports=section.whole(
+            "max_concurrent_exports", base.max_concurrent_exports, minimum=1
+        ),
+        client_id=section.env_text("client_id") or base.client_id,
+        rate_limits=RateLimits(
+            token_requests_per_s=limits.number(
+                "token_requests_per_s", old_limits.token_requests_per_s, minimum=1
+            ),
+            token_concurrent=limits.whole(
+                "token_concurrent", old_limits.token_concurrent, minimum=1
+            ),
+            app_requests_per_s=limits.number(
+                "app_requests_per_s", old_limits.app_requests_per_s, minimum=1
+            ),
+            app_concurrent=limits.whole("app_concurrent", old_limits.app_concurrent, minimum=1),
+        ),
+    )
+
+
+def _base_url(section: _Section) -> str | None:
+    """The region's base_url checked, without its trailing slash; None if not given."""
+    where = section.path("base_url")
+    text = section.env_text("base_url")
+    if text is None:
+        return None
+    # Messages show the URL as written: what ${VAR} filled in stays out of them.
+    shown = repr(section.get("base_url"))
+    try:
+        parts = urlsplit(text.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 -- reading it is what checks the port
+    except ValueError:
+        raise ConfigError(f"{where}: cannot read {shown} as a URL") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{where}: must not carry a user name or password")
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not host:
+        raise ConfigError(f"{where}: expected an https:// URL with a host, got {shown}")
+    if scheme == "http" and not _is_loopback(host):
+        raise ConfigError(f"{where}: http:// is only allowed to a loopback host, got {shown}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{where}: expected only scheme, host and port, got {shown}")
+    return f"{scheme}://{parts.netloc}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_merchants(top: _Section, regions: Mapping[str, Region]) -> tuple[Merchant, ...]:
+    value = top.get("merchants")
+    if value is None or value == []:
+        raise ConfigError("merchants: at least one merchant is required")
+    if not isinstance(value, list):
+        raise ConfigError(f"merchants: expected a list of merchants, got {_show(value)}")
+    first_index: dict[str, int] = {}
+    merchants: list[Merchant] = []
+    for index, item in enumerate(value):
+        merchant = _read_merchant(index, item, top, regions)
+        if merchant.id in first_index:
+            raise ConfigError(
+                f"merchants[{index}].id: duplicate merchant id {merchant.id!r} "
+                f"(also merchants[{first_index[merchant.id]}])"
+            )
+        first_index[merchant.id] = index
+        merchants.append(merchant)
+    return tuple(merchants)
+
+
+def _read_merchant(
+    index: int, value: object, top: _Section, regions: Mapping[str, Region]
+) -> Merchant:
+    where = f"merchants[{index}]"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping with an id and a token, got {_show(value)}")
+    section = top.within(value, where, _MERCHANT_KEYS)
+    merchant_id = _merchant_id(section)
+    region_name = section.text("region") or "us"
+    if region_name not in regions:
+        raise ConfigError(
+            f"{section.path('region')}: unknown region {region_name!r} "
+            f"(known: {', '.join(sorted(regions))})"
+        )
+    region = regions[region_name]
+    token = section.secret("token")
+    refresh_token = section.secret("refresh_token")
+    if token is None and refresh_token is None:
+        raise ConfigError(f"{where}: needs a token or a refresh_token")
+    if token is not None and refresh_token is not None:
+        raise ConfigError(
+            f"{section.path('refresh_token')}: give a token or a refresh_token, not both"
+        )
+    client_id = section.env_text("client_id") or region.client_id
+    if refresh_token is not None and client_id is None:
+        raise ConfigError(
+            f"{section.path('client_id')}: required with a refresh_token "
+            f"(set it here or on region {region_name!r})"
+        )
+    return Merchant(
+        index=index,
+        id=merchant_id,
+        region=region,
+        types=_types(section),
+        token=token,
+        refresh_token=refresh_token,
+        client_id=client_id,
+        start=_instant(section.get("start"), section.path("start")),
+    )
+
+
+def _merchant_id(section: _Section) -> str:
+    where = section.path("id")
+    value = section.get("id")
+    if value is None:
+        raise ConfigError(f"{where}: required")
+    if not isinstance(value, str):
+        # YAML reads 0123 as the number 83: a merchant id must be quoted if it looks like one.
+        raise ConfigError(f"{where}: expected text (quote it), got {_show(value)}")
+    if not _MERCHANT_ID.fullmatch(value):
+        raise ConfigError(
+            f"{where}: {value!r} is not 1 to 64 ASCII letters and digits (it names a folder)"
+        )
+    return value
+
+
+def _types(section: _Section) -> tuple[ExportType, ...]:
+    where = section.path("types")
+    value = section.get("types")
+    if value is None:
+        return (ExportType.PAYMENTS, ExportType.ORDERS)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a list like [PAYMENTS, ORDERS], got {_show(value)}")
+    types: list[ExportType] = []
+    for i, item in enumerate(value):
+        export_type = ExportType.__members__.get(item.upper()) if isinstance(item, str) else None
+        if export_type is None:
+            raise ConfigError(
+                f"{where}[{i}]: unknown type {_show(item)} (expected PAYMENTS or ORDERS)"
+            )
+        if export_type in types:
+            raise ConfigError(f"{where}[{i}]: duplicate type {_show(item)}")
+        types.append(export_type)
+    return tuple(types)
+
+
+def _instant(value: object, where: str) -> datetime | None:
+    """A start instant: YAML may already have made a date or datetime of it."""
+    if value is None:
+        return None
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    # A naive datetime or anything else goes to parse_instant to be refused in the usual words.
+    return parse_instant(value if isinstance(value, str) else str(value), where)
+
+
+def _log_level(value: str | None) -> str:
+    level = (value or "info").strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+def _path(text: str, folder: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def _unknown_key(where: str, key: str, known: Sequence[str]) -> str:
+    message = f"{where}: unknown key (expected one of: {', '.join(sorted(known))})"
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+def _join(prefix: str, key: object) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _show(value: object) -> str:
+    """A value for a message, cut short: configs can hold long lists."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."

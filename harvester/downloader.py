@@ -1,0 +1,134 @@
+"""A finished export's files: downloaded in parallel, checked, staged, published as a chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import aiohttp
+
+from harvester.backoff import backoff_delay
+from harvester.chunks import ExportType
+from harvester.clock import Clock
+from harvester.clover import download_file
+from harvester.config import Timing
+from harvester.errors import BadFile, CloverUnavailable, FileExpired, HarvesterError
+from harvester.logs import get_logger
+from harvester.output import ChunkOutput, Manifest, PartInfo
+from harvester.store import ChunkRecord, ExportRecord, PartRecord, Store
+
+
+class Downloader:
+    """Every file download of the run shares one limit, `max_concurrent_downloads`."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        store: Store,
+        clock: Clock,
+        timing: Timing,
+        max_concurrent: int,
+        rng: random.Random,
+    ) -> None:
+        self._session = session
+        self._store = store
+        self._clock = clock
+        self._timing = timing
+        self._limit = asyncio.Semaphore(max_concurrent)
+        self._rng = rng
+
+    async def publish_chunk(
+        self, output: ChunkOutput, chunk: ChunkRecord, export: ExportRecord
+    ) -> Manifest:
+        """Save every part not saved yet, then swap the chunk's folder into place."""
+        published = output.published_manifest()
+        recorded = {part.index: part for part in await self._store.parts(export.id)}
+        if published is not None and published.export_id == export.id:
+            # The folder went into place before a crash kept the store from hearing of it.
+            return published
+        saved: dict[int, PartInfo] = {}
+        for url_index in range(len(export.urls)):
+            index = url_index + 1
+            part = recorded.get(index)
+            if part is not None and await output.saved_part(index, part.sha256):
+                saved[index] = PartInfo(index, url_index, part.size, part.sha256, part.objects)
+        missing = [i for i in range(len(export.urls)) if i + 1 not in saved]
+        if missing:
+            self._check_available(export)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._fetch_part(output, export, url_index))
+                    for url_index in missing
+                ]
+        except ExceptionGroup as errors:
+            raise _most_telling(errors) from errors
+        for task in tasks:
+            info = task.result()
+            saved[info.index] = info
+        manifest = Manifest(
+            merchant_id=chunk.merchant_id,
+            type=ExportType(chunk.type),
+            range=chunk.range,
+            export_id=export.id,
+            harvested_at=self._clock.now(),
+            parts=tuple(saved[index] for index in sorted(saved)),
+        )
+        await output.publish(manifest)
+        return manifest
+
+    def _check_available(self, export: ExportRecord) -> None:
+        if export.available_until is not None and self._clock.now() >= export.available_until:
+            raise FileExpired(
+                f"export {export.id}: files expired at {export.available_until.isoformat()}"
+            )
+
+    async def _fetch_part(
+        self, output: ChunkOutput, export: ExportRecord, url_index: int
+    ) -> PartInfo:
+        index = url_index + 1
+        failures = 0
+        log = get_logger().bind(export_id=export.id, part=index)
+        while True:
+            self._check_available(export)
+            try:
+                async with self._limit:
+                    writer = await output.open_part(index)
+                    async with writer:
+                        size = await download_file(
+                            self._session,
+                            export.urls[url_index],
+                            writer,
+                            self._timing.request_timeout_s,
+                        )
+                        info = await writer.commit(size, url_index)
+                part = PartRecord(export.id, index, url_index, info.size, info.sha256, info.objects)
+                await asyncio.shield(self._store.record_part(part))
+                log.info("file.saved", size=info.size, objects=info.objects)
+                return info
+            except (BadFile, CloverUnavailable) as exc:
+                failures += 1
+                if failures >= self._timing.max_attempts:
+                    raise
+                delay = backoff_delay(
+                    failures - 1, self._timing.backoff_base_s, self._timing.backoff_max_s, self._rng
+                )
+                log.warning("file.retry", error=str(exc), attempt=failures, wait_s=round(delay, 3))
+                await self._clock.sleep(delay)
+
+
+def _most_telling(errors: ExceptionGroup[Exception]) -> Exception:
+    """Of several parts' failures, the one that decides what happens to the chunk."""
+    flat: list[Exception] = []
+    pending: list[Exception] = [errors]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, ExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            flat.append(error)
+    for kind in (FileExpired, HarvesterError):
+        for error in flat:
+            if isinstance(error, kind):
+                return error
+    return flat[0]

@@ -1,0 +1,152 @@
+"""When may an export start on a host: its window table, what its 503s said, the margin.
+
+The decisions are plain functions of `now`; `HostGate` holds one host's state around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+
+from harvester.clock import Clock, wait_first
+from harvester.errors import CloverError, ServerBusy, WindowClosed
+from harvester.logs import get_logger
+from harvester.windows import WindowTable, hours_from_message, is_window_message
+
+MIN_MARGIN_S = 300.0  # never start an export with less than five minutes of window left
+LONGEST_NAP_S = 900.0  # a long wait is a loop of naps, so that news (a stop, a probe) is seen
+
+
+def classify_503(body: str, table: WindowTable, now: datetime) -> CloverError:
+    """A 503 on creating an export: the window is closed, or the server is full.
+
+    A body that speaks of hours or availability means closed (its hours, if it gives any,
+    say when it opens again; else the table does). A body that says nothing of the kind
+    means busy, unless the table says the window is shut anyway.
+    """
+    quoted = body.strip()[:200] or "(empty body)"
+    hours = hours_from_message(body)
+    if hours is not None or is_window_message(body):
+        source = hours if hours is not None else table
+        reopens = None if source.is_open(now) else source.next_open(now)
+        return WindowClosed(f"export window closed: {quoted}", reopens_at=reopens)
+    if not table.is_open(now):
+        return WindowClosed(f"export window closed: {quoted}", reopens_at=table.next_open(now))
+    return ServerBusy(f"server busy: {quoted}")
+
+
+def window_wait_s(
+    now: datetime, table: WindowTable, closed_until: datetime | None, margin_s: float
+) -> float:
+    """Seconds to wait before an export may start; 0 when it may start now."""
+    if closed_until is not None and now < closed_until:
+        return (closed_until - now).total_seconds()
+    if not table.is_open(now):
+        return (table.next_open(now) - now).total_seconds()
+    close = table.current_close(now)
+    if close is not None and (close - now).total_seconds() < margin_s:
+        return (table.next_open(close) - now).total_seconds()
+    return 0.0
+
+
+def p90(durations: list[float]) -> float | None:
+    if not durations:
+        return None
+    ordered = sorted(durations)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+class HostGate:
+    """One host's admission to export creation.
+
+    After the host itself said "closed", only one caller at a time (the probe) goes
+    through; the others wait for its outcome, so a closed host sees at most one POST per
+    `probe_interval_s`.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        table: WindowTable,
+        clock: Clock,
+        probe_interval_s: float,
+        margin_s: float | None,
+    ) -> None:
+        self.host = host
+        self.table = table
+        self._clock = clock
+        self._probe_interval_s = probe_interval_s
+        self._margin_override_s = margin_s
+        self._durations: list[float] = []
+        self._closed_until: datetime | None = None
+        self._probe: asyncio.Event | None = None  # set while a probe is out
+        self._announced: datetime | None = None
+
+    @property
+    def margin_s(self) -> float:
+        if self._margin_override_s is not None:
+            return self._margin_override_s
+        return max(MIN_MARGIN_S, p90(self._durations) or 0.0)
+
+    def observe_duration(self, seconds: float) -> None:
+        """An export took this long from creation to DONE; it feeds the default margin."""
+        self._durations.append(seconds)
+        del self._durations[:-200]  # recent history is what predicts the next ones
+
+    @asynccontextmanager
+    async def admission(self, stop: asyncio.Event) -> AsyncIterator[bool]:
+        """Wait until an export may start; yields False if `stop` was set meanwhile.
+
+        The caller must report the outcome of its POST with `opened()` or `closed()`.
+        """
+        is_probe = False
+        try:
+            while True:
+                if stop.is_set():
+                    yield False
+                    return
+                if self._probe is not None:
+                    await wait_first(self._probe.wait(), stop.wait())
+                    continue
+                now = self._clock.now()
+                wait_s = window_wait_s(now, self.table, self._closed_until, self.margin_s)
+                if wait_s <= 0:
+                    if self._closed_until is not None:
+                        is_probe = True
+                        self._probe = asyncio.Event()
+                    break
+                self._announce(now + timedelta(seconds=wait_s))
+                await wait_first(self._clock.sleep(min(wait_s, LONGEST_NAP_S)), stop.wait())
+            yield True
+        finally:
+            if is_probe and self._probe is not None:
+                self._probe.set()
+                self._probe = None
+
+    def opened(self) -> None:
+        """The host accepted a POST (or answered busy): the window is open."""
+        if self._closed_until is not None:
+            get_logger().info("window.reopened", host=self.host)
+        self._closed_until = None
+
+    def closed(self, error: WindowClosed) -> None:
+        """The host said its window is closed."""
+        now = self._clock.now()
+        reopens = error.reopens_at
+        if reopens is None or reopens <= now:
+            reopens = now + timedelta(seconds=self._probe_interval_s)
+        self._closed_until = reopens
+
+    def _announce(self, opens_at: datetime) -> None:
+        if self._announced == opens_at:
+            return
+        self._announced = opens_at
+        get_logger().info(
+            "window.closed",
+            host=self.host,
+            opens_at=opens_at.isoformat().replace("+00:00", "Z"),
+            windows=self.table.describe(),
+        )

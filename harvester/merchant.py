@@ -1,0 +1,106 @@
+"""One merchant's line to Clover: its token, the host's rate limits, and the retry policy.
+
+Transient failures (connection errors, timeouts, 5xx) are retried with capped exponential
+backoff and full jitter, a bounded number of times. A 429 pauses the token or the whole
+host, as its header says, for Retry-After (or a backoff). A 401 is answered by one token
+refresh. Window and busy 503s are not retried here: the scheduler owns export slots and
+windows, so they go straight up.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from harvester.backoff import backoff_delay, retry_after_delay
+from harvester.chunks import ExportType, TimeRange
+from harvester.clock import Clock
+from harvester.clover import CloverApi, ExportInfo
+from harvester.config import Timing
+from harvester.errors import CloverUnavailable, RateLimited, ServerBusy, TokenRejected, WindowClosed
+from harvester.logs import get_logger
+from harvester.ratelimit import RequestLimiter, Scope
+from harvester.tokens import TokenSource
+
+T = TypeVar("T")
+
+# 429s are Clover telling us to slow down, not a failure; still, a token that is refused
+# this many times in a row is treated like any other failing operation.
+MAX_RATE_LIMITED_IN_A_ROW = 50
+
+
+class MerchantClient:
+    def __init__(
+        self,
+        merchant_id: str,
+        api: CloverApi,
+        tokens: TokenSource,
+        limiter: RequestLimiter,
+        timing: Timing,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.merchant_id = merchant_id
+        self._api = api
+        self._tokens = tokens
+        self._limiter = limiter
+        self._timing = timing
+        self._clock = clock
+        self._rng = rng
+
+    async def create_export(self, export_type: ExportType, span: TimeRange) -> ExportInfo:
+        """One POST (after any 429 or 401 handling). Transient failures go to the caller,
+        which re-checks the window and its slot before trying again."""
+
+        async def call(token: str) -> ExportInfo:
+            return await self._api.create_export(self.merchant_id, token, export_type, span)
+
+        return await self._call(call, retry_transient=False)
+
+    async def get_export(self, export_id: str) -> ExportInfo:
+        async def call(token: str) -> ExportInfo:
+            return await self._api.get_export(self.merchant_id, token, export_id)
+
+        return await self._call(call, retry_transient=True)
+
+    async def _call(self, call: Callable[[str], Awaitable[T]], *, retry_transient: bool) -> T:
+        failures = 0
+        rate_limited = 0
+        refreshed = False
+        log = get_logger()
+        while True:
+            token = await self._tokens.get()
+            try:
+                return await call(token)
+            except RateLimited as exc:
+                rate_limited += 1
+                if rate_limited >= MAX_RATE_LIMITED_IN_A_ROW:
+                    raise CloverUnavailable(f"rate limited {rate_limited} times in a row") from exc
+                delay = retry_after_delay(
+                    rate_limited - 1,
+                    exc.retry_after_s,
+                    self._timing.backoff_base_s,
+                    self._timing.backoff_max_s,
+                    self._rng,
+                )
+                # The limiter holds back every later request of the token (or host) too.
+                self._limiter.pause(Scope(exc.scope), self.merchant_id, delay)
+                log.warning("request.rate_limited", scope=exc.scope, wait_s=round(delay, 3))
+            except TokenRejected:
+                if refreshed or not await self._tokens.rejected(token):
+                    raise
+                refreshed = True
+            except (WindowClosed, ServerBusy):
+                raise
+            except CloverUnavailable as exc:
+                failures += 1
+                if not retry_transient or failures >= self._timing.max_attempts:
+                    raise
+                delay = backoff_delay(
+                    failures - 1, self._timing.backoff_base_s, self._timing.backoff_max_s, self._rng
+                )
+                log.warning(
+                    "request.retry", error=str(exc), attempt=failures, wait_s=round(delay, 3)
+                )
+                await self._clock.sleep(delay)

@@ -1,0 +1,414 @@
+"""The harvest: a worker per merchant, export slots per host, and each chunk's life.
+
+A chunk's life: wait for the host's window, take an export slot (round-robin across
+merchants), POST the export and record its id at once, poll it until DONE while holding
+the slot, give the slot back, then download its files and swap its folder into place.
+A chunk already in flight when a run starts (the last one died) picks up where it was:
+polling its stored export, or downloading the parts not saved yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import aiohttp
+import structlog
+
+from harvester.backoff import backoff_delay
+from harvester.chunks import ExportType
+from harvester.clock import Clock, nap
+from harvester.clover import CloverApi, ExportInfo, ExportStatus, TokenGrant
+from harvester.config import Config, Merchant, Region
+from harvester.downloader import Downloader
+from harvester.errors import (
+    CloverUnavailable,
+    ExportFailed,
+    ExportNotFound,
+    FileExpired,
+    HarvesterError,
+    PermissionMissing,
+    ServerBusy,
+    TokenRejected,
+    WindowClosed,
+)
+from harvester.gate import HostGate, classify_503, window_wait_s
+from harvester.logs import get_logger
+from harvester.merchant import MerchantClient
+from harvester.output import ChunkOutput
+from harvester.polling import next_poll_delay
+from harvester.ratelimit import RequestLimiter
+from harvester.slots import ExportSlots
+from harvester.store import ChunkRecord, ExportRecord, ExportState, Store
+from harvester.summary import Summary
+from harvester.tokens import RefreshingToken, StaticToken, TokenSource
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantWork:
+    """The chunks one merchant should have harvested by the end of the run."""
+
+    merchant: Merchant
+    chunks: tuple[ChunkRecord, ...]
+
+
+@dataclass(slots=True)
+class _Host:
+    """One Clover API host and everything that is shared by its merchants."""
+
+    region: Region
+    api: CloverApi
+    limiter: RequestLimiter
+    slots: ExportSlots
+    gate: HostGate
+
+
+@dataclass(slots=True)
+class _Merchant:
+    merchant: Merchant
+    host: _Host
+    client: MerchantClient
+    queue: deque[ChunkRecord]
+    refusal: str | None = None  # set once Clover refused the merchant: no more tries this run
+    lanes: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class _Stopped(Exception):
+    """The run is shutting down; the chunk stays as it is for the next run."""
+
+
+class Harvest:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        stop: asyncio.Event,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._session = session
+        self._clock = clock
+        self._stop = stop
+        self._rng = rng or random.Random()
+        self._hosts: dict[str, _Host] = {}
+        self._downloader = Downloader(
+            session, store, clock, config.timing, config.max_concurrent_downloads, self._rng
+        )
+        self.summary = Summary()
+
+    async def run(self, work: Sequence[MerchantWork]) -> Summary:
+        for item in work:
+            for chunk in item.chunks:
+                self.summary.tally(item.merchant.id, ExportType(chunk.type)).chunks_planned += 1
+        async with asyncio.TaskGroup() as group:
+            for item in work:
+                if item.chunks:
+                    group.create_task(
+                        self._merchant_worker(item), name=f"merchant-{item.merchant.id}"
+                    )
+        self.summary.stopped = self._stop.is_set() and not self.summary.all_done
+        return self.summary
+
+    def _host(self, region: Region) -> _Host:
+        host = self._hosts.get(region.name)
+        if host is None:
+            limits = region.rate_limits
+            limiter = RequestLimiter(
+                self._clock,
+                limits.token_requests_per_s,
+                limits.token_concurrent,
+                limits.app_requests_per_s,
+                limits.app_concurrent,
+            )
+            api = CloverApi(
+                self._session,
+                region.base_url,
+                limiter,
+                self._config.timing.request_timeout_s,
+                lambda body: classify_503(body, region.windows, self._clock.now()),
+            )
+            gate = HostGate(
+                region.base_url,
+                region.windows,
+                self._clock,
+                probe_interval_s=self._config.timing.backoff_max_s,
+                margin_s=self._config.timing.window_margin_s,
+            )
+            host = _Host(region, api, limiter, ExportSlots(region.max_concurrent_exports), gate)
+            self._hosts[region.name] = host
+        return host
+
+    def _tokens(self, merchant: Merchant, host: _Host) -> TokenSource:
+        if merchant.token is not None:
+            return StaticToken(merchant.token.reveal())
+        # The config guarantees a refresh token and a client id where there is no token.
+        assert merchant.refresh_token is not None
+        assert merchant.client_id is not None
+        client_id = merchant.client_id
+
+        async def refresher(refresh_token: str) -> TokenGrant:
+            return await host.api.refresh(merchant.id, client_id, refresh_token)
+
+        return RefreshingToken(
+            merchant.id,
+            merchant.refresh_token.reveal(),
+            refresher,
+            self._store,
+            self._clock,
+            self._config.timing.token_refresh_margin_s,
+        )
+
+    async def _merchant_worker(self, work: MerchantWork) -> None:
+        merchant = work.merchant
+        host = self._host(merchant.region)
+        client = MerchantClient(
+            merchant.id,
+            host.api,
+            self._tokens(merchant, host),
+            host.limiter,
+            self._config.timing,
+            self._clock,
+            self._rng,
+        )
+        # Chunks already in flight go first: their exports hold server slots right now.
+        ordered = sorted(work.chunks, key=lambda c: (c.export_id is None, c.range.start, c.type))
+        state = _Merchant(merchant, host, client, deque(ordered))
+        structlog.contextvars.bind_contextvars(merchant=merchant.id)
+        # A merchant may run several exports at once when slots are free; fairness between
+        # merchants is the slots' job.
+        lanes = min(host.slots.maximum, len(ordered))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(lanes):
+                group.create_task(self._lane(state))
+
+    async def _lane(self, state: _Merchant) -> None:
+        while state.queue and not self._stop.is_set():
+            chunk = state.queue.popleft()
+            tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
+            if state.refusal is not None:
+                await self._store.fail_chunk(chunk.id, state.refusal)
+                tally.chunks_failed += 1
+                continue
+            with structlog.contextvars.bound_contextvars(
+                type=str(chunk.type), range=str(chunk.range)
+            ):
+                try:
+                    await self._harvest_chunk(state, chunk)
+                except _Stopped:
+                    pass
+                except Exception as exc:  # one chunk's bug must not tear down the others
+                    get_logger().exception("chunk.crashed")
+                    await self._fail(chunk, f"unexpected error: {type(exc).__name__}: {exc}")
+
+    async def _fail(self, chunk: ChunkRecord, error: str) -> None:
+        await self._store.fail_chunk(chunk.id, error)
+        tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
+        tally.chunks_failed += 1
+        tally.errors.append(f"{chunk.range.name}: {error}")
+        get_logger().error("chunk.failed", error=error)
+
+    async def _harvest_chunk(self, state: _Merchant, chunk: ChunkRecord) -> None:
+        log = get_logger()
+        tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
+        failed_exports = 0
+        while True:
+            try:
+                export = await self._finished_export(state, chunk)
+                if self._stop.is_set():
+                    raise _Stopped
+                manifest = await self._downloader.publish_chunk(self._output(chunk), chunk, export)
+                await asyncio.shield(self._store.complete_chunk(chunk.id))
+                objects = sum(part.objects for part in manifest.parts)
+                tally.chunks_done += 1
+                tally.objects += objects
+                tally.parts += len(manifest.parts)
+                tally.bytes += sum(part.size for part in manifest.parts)
+                log.info(
+                    "chunk.completed",
+                    export_id=export.id,
+                    parts=len(manifest.parts),
+                    objects=objects,
+                )
+                return
+            except (ExportFailed, ExportNotFound, FileExpired) as exc:
+                current = await self._store.get_chunk(chunk.id)
+                if current.export_id is not None:
+                    ended = (
+                        ExportState.LOST
+                        if isinstance(exc, ExportNotFound)
+                        else ExportState.EXPIRED
+                        if isinstance(exc, FileExpired)
+                        else ExportState.FAILED
+                    )
+                    await self._store.end_export(current.export_id, ended, str(exc))
+                # Parts of a dead export must never be published with the next export's.
+                await self._output(chunk).discard_staging()
+                failed_exports += 1
+                self.summary.events[f"export_{type(exc).__name__}"] += 1
+                log.warning(
+                    "export.failed",
+                    export_id=current.export_id,
+                    error=str(exc),
+                    attempt=failed_exports,
+                )
+                if failed_exports >= self._config.max_export_attempts:
+                    await self._fail(chunk, f"{failed_exports} exports failed, the last: {exc}")
+                    return
+                if not await self._nap(self._config.timing.export_cooldown_s):
+                    raise _Stopped from exc
+                chunk = await self._store.get_chunk(chunk.id)
+            except PermissionMissing as exc:
+                await self._refuse(state, chunk, "export permission missing", exc)
+                return
+            except TokenRejected as exc:
+                await self._refuse(state, chunk, "token rejected", exc)
+                return
+            except HarvesterError as exc:
+                await self._fail(chunk, str(exc))
+                return
+
+    def _output(self, chunk: ChunkRecord) -> ChunkOutput:
+        return ChunkOutput(
+            self._config.output_dir, chunk.merchant_id, ExportType(chunk.type), chunk.range
+        )
+
+    async def _refuse(
+        self, state: _Merchant, chunk: ChunkRecord, why: str, exc: HarvesterError
+    ) -> None:
+        state.refusal = why
+        self.summary.refusals[state.merchant.id] = why
+        get_logger().error("merchant.refused", reason=why, error=str(exc))
+        await self._fail(chunk, why)
+
+    async def _finished_export(self, state: _Merchant, chunk: ChunkRecord) -> ExportRecord:
+        """The chunk's export once DONE: the stored one, a re-attached one, or a new one."""
+        record = (
+            await self._store.get_export(chunk.export_id) if chunk.export_id is not None else None
+        )
+        if record is not None and record.state is ExportState.DONE:
+            return record
+        if record is not None and record.state is ExportState.RUNNING:
+            get_logger().info("export.reattached", export_id=record.id, percent=record.percent)
+            async with state.host.slots.hold(state.merchant.id):
+                return await self._follow(state, record, None)
+        return await self._create_and_follow(state, chunk)
+
+    async def _create_and_follow(self, state: _Merchant, chunk: ChunkRecord) -> ExportRecord:
+        host = state.host
+        log = get_logger()
+        transient_failures = 0
+        busy_in_a_row = 0
+        while True:
+            pause_s = 0.0
+            async with host.gate.admission(self._stop) as admitted:
+                if not admitted:
+                    raise _Stopped
+                async with host.slots.hold(state.merchant.id):
+                    # The wait for a slot may have outlasted the window (or its margin).
+                    now = self._clock.now()
+                    if (
+                        self._stop.is_set()
+                        or window_wait_s(now, host.gate.table, None, host.gate.margin_s) > 0
+                    ):
+                        continue
+                    try:
+                        info = await state.client.create_export(ExportType(chunk.type), chunk.range)
+                    except ServerBusy as exc:
+                        host.gate.opened()
+                        host.slots.busy()
+                        self.summary.events["busy_503"] += 1
+                        busy_in_a_row += 1
+                        pause_s = backoff_delay(
+                            busy_in_a_row - 1,
+                            self._config.timing.backoff_base_s,
+                            self._config.timing.backoff_max_s,
+                            self._rng,
+                        )
+                        log.info(
+                            "export.busy",
+                            limit=host.slots.limit,
+                            wait_s=round(pause_s, 3),
+                            error=str(exc),
+                        )
+                    except WindowClosed as exc:
+                        host.gate.closed(exc)
+                        self.summary.events["window_503"] += 1
+                        log.info("export.window_closed", error=str(exc))
+                    except CloverUnavailable as exc:
+                        transient_failures += 1
+                        if transient_failures >= self._config.timing.max_attempts:
+                            raise
+                        pause_s = backoff_delay(
+                            transient_failures - 1,
+                            self._config.timing.backoff_base_s,
+                            self._config.timing.backoff_max_s,
+                            self._rng,
+                        )
+                        log.warning(
+                            "export.create_retry",
+                            error=str(exc),
+                            attempt=transient_failures,
+                            wait_s=round(pause_s, 3),
+                        )
+                    else:
+                        host.gate.opened()
+                        host.slots.went_through()
+                        # Shielded: an export whose id is lost is a slot wasted until it ends.
+                        record = await asyncio.shield(
+                            self._store.record_export(chunk.id, info.id, info.status, info.percent)
+                        )
+                        self.summary.tally(
+                            chunk.merchant_id, ExportType(chunk.type)
+                        ).exports_created += 1
+                        log.info("export.created", export_id=info.id)
+                        return await self._follow(state, record, info)
+            if pause_s > 0 and not await self._nap(pause_s):
+                raise _Stopped
+
+    async def _follow(
+        self, state: _Merchant, record: ExportRecord, info: ExportInfo | None
+    ) -> ExportRecord:
+        """Poll an export (whose slot the caller holds) until DONE."""
+        timing = self._config.timing
+        last_percent = record.percent
+        last_progress = self._clock.now()
+        while True:
+            if info is None or info.status != ExportStatus.DONE:
+                now = self._clock.now()
+                elapsed = (now - record.created_at).total_seconds()
+                percent = info.percent if info is not None else record.percent
+                delay = next_poll_delay(elapsed, percent, timing.poll_min_s, timing.poll_max_s)
+                if not await self._nap(delay):
+                    raise _Stopped
+                info = await state.client.get_export(record.id)
+            now = self._clock.now()
+            if info.status == ExportStatus.DONE:
+                if info.urls is None:
+                    raise ExportFailed(f"export {record.id} is DONE without exportUrls")
+                state.host.gate.observe_duration((now - record.created_at).total_seconds())
+                await asyncio.shield(
+                    self._store.export_done(record.id, info.available_until, info.urls)
+                )
+                get_logger().info("export.done", export_id=record.id, files=len(info.urls))
+                done = await self._store.get_export(record.id)
+                assert done is not None
+                return done
+            if info.status not in (ExportStatus.PENDING, ExportStatus.IN_PROGRESS):
+                raise ExportFailed(f"export {record.id} ended with status {info.status}")
+            if info.percent != last_percent:
+                last_percent, last_progress = info.percent, now
+                await self._store.update_export(record.id, info.status, info.percent)
+            elif now - last_progress > timedelta(seconds=timing.export_timeout_s):
+                raise ExportFailed(
+                    f"export {record.id} made no progress for {timing.export_timeout_s:g} s"
+                )
+
+    async def _nap(self, seconds: float) -> bool:
+        return await nap(self._clock, seconds, self._stop)

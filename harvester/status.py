@@ -1,0 +1,121 @@
+"""`harvester status`: what the store says, per merchant and type. Reads only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from harvester.chunks import ExportType, TimeRange, gaps, merge
+from harvester.config import Config
+from harvester.store import ChunkStatus, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    export_id: str
+    status: str
+    percent: float
+    range: TimeRange
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStatus:
+    merchant_id: str
+    type: ExportType
+    covered_from: datetime | None
+    covered_through: datetime | None  # end of the contiguous covered range from covered_from
+    gaps: tuple[TimeRange, ...]  # holes between covered_from and the last covered instant
+    chunks: dict[ChunkStatus, int]
+    in_flight: tuple[InFlight, ...]
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+def build_status(config: Config, snapshot: Snapshot) -> list[TypeStatus]:
+    pairs = {(m.id, t) for m in config.merchants for t in m.types}
+    pairs |= {(c.merchant_id, c.type) for c in snapshot.chunks}
+    chunk_by_id = {c.id: c for c in snapshot.chunks}
+    rows = []
+    for merchant_id, export_type in sorted(pairs):
+        mine = [c for c in snapshot.chunks if (c.merchant_id, c.type) == (merchant_id, export_type)]
+        covered = merge(c.range for c in mine if c.completed_at is not None)
+        holes = (
+            tuple(gaps(TimeRange(covered[0].start, covered[-1].end), covered)) if covered else ()
+        )
+        errors = [c for c in mine if c.last_error is not None and c.last_error_at is not None]
+        latest = max(errors, key=lambda c: c.last_error_at or datetime.min, default=None)
+        rows.append(
+            TypeStatus(
+                merchant_id=merchant_id,
+                type=export_type,
+                covered_from=covered[0].start if covered else None,
+                covered_through=covered[0].end if covered else None,
+                gaps=holes,
+                chunks=dict(Counter(c.status for c in mine)),
+                in_flight=tuple(
+                    InFlight(e.id, e.status, e.percent, chunk_by_id[e.chunk_id].range)
+                    for e in snapshot.running
+                    if e.chunk_id in chunk_by_id
+                    and (chunk_by_id[e.chunk_id].merchant_id, chunk_by_id[e.chunk_id].type)
+                    == (merchant_id, export_type)
+                ),
+                last_error=latest.last_error if latest else None,
+                last_error_at=latest.last_error_at if latest else None,
+            )
+        )
+    return rows
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def status_as_json(rows: list[TypeStatus]) -> list[dict[str, Any]]:
+    return [
+        {
+            "merchant": row.merchant_id,
+            "type": str(row.type),
+            "covered_from": _iso(row.covered_from),
+            "covered_through": _iso(row.covered_through),
+            "gaps": [{"start": _iso(g.start), "end": _iso(g.end)} for g in row.gaps],
+            "chunks": {str(status): row.chunks.get(status, 0) for status in ChunkStatus},
+            "in_flight": [
+                {
+                    "export_id": f.export_id,
+                    "status": f.status,
+                    "percent": f.percent,
+                    "range": f.range.name,
+                }
+                for f in row.in_flight
+            ],
+            "last_error": row.last_error,
+            "last_error_at": _iso(row.last_error_at),
+        }
+        for row in rows
+    ]
+
+
+def render_status(rows: list[TypeStatus]) -> str:
+    lines = []
+    for row in rows:
+        counts = ", ".join(
+            f"{row.chunks[status]} {status}" for status in ChunkStatus if row.chunks.get(status)
+        )
+        covered = (
+            f"covered {_iso(row.covered_from)} through {_iso(row.covered_through)}"
+            if row.covered_from
+            else "nothing covered yet"
+        )
+        lines.append(f"{row.merchant_id} {row.type}: {covered}; chunks: {counts or 'none'}")
+        for gap in row.gaps:
+            lines.append(f"  gap {gap}")
+        for flight in row.in_flight:
+            lines.append(
+                f"  in flight: export {flight.export_id} {flight.status} "
+                f"{flight.percent:g}% for {flight.range}"
+            )
+        if row.last_error:
+            lines.append(f"  last error at {_iso(row.last_error_at)}: {row.last_error}")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""What a run did, per merchant and type: the final report and the exit code."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from harvester.chunks import ExportType
+
+
+@dataclass(slots=True)
+class Tally:
+    """One merchant and type."""
+
+    chunks_planned: int = 0
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    objects: int = 0
+    parts: int = 0
+    bytes: int = 0
+    exports_created: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def chunks_left(self) -> int:
+        return self.chunks_planned - self.chunks_done - self.chunks_failed
+
+
+@dataclass(slots=True)
+class Summary:
+    tallies: dict[tuple[str, ExportType], Tally] = field(default_factory=dict)
+    refusals: dict[str, str] = field(default_factory=dict)  # merchant id -> why it was flagged
+    events: Counter[str] = field(default_factory=Counter)  # busy_503, window_503, ...
+    stopped: bool = False
+
+    def tally(self, merchant_id: str, export_type: ExportType) -> Tally:
+        return self.tallies.setdefault((merchant_id, export_type), Tally())
+
+    @property
+    def all_done(self) -> bool:
+        return not self.refusals and all(
+            t.chunks_done == t.chunks_planned for t in self.tallies.values()
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.all_done else 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "all_done": self.all_done,
+            "stopped": self.stopped,
+            "refusals": dict(self.refusals),
+            "events": dict(self.events),
+            "merchants": [
+                {
+                    "merchant": merchant_id,
+                    "type": str(export_type),
+                    "chunks_planned": t.chunks_planned,
+                    "chunks_done": t.chunks_done,
+                    "chunks_failed": t.chunks_failed,
+                    "chunks_left": t.chunks_left,
+                    "objects": t.objects,
+                    "parts": t.parts,
+                    "bytes": t.bytes,
+                    "exports_created": t.exports_created,
+                    "errors": list(t.errors),
+                }
+                for (merchant_id, export_type), t in sorted(self.tallies.items())
+            ],
+        }
+
+    def render(self) -> str:
+        header = ("merchant", "type", "done", "failed", "left", "objects", "MB", "exports")
+        rows = [header]
+        for (merchant_id, export_type), t in sorted(self.tallies.items()):
+            rows.append(
+                (
+                    merchant_id,
+                    str(export_type),
+                    f"{t.chunks_done}/{t.chunks_planned}",
+                    str(t.chunks_failed),
+                    str(t.chunks_left),
+                    str(t.objects),
+                    f"{t.bytes / 1e6:.1f}",
+                    str(t.exports_created),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        ]
+        for merchant_id, why in sorted(self.refusals.items()):
+            lines.append(f"{merchant_id}: {why}")
+        for (merchant_id, export_type), t in sorted(self.tallies.items()):
+            for error in t.errors:
+                lines.append(f"{merchant_id} {export_type}: {error}")
+        if self.events:
+            lines.append("events: " + ", ".join(f"{k}={v}" for k, v in sorted(self.events.items())))
+        verdict = "all requested work done" if self.all_done else "some work is not done"
+        if self.stopped:
+            verdict = "stopped before the end: the next run picks up where this one stopped"
+        lines.append(verdict)
+        return "\n".join(lines)

@@ -1,0 +1,424 @@
+"""The output folder: checked parts, whole-chunk publish, atomic replace, crash recovery."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from harvester import output as output_module
+from harvester.chunks import ExportType, TimeRange
+from harvester.errors import BadFile
+from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo, recover
+
+MERCHANT = "MERCHANT00001"
+JANUARY = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
+HARVESTED_AT = datetime(2025, 3, 1, 12, 30, 15, 250000, tzinfo=UTC)
+
+
+def export_file(count: int, tag: str = "a") -> bytes:
+    return json.dumps({"elements": [{"id": f"{tag}{n}"} for n in range(count)]}).encode()
+
+
+@pytest.fixture
+def chunk(tmp_path: Path) -> ChunkOutput:
+    return ChunkOutput(tmp_path / "out", MERCHANT, ExportType.PAYMENTS, JANUARY)
+
+
+async def write_part(
+    chunk: ChunkOutput, index: int, body: bytes, expected_size: int | None
+) -> PartInfo:
+    writer = await chunk.open_part(index)
+    async with writer:
+        await writer.write(body)
+        return await writer.commit(expected_size, index - 1)
+
+
+async def save_part(chunk: ChunkOutput, index: int, body: bytes) -> PartInfo:
+    return await write_part(chunk, index, body, len(body))
+
+
+async def stage(chunk: ChunkOutput, bodies: list[bytes], export_id: str = "E1") -> Manifest:
+    parts = [await save_part(chunk, index, body) for index, body in enumerate(bodies, start=1)]
+    return Manifest(MERCHANT, ExportType.PAYMENTS, JANUARY, export_id, HARVESTED_AT, tuple(parts))
+
+
+def listing(folder: Path) -> set[str]:
+    return {entry.name for entry in folder.iterdir()}
+
+
+# -- parts ----------------------------------------------------------------------------------
+
+
+async def test_a_part_written_in_pieces_commits_with_hash_and_count(chunk: ChunkOutput) -> None:
+    """Streamed pieces become one staged part whose sha256, size and object count are right."""
+    body = export_file(250)
+    writer = await chunk.open_part(3)
+    async with writer:
+        for start in range(0, len(body), 1000):
+            await writer.write(body[start : start + 1000])
+        info = await writer.commit(len(body), 2)
+    assert info == PartInfo(3, 2, len(body), hashlib.sha256(body).hexdigest(), 250)
+    assert (chunk.staging_dir / "part-00003.json").read_bytes() == body
+    assert listing(chunk.staging_dir) == {"part-00003.json"}
+    assert not chunk.final_dir.exists()
+
+
+async def test_an_unknown_size_skips_the_length_check(chunk: ChunkOutput) -> None:
+    """Without an expected size (no Content-Length) a valid part still commits."""
+    body = export_file(0)
+    writer = await chunk.open_part(1)
+    async with writer:
+        await writer.write(body)
+        info = await writer.commit(None, 0)
+    assert (info.size, info.objects) == (len(body), 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected_size", "problem"),
+    [
+        pytest.param(export_file(3), 10_000, "truncated: got", id="truncated"),
+        pytest.param(export_file(3), 5, "too long: got", id="too-long"),
+        pytest.param(b'{"elements": [{"id": 1}', None, "not JSON", id="bad-json"),
+        pytest.param(b"\xff\xfe garbage", None, "not JSON", id="not-text"),
+        pytest.param(b'[{"id": 1}]', None, "not a JSON object", id="not-an-object"),
+        pytest.param(b'{"items": []}', None, '"elements" list', id="no-elements"),
+        pytest.param(b'{"elements": {"id": 1}}', None, '"elements" list', id="elements-object"),
+        pytest.param(export_file(1001), None, "1001 elements, more than 1000", id="too-many"),
+        pytest.param(b'{"elements": [{"id": 1}, 7]}', None, "element 1 is not", id="element"),
+    ],
+)
+async def test_a_bad_file_is_refused_and_leaves_nothing(
+    chunk: ChunkOutput, body: bytes, expected_size: int | None, problem: str
+) -> None:
+    """A truncated, malformed or oversized file raises BadFile and leaves no part behind."""
+    with pytest.raises(BadFile, match=problem):
+        await write_part(chunk, 1, body, expected_size)
+    assert listing(chunk.staging_dir) == set()
+
+
+async def test_the_truncation_message_gives_both_sizes(chunk: ChunkOutput) -> None:
+    """A short body says how many bytes came of how many promised."""
+    with pytest.raises(BadFile, match=r"^truncated: got 4 of 9 bytes$"):
+        await write_part(chunk, 1, b"{}  ", 9)
+
+
+async def test_leaving_a_writer_on_error_deletes_its_temp_file(chunk: ChunkOutput) -> None:
+    """An exception inside `async with writer` aborts it: no temp file remains."""
+    writer = await chunk.open_part(1)
+    staged_meanwhile: list[set[str]] = []
+
+    async def download_that_breaks() -> None:
+        async with writer:
+            await writer.write(b'{"elements": [')
+            staged_meanwhile.append(listing(chunk.staging_dir))
+            raise ConnectionError("peer went away")
+
+    with pytest.raises(ConnectionError):
+        await download_that_breaks()
+    assert staged_meanwhile == [{".part-00001.json.tmp"}]
+    assert listing(chunk.staging_dir) == set()
+    with pytest.raises(RuntimeError, match="after commit or abort"):
+        await writer.write(b"more")
+
+
+async def test_saved_part_checks_the_hash(chunk: ChunkOutput) -> None:
+    """A staged part counts as saved only if its sha256 matches."""
+    info = await save_part(chunk, 1, export_file(5))
+    assert await chunk.saved_part(1, info.sha256)
+    assert not await chunk.saved_part(1, "0" * 64)
+    assert not await chunk.saved_part(2, info.sha256)
+
+
+def test_part_names_and_bad_merchant_ids(tmp_path: Path) -> None:
+    """Part files are numbered from 1 with five digits; a merchant id cannot escape the folder."""
+    assert ChunkOutput.part_name(1) == "part-00001.json"
+    assert ChunkOutput.part_name(123456) == "part-123456.json"
+    with pytest.raises(ValueError, match="start at 1"):
+        ChunkOutput.part_name(0)
+    for bad in ("", "..", "../etc", ".hidden", "a/b"):
+        with pytest.raises(ValueError, match="folder name"):
+            ChunkOutput(tmp_path, bad, ExportType.ORDERS, JANUARY)
+    orders = ChunkOutput(tmp_path, MERCHANT, ExportType.ORDERS, JANUARY)
+    assert orders.final_dir == tmp_path / MERCHANT / "orders" / JANUARY.name
+    assert orders.staging_dir == tmp_path / MERCHANT / "orders" / f".staging-{JANUARY.name}"
+
+
+# -- publish --------------------------------------------------------------------------------
+
+
+async def test_publish_puts_the_complete_folder_in_place(chunk: ChunkOutput) -> None:
+    """The chunk folder appears with every part and the manifest; staging is gone."""
+    bodies = [export_file(1000, "a"), export_file(7, "b")]
+    manifest = await stage(chunk, bodies)
+    assert not chunk.final_dir.exists()
+    assert chunk.published_manifest() is None
+
+    await chunk.publish(manifest)
+
+    assert listing(chunk.final_dir) == {"part-00001.json", "part-00002.json", MANIFEST_NAME}
+    assert (chunk.final_dir / "part-00002.json").read_bytes() == bodies[1]
+    assert (chunk.final_dir / MANIFEST_NAME).read_text() == manifest.to_json()
+    assert chunk.published_manifest() == manifest
+    assert not chunk.staging_dir.exists()
+    assert listing(chunk.final_dir.parent) == {JANUARY.name}
+
+
+async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: ChunkOutput) -> None:
+    """Parts left from an abandoned export are not published with the new ones."""
+    await stage(chunk, [export_file(1), export_file(2), export_file(3)], "OLD")
+    manifest = await stage(chunk, [export_file(4, "n")], "NEW")
+    await chunk.publish(manifest)
+    assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
+
+
+async def test_publish_refuses_a_manifest_whose_part_is_not_staged(chunk: ChunkOutput) -> None:
+    """A listed part missing from staging is a BadFile and nothing is published."""
+    manifest = await stage(chunk, [export_file(1)])
+    (chunk.staging_dir / "part-00001.json").unlink()
+    with pytest.raises(BadFile, match=r"part-00001\.json is not staged"):
+        await chunk.publish(manifest)
+    assert not chunk.final_dir.exists()
+
+
+async def test_publish_refuses_another_chunks_manifest(chunk: ChunkOutput) -> None:
+    """A manifest for another range cannot be published into this chunk."""
+    manifest = await stage(chunk, [export_file(1)])
+    other = TimeRange(JANUARY.end, datetime(2025, 2, 28, tzinfo=UTC))
+    wrong = Manifest(MERCHANT, ExportType.PAYMENTS, other, "E1", HARVESTED_AT, manifest.parts)
+    with pytest.raises(ValueError, match="does not belong"):
+        await chunk.publish(wrong)
+
+
+@pytest.mark.parametrize("exchange_error", [None, errno.EINVAL, errno.ENOSYS])
+async def test_publishing_again_replaces_the_folder(
+    chunk: ChunkOutput, monkeypatch: pytest.MonkeyPatch, exchange_error: int | None
+) -> None:
+    """A second harvest replaces the first whole, by exchange or by the rename fallback."""
+    calls: list[int] = []
+    real_renameat2 = output_module._renameat2
+
+    def renameat2(old: Path, new: Path, flags: int) -> None:
+        calls.append(flags)
+        if exchange_error is not None:
+            raise OSError(exchange_error, os.strerror(exchange_error))
+        real_renameat2(old, new, flags)
+
+    monkeypatch.setattr(output_module, "_renameat2", renameat2)
+    await chunk.publish(await stage(chunk, [export_file(3, "old"), export_file(3, "old")], "E1"))
+    assert calls == []  # nothing to exchange with the first time
+
+    new_body = export_file(2, "new")
+    second = await stage(chunk, [new_body], "E2")
+    await chunk.publish(second)
+
+    assert calls == [2]
+    assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
+    assert (chunk.final_dir / "part-00001.json").read_bytes() == new_body
+    assert chunk.published_manifest() == second
+    assert listing(chunk.final_dir.parent) == {JANUARY.name}
+
+
+async def test_an_unexpected_exchange_error_is_raised(
+    chunk: ChunkOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only 'not supported' errors take the fallback; others surface and keep the old folder."""
+    await chunk.publish(await stage(chunk, [export_file(1)], "E1"))
+
+    def renameat2(old: Path, new: Path, flags: int) -> None:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(output_module, "_renameat2", renameat2)
+    with pytest.raises(PermissionError):
+        await chunk.publish(await stage(chunk, [export_file(2)], "E2"))
+    published = chunk.published_manifest()
+    assert published is not None
+    assert published.export_id == "E1"
+
+
+async def test_a_reader_never_sees_a_partial_chunk(chunk: ChunkOutput) -> None:
+    """While publish runs, a reader finds either no chunk folder or the whole of it."""
+    manifest = await stage(chunk, [export_file(10, str(n)) for n in range(40)])
+    expected = {ChunkOutput.part_name(n) for n in range(1, 41)} | {MANIFEST_NAME}
+    seen: list[set[str] | None] = []
+    stop = threading.Event()
+
+    def read_repeatedly() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(set(os.listdir(chunk.final_dir)))
+            except FileNotFoundError:
+                seen.append(None)
+
+    reader = threading.Thread(target=read_repeatedly)
+    reader.start()
+    try:
+        await chunk.publish(manifest)
+    finally:
+        stop.set()
+        reader.join(timeout=10)
+    assert seen
+    assert all(entry is None or entry == expected for entry in seen)
+    assert set(os.listdir(chunk.final_dir)) == expected
+
+
+async def test_discard_staging_removes_it(chunk: ChunkOutput) -> None:
+    """Discarding drops the staged parts; discarding nothing is harmless."""
+    await stage(chunk, [export_file(1)])
+    await chunk.discard_staging()
+    assert not chunk.staging_dir.exists()
+    await chunk.discard_staging()
+
+
+# -- manifest -------------------------------------------------------------------------------
+
+
+def test_manifest_round_trips_in_a_stable_layout() -> None:
+    """to_json writes the documented keys in order; from_json reads back the same manifest."""
+    parts = (PartInfo(1, 0, 123, "a" * 64, 1000), PartInfo(2, 1, 45, "b" * 64, 5))
+    manifest = Manifest(MERCHANT, ExportType.ORDERS, JANUARY, "EXP1", HARVESTED_AT, parts)
+    text = manifest.to_json()
+    assert text.endswith("}\n")
+    document = json.loads(text)
+    assert list(document) == [
+        "merchant_id",
+        "type",
+        "range",
+        "export_id",
+        "harvested_at",
+        "objects",
+        "parts",
+    ]
+    assert document["type"] == "ORDERS"
+    assert document["range"] == {
+        "start": "2025-01-01T00:00:00Z",
+        "end": "2025-01-31T00:00:00Z",
+        "start_ms": JANUARY.start_ms,
+        "end_ms": JANUARY.end_ms,
+    }
+    assert document["harvested_at"] == "2025-03-01T12:30:15.250000Z"
+    assert document["objects"] == 1005
+    assert document["parts"][1] == {
+        "file": "part-00002.json",
+        "url_index": 1,
+        "size": 45,
+        "sha256": "b" * 64,
+        "objects": 5,
+    }
+    assert Manifest.from_json(text) == manifest
+    assert Manifest.from_json(text).to_json() == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"merchant_id": "M"}',
+        '{"merchant_id": "M", "type": "REFUNDS", "range": {"start_ms": 0, "end_ms": 1},'
+        ' "export_id": "E", "harvested_at": "2025-01-01T00:00:00Z", "parts": []}',
+        '{"merchant_id": "M", "type": "ORDERS", "range": {"start_ms": 0, "end_ms": 1},'
+        ' "export_id": "E", "harvested_at": "2025-01-01T00:00:00Z",'
+        ' "parts": [{"file": "x.json", "url_index": 0, "size": 1, "sha256": "", "objects": 1}]}',
+        '{"merchant_id": "M", "type": "ORDERS", "range": {"start_ms": 0, "end_ms": 1},'
+        ' "export_id": "E", "harvested_at": "2025-01-01T00:00:00", "parts": []}',
+    ],
+)
+def test_a_malformed_manifest_is_a_value_error(text: str) -> None:
+    """from_json refuses text that is not a harvester manifest."""
+    with pytest.raises(ValueError, match="not a harvester manifest"):
+        Manifest.from_json(text)
+
+
+async def test_an_unreadable_published_manifest_counts_as_none(chunk: ChunkOutput) -> None:
+    """A chunk folder whose manifest cannot be read is treated as not harvested."""
+    await chunk.publish(await stage(chunk, [export_file(1)]))
+    (chunk.final_dir / MANIFEST_NAME).write_text("{ broken")
+    assert chunk.published_manifest() is None
+
+
+# -- recover --------------------------------------------------------------------------------
+
+
+def make_folder(path: Path, *files: str) -> Path:
+    path.mkdir(parents=True)
+    for name in files:
+        (path / name).write_text("x")
+    return path
+
+
+def test_recover_clears_every_kind_of_leftover(tmp_path: Path) -> None:
+    """Each crash leftover is restored, cleaned or removed; anything else is left alone."""
+    out = tmp_path / "out"
+    payments = out / MERCHANT / "payments"
+    orders = out / MERCHANT / "orders"
+    february = TimeRange(JANUARY.end, datetime(2025, 3, 2, tzinfo=UTC)).name
+    march = TimeRange(datetime(2025, 3, 2, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC)).name
+
+    # A crash between the two fallback renames: only the old folder exists.
+    make_folder(payments / f".old-{JANUARY.name}", "part-00001.json", MANIFEST_NAME)
+    # A crash after the swap, before the old folder was deleted.
+    make_folder(payments / february, "part-00001.json", MANIFEST_NAME)
+    make_folder(payments / f".old-{february}", "part-00001.json")
+    # Staging of an export still in flight, and of one that is not.
+    make_folder(orders / f".staging-{JANUARY.name}", "part-00001.json", ".part-00002.json.tmp")
+    make_folder(orders / f".staging-{march}", "part-00001.json")
+    # Names recover does not own.
+    make_folder(payments / ".old-not-a-chunk", "keep")
+    make_folder(payments / ".staging-whatever", "keep")
+    (payments / "notes.txt").write_text("mine")
+    make_folder(out / MERCHANT / "refunds" / f".staging-{march}", "keep")
+
+    asked: list[tuple[str, str, str]] = []
+
+    def keep_staging(merchant_id: str, type_folder: str, chunk_name: str) -> bool:
+        asked.append((merchant_id, type_folder, chunk_name))
+        return chunk_name == JANUARY.name
+
+    touched = recover(out, keep_staging)
+
+    assert set(touched) == {
+        payments / JANUARY.name,
+        payments / f".old-{february}",
+        orders / f".staging-{JANUARY.name}" / ".part-00002.json.tmp",
+        orders / f".staging-{march}",
+    }
+    assert sorted(asked) == [
+        (MERCHANT, "orders", JANUARY.name),
+        (MERCHANT, "orders", march),
+    ]
+    assert listing(payments / JANUARY.name) == {"part-00001.json", MANIFEST_NAME}
+    assert listing(payments) == {
+        JANUARY.name,
+        february,
+        ".old-not-a-chunk",
+        ".staging-whatever",
+        "notes.txt",
+    }
+    assert listing(orders) == {f".staging-{JANUARY.name}"}
+    assert listing(orders / f".staging-{JANUARY.name}") == {"part-00001.json"}
+    assert listing(out / MERCHANT / "refunds") == {f".staging-{march}"}
+    assert recover(out, keep_staging) == []
+
+
+def test_recover_of_a_missing_output_folder_does_nothing(tmp_path: Path) -> None:
+    """Before the first run there is no output folder and nothing to recover."""
+    assert recover(tmp_path / "absent", lambda *_: False) == []
+    assert not (tmp_path / "absent").exists()
+
+
+async def test_a_kept_staging_is_reused_after_recover(chunk: ChunkOutput) -> None:
+    """Parts staged before a crash survive recover and are recognised as saved."""
+    info = await save_part(chunk, 1, export_file(3))
+    writer = await chunk.open_part(2)
+    await writer.write(b'{"elements": [')  # the crash comes mid-download
+    recover(chunk.output_dir, lambda *_: True)
+    assert listing(chunk.staging_dir) == {"part-00001.json"}
+    assert await chunk.saved_part(1, info.sha256)
+    await writer.abort()

@@ -1,0 +1,343 @@
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+
+import pytest
+
+from harvester.clock import FakeClock
+from harvester.ratelimit import RequestLimiter, Scope, scope_of_header
+
+
+def clover_limiter(clock: FakeClock) -> RequestLimiter:
+    """Clover's documented numbers: 16/s and 5 in flight per token, 50/s and 10 per app."""
+    return RequestLimiter(
+        clock, token_requests_per_s=16, token_concurrent=5, app_requests_per_s=50, app_concurrent=10
+    )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run until `condition` holds (no time passes)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def most_starts_in_one_second(starts: list[float]) -> int:
+    """The most of these instants that any half-open 1 s window [t, t + 1) holds."""
+    ordered = sorted(starts)
+    return max(
+        sum(1 for later in ordered[i:] if later < first + 1.0) for i, first in enumerate(ordered)
+    )
+
+
+class Traffic:
+    """Runs requests through a limiter and records when each started and how many overlapped."""
+
+    def __init__(self, clock: FakeClock, limiter: RequestLimiter) -> None:
+        self.clock = clock
+        self.limiter = limiter
+        self.starts: dict[str, list[float]] = defaultdict(list)
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.peak: dict[str, int] = defaultdict(int)
+        self.total = 0
+        self.peak_total = 0
+
+    async def request(self, key: str, hold_s: float) -> None:
+        async with self.limiter.request(key):
+            self.starts[key].append(self.clock.monotonic())
+            self.in_flight[key] += 1
+            self.total += 1
+            self.peak[key] = max(self.peak[key], self.in_flight[key])
+            self.peak_total = max(self.peak_total, self.total)
+            try:
+                await self.clock.sleep(hold_s)
+            finally:
+                self.in_flight[key] -= 1
+                self.total -= 1
+
+    @property
+    def all_starts(self) -> list[float]:
+        return [start for starts in self.starts.values() for start in starts]
+
+
+@pytest.mark.parametrize(
+    ("headers", "scope"),
+    [
+        ({"X-RateLimit-tokenLimit": "16"}, Scope.TOKEN),
+        ({"X-RateLimit-TokenConcurrentLimit": "5", "Retry-After": "1"}, Scope.TOKEN),
+        ({"X-RateLimit-crossTokenLimit": "50"}, Scope.APP),
+        ({"x-ratelimit-crosstokenconcurrentlimit": "10", "Retry-After": "2"}, Scope.APP),
+        ({"X-RATELIMIT-CROSSTOKENLIMIT": "50", "X-RateLimit-tokenLimit": "16"}, Scope.APP),
+        ({"Content-Type": "application/json"}, Scope.TOKEN),
+        ({}, Scope.TOKEN),
+    ],
+)
+def test_scope_of_header(headers: Mapping[str, str], scope: Scope) -> None:
+    """crossToken headers pause the whole app; token headers, unknown or none pause the token."""
+    assert scope_of_header(headers) is scope
+
+
+@pytest.mark.parametrize(
+    "numbers", [(0, 5, 50, 10), (16, 0, 50, 10), (16, 5, 0.5, 10), (16, 5, 50, 0)]
+)
+def test_limiter_rejects_limits_below_one(
+    clock: FakeClock, numbers: tuple[float, int, float, int]
+) -> None:
+    """A rate or concurrency below 1 cannot be honoured and is a ValueError."""
+    with pytest.raises(ValueError, match="must be >= 1"):
+        RequestLimiter(clock, *numbers)
+
+
+async def test_one_key_keeps_to_rate_and_concurrency(clock: FakeClock) -> None:
+    """100 requests of one token never exceed 16 starts in any 1 s nor 5 in flight, yet use both."""
+    limiter = clover_limiter(clock)
+    traffic = Traffic(clock, limiter)
+    rng = random.Random(1)
+    async with asyncio.TaskGroup() as group:
+        for _ in range(100):
+            group.create_task(traffic.request("m1", rng.uniform(0.01, 0.1)))
+    starts = traffic.starts["m1"]
+    assert len(starts) == 100
+    assert most_starts_in_one_second(starts) == 16
+    assert traffic.peak["m1"] == 5
+    # Not throttled beyond the limits: 100 starts at 16 per second need just over 6 s.
+    assert max(starts) < 7.0
+    assert limiter.in_flight("m1") == 0
+    assert limiter.waiting == 0
+
+
+async def test_many_keys_keep_to_the_app_limits(clock: FakeClock) -> None:
+    """Six tokens together never exceed 50 starts per second nor 10 in flight for the app."""
+    limiter = clover_limiter(clock)
+    traffic = Traffic(clock, limiter)
+    rng = random.Random(2)
+    keys = [f"m{n}" for n in range(6)]
+    async with asyncio.TaskGroup() as group:
+        for _ in range(40):
+            for key in keys:
+                group.create_task(traffic.request(key, rng.uniform(0.001, 0.05)))
+    assert most_starts_in_one_second(traffic.all_starts) == 50
+    assert traffic.peak_total == 10
+    assert limiter.max_in_flight_seen == 10
+    for key in keys:
+        assert len(traffic.starts[key]) == 40
+        assert most_starts_in_one_second(traffic.starts[key]) <= 16
+        assert traffic.peak[key] <= 5
+    assert limiter.in_flight_total == 0
+
+
+async def test_one_token_waits_in_arrival_order(clock: FakeClock) -> None:
+    """Waiters of one token start in the order they asked."""
+    limiter = RequestLimiter(clock, 16, 1, 50, 10)
+    order: list[int] = []
+
+    async def request(n: int) -> None:
+        async with limiter.request("m1"):
+            order.append(n)
+            await clock.sleep(0.1)
+
+    async with asyncio.TaskGroup() as group:
+        for n in range(8):
+            group.create_task(request(n))
+    assert order == list(range(8))
+
+
+async def test_a_held_back_token_does_not_hold_back_others(clock: FakeClock) -> None:
+    """A token at its concurrency limit leaves other tokens' requests free to start at once."""
+    limiter = RequestLimiter(clock, 16, 1, 50, 10)
+    traffic = Traffic(clock, limiter)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(traffic.request("busy", 5.0))
+        group.create_task(traffic.request("busy", 5.0))
+        group.create_task(traffic.request("free", 1.0))
+    assert traffic.starts["busy"] == [0.0, 5.0]
+    assert traffic.starts["free"] == [0.0]
+
+
+async def test_token_pause_delays_only_that_token(clock: FakeClock) -> None:
+    """A TOKEN pause holds back that merchant's requests and no one else's."""
+    limiter = clover_limiter(clock)
+    traffic = Traffic(clock, limiter)
+    limiter.pause(Scope.TOKEN, "m1", 5.0)
+    async with asyncio.TaskGroup() as group:
+        for key in ("m1", "m2", "m1", "m3"):
+            group.create_task(traffic.request(key, 0.1))
+    assert traffic.starts["m1"] == [5.0, 5.0]
+    assert traffic.starts["m2"] == [0.0]
+    assert traffic.starts["m3"] == [0.0]
+
+
+async def test_app_pause_delays_everyone(clock: FakeClock) -> None:
+    """An APP pause holds back every merchant's requests on the host."""
+    limiter = clover_limiter(clock)
+    traffic = Traffic(clock, limiter)
+    limiter.pause(Scope.APP, "m1", 3.0)
+    async with asyncio.TaskGroup() as group:
+        for key in ("m1", "m2", "m3"):
+            group.create_task(traffic.request(key, 0.1))
+    assert sorted(traffic.all_starts) == [3.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("pauses", [(10.0, 2.0), (2.0, 10.0)])
+async def test_a_pause_extends_and_never_shortens(
+    clock: FakeClock, pauses: tuple[float, float]
+) -> None:
+    """Of two pauses, the one ending later wins, whichever came first."""
+    limiter = clover_limiter(clock)
+    traffic = Traffic(clock, limiter)
+    for seconds in pauses:
+        limiter.pause(Scope.TOKEN, "m1", seconds)
+    await traffic.request("m1", 0.1)
+    assert traffic.starts["m1"] == [10.0]
+
+
+async def test_pause_does_not_touch_requests_in_flight(clock: FakeClock) -> None:
+    """A pause only delays starts: a request already inside its block carries on."""
+    limiter = clover_limiter(clock)
+    inside = asyncio.Event()
+    finished_at: list[float] = []
+
+    async def request() -> None:
+        async with limiter.request("m1"):
+            inside.set()
+            await clock.sleep(1.0)
+            finished_at.append(clock.monotonic())
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(request())
+        await inside.wait()
+        limiter.pause(Scope.APP, "m1", 30.0)
+    assert finished_at == [1.0]
+
+
+async def test_pause_while_waiting_for_a_slot_is_honoured(clock: FakeClock) -> None:
+    """A waiter whose concurrency slot frees during a pause starts when the pause ends."""
+    limiter = RequestLimiter(clock, 16, 1, 50, 10)
+    traffic = Traffic(clock, limiter)
+
+    async def pause_later() -> None:
+        await clock.sleep(0.5)
+        limiter.pause(Scope.TOKEN, "m1", 3.0)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(traffic.request("m1", 1.0))
+        group.create_task(traffic.request("m1", 1.0))
+        group.create_task(pause_later())
+    assert traffic.starts["m1"] == [0.0, 3.5]
+
+
+async def test_waiter_freed_by_release_then_held_by_rate_starts_on_time(clock: FakeClock) -> None:
+    """A waiter let through by a release but then held by the rate starts when the rate allows."""
+    limiter = RequestLimiter(clock, 16, 5, app_requests_per_s=2, app_concurrent=1)
+    traffic = Traffic(clock, limiter)
+    async with asyncio.TaskGroup() as group:
+        for key in ("m1", "m2", "m3"):
+            group.create_task(traffic.request(key, 0.1))
+    assert sorted(traffic.all_starts) == pytest.approx([0.0, 0.1, 1.0])
+
+
+async def test_cancelled_waiters_leak_nothing(clock: FakeClock) -> None:
+    """Requests cancelled while queued leave no count behind: full concurrency remains."""
+    limiter = clover_limiter(clock)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter.request("m1"):
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(5)]
+    queued = [asyncio.create_task(hold()) for _ in range(10)]
+    await until(lambda: limiter.in_flight("m1") == 5 and limiter.waiting == 10)
+    for task in queued:
+        task.cancel()
+    await asyncio.gather(*queued, return_exceptions=True)
+    assert limiter.waiting == 0
+    assert limiter.in_flight("m1") == 5
+    release.set()
+    await asyncio.gather(*holders)
+    assert limiter.in_flight("m1") == 0
+    assert limiter.in_flight_total == 0
+
+    traffic = Traffic(clock, limiter)
+    async with asyncio.TaskGroup() as group:
+        for _ in range(5):
+            group.create_task(traffic.request("m1", 0.1))
+    assert traffic.peak["m1"] == 5
+
+
+async def test_cancelled_inside_the_block_releases(clock: FakeClock) -> None:
+    """Requests cancelled while in flight give back their places."""
+    limiter = clover_limiter(clock)
+    traffic = Traffic(clock, limiter)
+    tasks = [asyncio.create_task(traffic.request("m1", 60.0)) for _ in range(5)]
+    await until(lambda: limiter.in_flight("m1") == 5)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert limiter.in_flight("m1") == 0
+    assert limiter.in_flight_total == 0
+
+
+async def test_cancelled_while_sleeping_for_the_rate_uses_no_start(clock: FakeClock) -> None:
+    """A request cancelled while waiting for the rate does not use up a start."""
+    limiter = RequestLimiter(clock, 1, 5, 50, 10)
+    traffic = Traffic(clock, limiter)
+    await traffic.request("m1", 0.0)
+    cancelled = asyncio.create_task(traffic.request("m1", 0.0))
+    await until(lambda: limiter.waiting == 1)
+    clock.advance(0.5)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert limiter.waiting == 0
+    await traffic.request("m1", 0.0)
+    assert traffic.starts["m1"] == [0.0, 1.0]
+
+
+async def test_cancelled_as_it_is_granted_hands_the_place_on(clock: FakeClock) -> None:
+    """A waiter cancelled in the instant it is granted gives the place to the next waiter."""
+    limiter = RequestLimiter(clock, 16, 1, 50, 10)
+    traffic = Traffic(clock, limiter)
+    first = limiter.request("m1")
+    await first.__aenter__()
+    unlucky = asyncio.create_task(traffic.request("m1", 0.0))
+    await until(lambda: limiter.waiting == 1)
+    next_in_line = asyncio.create_task(traffic.request("m1", 0.0))
+    await until(lambda: limiter.waiting == 2)
+
+    await first.__aexit__(None, None, None)
+    assert limiter.in_flight("m1") == 1  # granted to `unlucky`, which has not run yet
+    unlucky.cancel()
+    await asyncio.gather(unlucky, return_exceptions=True)
+    assert unlucky.cancelled()
+    assert limiter.waiting == 0  # handed on, not leaked
+    await next_in_line
+
+    assert len(traffic.starts["m1"]) == 1  # only next_in_line ran
+    assert limiter.in_flight("m1") == 0
+
+
+async def test_cancelled_before_its_turn_uses_no_start(clock: FakeClock) -> None:
+    """A waiter cancelled but not yet unwound when its turn comes is passed over, using no start."""
+    limiter = RequestLimiter(clock, 2, 1, 50, 10)
+    traffic = Traffic(clock, limiter)
+    first = limiter.request("m1")
+    await first.__aenter__()
+    cancelled = asyncio.create_task(traffic.request("m1", 0.0))
+    await until(lambda: limiter.waiting == 1)
+    next_in_line = asyncio.create_task(traffic.request("m1", 0.0))
+    await until(lambda: limiter.waiting == 2)
+
+    cancelled.cancel()
+    await first.__aexit__(None, None, None)
+    await asyncio.gather(cancelled, next_in_line, return_exceptions=True)
+
+    assert cancelled.cancelled()
+    # The rate allows two starts a second: `first` and `next_in_line`, both at once.
+    assert traffic.starts["m1"] == [0.0]
+    assert limiter.in_flight("m1") == 0
+    assert limiter.waiting == 0
