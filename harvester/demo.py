@@ -10,16 +10,20 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 MERCHANTS = ("DEMOCAFE00001", "DEMOBAKERY002", "DEMOBOOKS0003", "DEMOGARAGE004", "DEMOFLORIST05")
-DATA_FROM, DATA_TO = "2025-01-01", "2025-05-01"
+DATA_FROM, DATA_TO = "2025-01-01", "2025-04-01"
 EXPORT_LIMIT = 3
+HARVESTER = [sys.executable, "-m", "harvester"]
 
 
 def _free_port() -> int:
@@ -29,7 +33,7 @@ def _free_port() -> int:
         return port
 
 
-def _config(folder: Path, port: int) -> str:
+def _config(port: int) -> str:
     merchants = "\n".join(
         f"  - id: {merchant}\n    region: local\n    token: ${{DEMO_TOKEN_{n}}}"
         for n, merchant in enumerate(MERCHANTS)
@@ -37,11 +41,9 @@ def _config(folder: Path, port: int) -> str:
     return f"""\
 output_dir: data
 state_path: state/harvester.sqlite3
-chunk_days: 30
-max_concurrent_downloads: 8
 timing:
   poll_min_s: 0.2
-  poll_max_s: 2
+  poll_max_s: 1
   backoff_base_s: 0.2
   backoff_max_s: 5
 regions:
@@ -54,75 +56,64 @@ merchants:
 """
 
 
+def slot_busyness(stats: dict[str, Any], limit: int) -> float | None:
+    """Running exports / limit, averaged from the first create to the last export's end."""
+    if not stats.get("first_create_at") or not stats.get("last_done_at"):
+        return None
+    first = datetime.fromisoformat(stats["first_create_at"])
+    last = datetime.fromisoformat(stats["last_done_at"])
+    span_s = (last - first).total_seconds()
+    return float(stats["running_seconds"]) / (limit * span_s) if span_s > 0 else None
+
+
 def main() -> int:
     folder = Path("demo-output").resolve()
-    if folder.exists():
-        subprocess.run(["rm", "-rf", str(folder)], check=True)  # noqa: S603, S607 - our own folder
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     port = _free_port()
     tokens = {f"DEMO_TOKEN_{n}": secrets.token_urlsafe(24) for n in range(len(MERCHANTS))}
-    env = {**os.environ, **tokens}
-    env["SIMULATOR_MERCHANTS"] = ",".join(
-        f"{merchant}={tokens[f'DEMO_TOKEN_{n}']}" for n, merchant in enumerate(MERCHANTS)
+    env = {
+        **os.environ,
+        **tokens,
+        # The simulator learns the tokens from its environment, never from a command line.
+        "SIMULATOR_MERCHANTS": ",".join(
+            f"{merchant}={tokens[f'DEMO_TOKEN_{n}']}" for n, merchant in enumerate(MERCHANTS)
+        ),
+    }
+    config = folder / "config.yaml"
+    config.write_text(_config(port))
+    simulate = (
+        f"simulate --port {port} --file-port {_free_port()} "
+        f"--max-concurrent-exports {EXPORT_LIMIT} --data-from {DATA_FROM} --data-to {DATA_TO} "
+        "--objects-per-day 150 --objects-per-file 1000 "
+        "--export-seconds 1 --export-seconds-per-object 0.0001 --log-format json"
     )
-    (folder / "config.yaml").write_text(_config(folder, port))
-    simulator = subprocess.Popen(  # noqa: S603 - our own CLI
-        [
-            sys.executable,
-            "-m",
-            "harvester",
-            "simulate",
-            "--port",
-            str(port),
-            "--file-port",
-            str(_free_port()),
-            "--max-concurrent-exports",
-            str(EXPORT_LIMIT),
-            "--data-from",
-            DATA_FROM,
-            "--data-to",
-            DATA_TO,
-            "--objects-per-day",
-            "150",
-            "--objects-per-file",
-            "1000",
-            "--export-seconds",
-            "2",
-            "--log-format",
-            "console",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    with (folder / "simulator.log").open("w") as simulator_log:
+        simulator = subprocess.Popen(  # noqa: S603 - our own CLI
+            [*HARVESTER, *simulate.split()],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=simulator_log,
+            text=True,
+        )
     try:
         assert simulator.stdout is not None
         print(simulator.stdout.readline().strip())
         print(f"harvesting {len(MERCHANTS)} merchants, {DATA_FROM} to {DATA_TO} ...", flush=True)
         started = time.monotonic()
-        result = subprocess.run(  # noqa: S603 - our own CLI
-            [
-                sys.executable,
-                "-m",
-                "harvester",
-                "backfill",
-                "--config",
-                str(folder / "config.yaml"),
-                "--from",
-                DATA_FROM,
-                "--to",
-                DATA_TO,
-                "--log-format",
-                "json",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=(folder / "harvester.log").open("w"),
-            text=True,
-            check=False,
-        )
+        backfill = f"backfill --config {config} --from {DATA_FROM} --to {DATA_TO} --log-format json"
+        with (folder / "harvester.log").open("w") as harvester_log:
+            result = subprocess.run(  # noqa: S603 - our own CLI
+                [*HARVESTER, *backfill.split()],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=harvester_log,
+                text=True,
+                check=False,
+            )
         wall_s = time.monotonic() - started
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_simulator/stats") as answer:
+        stats_url = f"http://127.0.0.1:{port}/_simulator/stats"
+        with urllib.request.urlopen(stats_url) as answer:  # noqa: S310 - loopback, our simulator
             stats = json.load(answer)
     finally:
         simulator.terminate()
@@ -130,7 +121,7 @@ def main() -> int:
     print(result.stdout)
     files = sorted((folder / "data").rglob("part-*.json"))
     print(f"exit code {result.returncode}; {len(files)} files under {folder / 'data'}")
-    print(f"log: {folder / 'harvester.log'}")
+    print(f"logs: {folder / 'harvester.log'}, {folder / 'simulator.log'}")
     print(f"wall time: {wall_s:.1f} s")
     print(
         f"exports created: {stats['exports_created']}, busy 503s: {stats['busy_503s']}, "
@@ -138,28 +129,8 @@ def main() -> int:
     )
     busy = slot_busyness(stats, EXPORT_LIMIT)
     if busy is not None:
-        print(
-            f"export slots busy: {busy:.0%} (running exports / limit, averaged while work remained)"
-        )
+        print(f"export slots busy: {busy:.0%} (running exports / limit, while work remained)")
     return result.returncode
-
-
-def slot_busyness(stats: dict[str, object], limit: int) -> float | None:
-    first, last, running = (
-        stats.get("first_create_at"),
-        stats.get("last_done_at"),
-        stats.get("running_seconds"),
-    )
-    if (
-        not isinstance(first, str)
-        or not isinstance(last, str)
-        or not isinstance(running, int | float)
-    ):
-        return None
-    from datetime import datetime
-
-    span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-    return running / (limit * span) if span > 0 else None
 
 
 if __name__ == "__main__":

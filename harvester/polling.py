@@ -38,3 +38,21 @@ def next_poll_delay(
         predicted_remaining_s = elapsed_s * (100 - percent) / percent
         wanted = predicted_remaining_s / 2
     return min(poll_max_s, max(poll_min_s, wanted))
+
+
+def progress_elapsed_s(
+    elapsed_s: float, first_progress: tuple[float, float] | None, now_s: float, percent: float
+) -> float:
+    """The elapsed time to predict with: how long `percent` took at the rate seen lately.
+
+    Time since creation includes the export's wait in Clover's queue, which makes the finish
+    look further away than it is. Once two polls have shown progress, the rate between them
+    says how long the work done so far took: `first_progress` is (time, percent) of the
+    first poll that showed progress, on the same clock as `now_s`.
+    """
+    if first_progress is None:
+        return elapsed_s
+    first_s, first_percent = first_progress
+    if percent <= first_percent or now_s <= first_s:
+        return elapsed_s
+    return percent * (now_s - first_s) / (percent - first_percent)

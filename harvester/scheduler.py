@@ -40,7 +40,7 @@ from harvester.gate import HostGate, classify_503, window_wait_s
 from harvester.logs import get_logger
 from harvester.merchant import MerchantClient
 from harvester.output import ChunkOutput
-from harvester.polling import next_poll_delay
+from harvester.polling import next_poll_delay, progress_elapsed_s
 from harvester.ratelimit import RequestLimiter
 from harvester.slots import ExportSlots
 from harvester.store import ChunkRecord, ExportRecord, ExportState, Store
@@ -379,15 +379,30 @@ class Harvest:
         timing = self._config.timing
         last_percent = record.percent
         last_progress = self._clock.now()
+        first_progress: tuple[float, float] | None = None
         while True:
             if info is None or info.status != ExportStatus.DONE:
                 now = self._clock.now()
-                elapsed = (now - record.created_at).total_seconds()
                 percent = info.percent if info is not None else record.percent
+                if first_progress is None and percent > 0:
+                    first_progress = (self._clock.monotonic(), percent)
+                elapsed = progress_elapsed_s(
+                    (now - record.created_at).total_seconds(),
+                    first_progress,
+                    self._clock.monotonic(),
+                    percent,
+                )
                 delay = next_poll_delay(elapsed, percent, timing.poll_min_s, timing.poll_max_s)
                 if not await self._nap(delay):
                     raise _Stopped
                 info = await state.client.get_export(record.id)
+                get_logger().debug(
+                    "export.polled",
+                    export_id=record.id,
+                    status=info.status,
+                    percent=info.percent,
+                    waited_s=round(delay, 3),
+                )
             now = self._clock.now()
             if info.status == ExportStatus.DONE:
                 if info.urls is None:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harvester.polling import next_poll_delay
+from harvester.polling import next_poll_delay, progress_elapsed_s
 
 POLL_MIN_S = 2.0
 POLL_MAX_S = 60.0
@@ -99,3 +99,23 @@ def test_an_hour_long_export_costs_far_fewer_polls_than_fixed_rate(
     _, polls = simulate_export(3600.0, poll_min_s, poll_max_s)
     fixed_rate_polls = math.ceil(3600.0 / poll_min_s)
     assert polls * 10 < fixed_rate_polls
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "first_progress", "now_s", "percent", "expected"),
+    [
+        (30.0, None, 30.0, 10.0, 30.0),  # one sighting of progress: nothing better to go on
+        (30.0, (20.0, 10.0), 30.0, 10.0, 30.0),  # no progress since: keep time since creation
+        (30.0, (20.0, 10.0), 30.0, 30.0, 15.0),  # 20 points in 10 s: 30 points took 15 s
+        (30.0, (20.0, 10.0), 20.0, 30.0, 30.0),  # no time passed: no rate to compute
+    ],
+)
+def test_progress_elapsed_uses_the_rate_seen_between_polls(
+    elapsed_s: float,
+    first_progress: tuple[float, float] | None,
+    now_s: float,
+    percent: float,
+    expected: float,
+) -> None:
+    """The elapsed time used for prediction leaves out the export's wait in the queue."""
+    assert progress_elapsed_s(elapsed_s, first_progress, now_s, percent) == pytest.approx(expected)

@@ -66,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export-seconds", type=float, default=5.0, help="how long an export runs, at least"
     )
+    parser.add_argument(
+        "--export-seconds-per-object",
+        type=float,
+        default=0.001,
+        help="and this much longer for each object it holds",
+    )
     parser.add_argument("--file-ttl-s", type=float, default=86400.0)
     parser.add_argument(
         "--window-open-hours",
@@ -99,6 +105,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Fau
             f"--objects-per-file must be within 1..{MAX_OBJECTS_PER_FILE}",
         ),
         (args.export_seconds >= 0, "--export-seconds must not be negative"),
+        (
+            args.export_seconds_per_object >= 0,
+            "--export-seconds-per-object must not be negative",
+        ),
         (args.file_ttl_s > 0, "--file-ttl-s must be positive"),
         (args.latency_s >= 0, "--latency-s must not be negative"),
     )
@@ -114,6 +124,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Fau
         objects_per_file=args.objects_per_file,
         max_concurrent_exports=args.max_concurrent_exports,
         export_base_s=args.export_seconds,
+        export_per_object_s=args.export_seconds_per_object,
         file_ttl_s=args.file_ttl_s,
         api_latency_s=args.latency_s,
     )
