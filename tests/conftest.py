@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,6 +144,15 @@ def harvested(output_dir: Path, merchant_id: str, folder: str) -> list[dict[str,
         for part in sorted(chunk.glob("part-*.json")):
             objects.extend(json.loads(part.read_bytes())["elements"])
     return objects
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run until `condition` holds (no time passes)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
 
 
 def ids(objects: Iterable[Mapping[str, Any]]) -> list[str]:

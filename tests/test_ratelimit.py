@@ -3,12 +3,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import pytest
 
 from harvester.clock import FakeClock
 from harvester.ratelimit import RequestLimiter, Scope, scope_of_header
+from tests.conftest import until
 
 
 def clover_limiter(clock: FakeClock) -> RequestLimiter:
@@ -16,15 +17,6 @@ def clover_limiter(clock: FakeClock) -> RequestLimiter:
     return RequestLimiter(
         clock, token_requests_per_s=16, token_concurrent=5, app_requests_per_s=50, app_concurrent=10
     )
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Let other tasks run until `condition` holds (no time passes)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 def most_starts_in_one_second(starts: list[float]) -> int:

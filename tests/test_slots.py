@@ -2,22 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import pytest
 
 from harvester.clock import FakeClock
 from harvester.slots import ExportSlots, Slot
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Let other tasks run until `condition` holds (no time passes)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
+from tests.conftest import until
 
 
 class Exports:
