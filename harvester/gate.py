@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
+from harvester.backoff import backoff_delay
 from harvester.clock import Clock, wait_first
 from harvester.errors import CloverError, ServerBusy, WindowClosed
 from harvester.logs import get_logger
@@ -24,8 +26,9 @@ def classify_503(body: str, table: WindowTable, now: datetime) -> CloverError:
     """A 503 on creating an export: the window is closed, or the server is full.
 
     A body that speaks of hours or availability means closed (its hours, if it gives any,
-    say when it opens again; else the table does). A body that says nothing of the kind
-    means busy, unless the table says the window is shut anyway.
+    say when it opens again; else the table does). Any other 503, an empty one included,
+    means busy while the table says the window is open: a host that closed outside its
+    table then costs busy backoffs (few POSTs: see HostGate), never a misread busy server.
     """
     quoted = body.strip()[:200] or "(empty body)"
     hours = hours_from_message(body)
@@ -64,7 +67,9 @@ class HostGate:
 
     After the host itself said "closed", only one caller at a time (the probe) goes
     through; the others wait for its outcome, so a closed host sees at most one POST per
-    `probe_interval_s`.
+    `probe_interval_s`. After it said "busy", nobody creates an export on it until a
+    backoff (exponential in the busy answers in a row, with full jitter) has passed: the
+    slot a busy answer frees goes to no one else's immediate retry.
     """
 
     def __init__(
@@ -72,16 +77,22 @@ class HostGate:
         host: str,
         table: WindowTable,
         clock: Clock,
-        probe_interval_s: float,
+        backoff_base_s: float,
+        backoff_max_s: float,
         margin_s: float | None,
+        rng: random.Random,
     ) -> None:
         self.host = host
         self.table = table
         self._clock = clock
-        self._probe_interval_s = probe_interval_s
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s  # also the interval between probes of a closed host
         self._margin_override_s = margin_s
+        self._rng = rng
         self._durations: list[float] = []
         self._closed_until: datetime | None = None
+        self._busy_until: datetime | None = None
+        self._busy_in_a_row = 0
         self._probe: asyncio.Event | None = None  # set while a probe is out
         self._announced: datetime | None = None
 
@@ -90,6 +101,17 @@ class HostGate:
         if self._margin_override_s is not None:
             return self._margin_override_s
         return max(MIN_MARGIN_S, p90(self._durations) or 0.0)
+
+    def wait_s(self, now: datetime) -> float:
+        """Seconds before an export may start at `now`, counting what the host itself said.
+
+        A caller that waited for a slot after its admission checks this again: the host may
+        have said "closed" or "busy" meanwhile (its probe alone is let through at once).
+        """
+        return max(self._window_wait_s(now), _seconds_until(self._busy_until, now))
+
+    def _window_wait_s(self, now: datetime) -> float:
+        return window_wait_s(now, self.table, self._closed_until, self.margin_s)
 
     def observe_duration(self, seconds: float) -> None:
         """An export took this long from creation to DONE; it feeds the default margin."""
@@ -100,7 +122,7 @@ class HostGate:
     async def admission(self, stop: asyncio.Event) -> AsyncIterator[bool]:
         """Wait until an export may start; yields False if `stop` was set meanwhile.
 
-        The caller must report the outcome of its POST with `opened()` or `closed()`.
+        The caller reports what its POST got with `created()`, `busy()` or `closed()`.
         """
         is_probe = False
         try:
@@ -112,13 +134,15 @@ class HostGate:
                     await wait_first(self._probe.wait(), stop.wait())
                     continue
                 now = self._clock.now()
-                wait_s = window_wait_s(now, self.table, self._closed_until, self.margin_s)
+                window_s = self._window_wait_s(now)
+                wait_s = max(window_s, _seconds_until(self._busy_until, now))
                 if wait_s <= 0:
                     if self._closed_until is not None:
                         is_probe = True
                         self._probe = asyncio.Event()
                     break
-                self._announce(now + timedelta(seconds=wait_s))
+                if window_s > 0 and self._closed_until is None:
+                    self._announce(now + timedelta(seconds=window_s))
                 await wait_first(self._clock.sleep(min(wait_s, LONGEST_NAP_S)), stop.wait())
             yield True
         finally:
@@ -126,19 +150,44 @@ class HostGate:
                 self._probe.set()
                 self._probe = None
 
-    def opened(self) -> None:
-        """The host accepted a POST (or answered busy): the window is open."""
-        if self._closed_until is not None:
-            get_logger().info("window.reopened", host=self.host)
-        self._closed_until = None
+    def created(self) -> None:
+        """The host accepted a POST: its window is open and it has room."""
+        self._busy_in_a_row = 0
+        self._busy_until = None
+        self._open()
+
+    def busy(self) -> float:
+        """The host said it is full (so its window is open). Returns the backoff, in seconds."""
+        self._open()
+        self._busy_in_a_row += 1
+        pause_s = backoff_delay(
+            min(self._busy_in_a_row - 1, 30), self._backoff_base_s, self._backoff_max_s, self._rng
+        )
+        until = self._clock.now() + timedelta(seconds=pause_s)
+        if self._busy_until is None or until > self._busy_until:
+            self._busy_until = until
+        return pause_s
 
     def closed(self, error: WindowClosed) -> None:
         """The host said its window is closed."""
         now = self._clock.now()
         reopens = error.reopens_at
         if reopens is None or reopens <= now:
-            reopens = now + timedelta(seconds=self._probe_interval_s)
+            reopens = now + timedelta(seconds=self._backoff_max_s)
+        if self._closed_until is None:
+            get_logger().info(
+                "window.closed",
+                host=self.host,
+                opens_at=_iso(reopens),
+                said_by="host",
+                windows=self.table.describe(),
+            )
         self._closed_until = reopens
+
+    def _open(self) -> None:
+        if self._closed_until is not None:
+            get_logger().info("window.reopened", host=self.host)
+        self._closed_until = None
 
     def _announce(self, opens_at: datetime) -> None:
         if self._announced == opens_at:
@@ -147,6 +196,15 @@ class HostGate:
         get_logger().info(
             "window.closed",
             host=self.host,
-            opens_at=opens_at.isoformat().replace("+00:00", "Z"),
+            opens_at=_iso(opens_at),
+            said_by="table",
             windows=self.table.describe(),
         )
+
+
+def _seconds_until(moment: datetime | None, now: datetime) -> float:
+    return max(0.0, (moment - now).total_seconds()) if moment is not None else 0.0
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

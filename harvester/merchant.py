@@ -68,10 +68,20 @@ class MerchantClient:
         failures = 0
         rate_limited = 0
         refreshed = False
+        # A token Clover answered 401 to, and that answer: refresh before the next try.
+        stale: tuple[str, TokenRejected] | None = None
         log = get_logger()
         while True:
-            token = await self._tokens.get()
+            # A refresh (in get(), or after a 401) is an API call too: its 429s and transient
+            # failures get the same policy, and a rejected refresh token is final (token stays
+            # None).
+            token: str | None = None
             try:
+                if stale is not None:
+                    if not await self._tokens.rejected(stale[0]):
+                        raise stale[1]
+                    stale = None
+                token = await self._tokens.get()
                 return await call(token)
             except RateLimited as exc:
                 rate_limited += 1
@@ -87,10 +97,11 @@ class MerchantClient:
                 # The limiter holds back every later request of the token (or host) too.
                 self._limiter.pause(Scope(exc.scope), self.merchant_id, delay)
                 log.warning("request.rate_limited", scope=exc.scope, wait_s=round(delay, 3))
-            except TokenRejected:
-                if refreshed or not await self._tokens.rejected(token):
+            except TokenRejected as exc:
+                if token is None or refreshed:
                     raise
                 refreshed = True
+                stale = (token, exc)
             except (WindowClosed, ServerBusy):
                 raise
             except CloverUnavailable as exc:

@@ -221,8 +221,13 @@ class PartWriter:
         """Give up on the part: its temp file is deleted."""
         if self._committed:
             return
-        if self._file is not None:
-            file, self._file = self._file, None
+        file, self._file = self._file, None
+        # Shielded: a close cancelled while it waits for a worker thread (a sibling part
+        # failed meanwhile) would never run, and the file handle would leak.
+        await asyncio.shield(self._discard(file))
+
+    async def _discard(self, file: AsyncBufferedIOBase | None) -> None:
+        if file is not None:
             await file.close()
         await asyncio.to_thread(self._temp_path.unlink, missing_ok=True)
 
@@ -292,7 +297,16 @@ class ChunkOutput:
         name = self.part_name(index)
         await asyncio.to_thread(self.staging_dir.mkdir, parents=True, exist_ok=True)
         temp_path = self.staging_dir / f".{name}.tmp"
-        file = await aiofiles.open(temp_path, "wb")
+        opening = asyncio.ensure_future(aiofiles.open(temp_path, "wb"))
+        try:
+            file = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The open goes on in its thread regardless (a sibling part failed, say): close
+            # and delete what it opens, or the handle leaks.
+            with contextlib.suppress(Exception):
+                await (await opening).close()
+                await asyncio.to_thread(temp_path.unlink, missing_ok=True)
+            raise
         return PartWriter(file, temp_path, self.staging_dir / name, index)
 
     async def saved_part(self, index: int, expected_sha256: str) -> bool:

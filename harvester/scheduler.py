@@ -36,7 +36,7 @@ from harvester.errors import (
     TokenRejected,
     WindowClosed,
 )
-from harvester.gate import HostGate, classify_503, window_wait_s
+from harvester.gate import HostGate, classify_503
 from harvester.logs import get_logger
 from harvester.merchant import MerchantClient
 from harvester.output import ChunkOutput
@@ -138,8 +138,10 @@ class Harvest:
                 region.base_url,
                 region.windows,
                 self._clock,
-                probe_interval_s=self._config.timing.backoff_max_s,
+                backoff_base_s=self._config.timing.backoff_base_s,
+                backoff_max_s=self._config.timing.backoff_max_s,
                 margin_s=self._config.timing.window_margin_s,
+                rng=self._rng,
             )
             host = _Host(region, api, limiter, ExportSlots(region.max_concurrent_exports), gate)
             self._hosts[region.name] = host
@@ -304,37 +306,27 @@ class Harvest:
         host = state.host
         log = get_logger()
         transient_failures = 0
-        busy_in_a_row = 0
         while True:
             pause_s = 0.0
             async with host.gate.admission(self._stop) as admitted:
                 if not admitted:
                     raise _Stopped
                 async with host.slots.hold(state.merchant.id):
-                    # The wait for a slot may have outlasted the window (or its margin).
-                    now = self._clock.now()
-                    if (
-                        self._stop.is_set()
-                        or window_wait_s(now, host.gate.table, None, host.gate.margin_s) > 0
-                    ):
+                    # The wait for a slot may have outlasted the window (or its margin), or
+                    # the host may have said "closed" to another lane meanwhile.
+                    if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
                         continue
                     try:
                         info = await state.client.create_export(ExportType(chunk.type), chunk.range)
                     except ServerBusy as exc:
-                        host.gate.opened()
+                        # The slot goes back; the gate holds every lane of the host back
+                        # for the backoff, so that no other lane retries into the same wall.
                         host.slots.busy()
                         self.summary.events["busy_503"] += 1
-                        busy_in_a_row += 1
-                        pause_s = backoff_delay(
-                            busy_in_a_row - 1,
-                            self._config.timing.backoff_base_s,
-                            self._config.timing.backoff_max_s,
-                            self._rng,
-                        )
                         log.info(
                             "export.busy",
                             limit=host.slots.limit,
-                            wait_s=round(pause_s, 3),
+                            wait_s=round(host.gate.busy(), 3),
                             error=str(exc),
                         )
                     except WindowClosed as exc:
@@ -358,7 +350,7 @@ class Harvest:
                             wait_s=round(pause_s, 3),
                         )
                     else:
-                        host.gate.opened()
+                        host.gate.created()
                         host.slots.went_through()
                         # Shielded: an export whose id is lost is a slot wasted until it ends.
                         record = await asyncio.shield(
@@ -380,6 +372,10 @@ class Harvest:
         last_percent = record.percent
         last_progress = self._clock.now()
         first_progress: tuple[float, float] | None = None
+        # Re-attached (info None): its age includes time nobody watched it, maybe a whole
+        # night, which says nothing of how long exports take; as a margin it could outgrow
+        # the window and keep every export out for good.
+        timed = info is not None
         while True:
             if info is None or info.status != ExportStatus.DONE:
                 now = self._clock.now()
@@ -407,7 +403,8 @@ class Harvest:
             if info.status == ExportStatus.DONE:
                 if info.urls is None:
                     raise ExportFailed(f"export {record.id} is DONE without exportUrls")
-                state.host.gate.observe_duration((now - record.created_at).total_seconds())
+                if timed:
+                    state.host.gate.observe_duration((now - record.created_at).total_seconds())
                 await asyncio.shield(
                     self._store.export_done(record.id, info.available_until, info.urls)
                 )

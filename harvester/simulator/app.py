@@ -96,6 +96,10 @@ class SimulatorSettings:
     access_token_ttl_s: float = 3600.0
     refresh_token_ttl_s: float = 86400.0 * 30
     stuck_fail_after_s: float = 3600.0  # a stuck export turns FAILED this long after it stalls
+    retry_after_s: float = 1.0  # the Retry-After of a 429 for too many requests in flight
+    # Each object in a file gets a "padding" field this many characters long: bigger files
+    # with the same objects, for the memory benchmark. 0: objects as generated.
+    object_padding_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.data_start.tzinfo is None or self.data_end.tzinfo is None:
@@ -106,6 +110,8 @@ class SimulatorSettings:
             raise ValueError(f"window_body must be one of {WINDOW_BODIES}")
         if self.filter_field not in FILTER_FIELDS:
             raise ValueError(f"filter_field must be one of {FILTER_FIELDS}")
+        if self.object_padding_bytes < 0:
+            raise ValueError("object_padding_bytes must not be negative")
 
 
 @dataclass(slots=True)
@@ -362,6 +368,13 @@ class Simulator:
         """Change an object's amount now (a refund, an edit) and return the new version."""
         return self._data.edit(merchant_id, type, object_id, self._now_ms())
 
+    def revoke_access_tokens(self, merchant_id: str) -> None:
+        """Clover stops accepting the merchant's issued access tokens, expired or not (an app
+        reinstalled, say); its refresh tokens stay valid."""
+        for grant in self._access_grants.values():
+            if grant.merchant_id == merchant_id:
+                grant.expires_s = -math.inf
+
     def running_exports(self) -> int:
         self._settle(self._now_s())
         return len(self._running)
@@ -472,6 +485,10 @@ class Simulator:
             )
             size = self.settings.objects_per_file
             chunks = [found[i : i + size] for i in range(0, len(found), size)] or [[]]
+            padding = self.settings.object_padding_bytes
+            if padding:
+                filler = "x" * padding
+                chunks = [[{**obj, "padding": filler} for obj in chunk] for chunk in chunks]
             export.files = [json.dumps({"elements": chunk}).encode() for chunk in chunks]
         return export.files
 
@@ -505,7 +522,8 @@ class Simulator:
                     status = self._rng.choice((500, 502, 504))
                     return _message(status, "Internal server error")
                 if fault is FaultKind.API_429:
-                    return self._rate_limited(self._rng.choice(RATE_LIMIT_HEADERS))
+                    header = self.faults.rate_limit_header
+                    return self._rate_limited(header or self._rng.choice(RATE_LIMIT_HEADERS))
                 return await handler(request)
             finally:
                 self._app_in_flight -= 1
@@ -543,7 +561,7 @@ class Simulator:
         self._stats.rate_limited[header] += 1
         headers = {header: str(self._limits[header])}
         if header in (CONCURRENT_HEADER, APP_CONCURRENT_HEADER):
-            headers["Retry-After"] = "1"
+            headers["Retry-After"] = f"{self.settings.retry_after_s:g}"
         return _message(429, "Too Many Requests", headers)
 
     def _authorize(self, request: web.Request, merchant_id: str) -> Account | web.Response:

@@ -74,6 +74,8 @@ class Faults:
     file_oversize: float = 0.0
     file_expired_early: float = 0.0
     slow_s: float = 5.0
+    # The X-RateLimit-* header an api_429 names; None: one of the four, drawn at random.
+    rate_limit_header: str | None = None
     _scripted: dict[FaultKind, int] = field(default_factory=dict, init=False)
 
     def set_probability(self, kind: str, probability: float) -> None:

@@ -1,0 +1,257 @@
+"""What the tests of Clover's server realities share: a harvest that records its requests.
+
+`harvest()` does what `commands.backfill` does (with the same store opening and chunk
+planning, `commands._open_store` and `commands._chunks`), but with a session that traces every
+request the production client sends (when, on the shared FakeClock, and what came back), and
+it hands back the `Harvest` so that a test can look at its export slots afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from harvester import commands
+from harvester.chunks import TimeRange
+from harvester.clock import FakeClock
+from harvester.planning import select
+from harvester.scheduler import Harvest, MerchantWork
+from harvester.simulator import Account, Faults, Simulator
+from harvester.slots import ExportSlots
+from harvester.store import ExportRecord, Store
+from harvester.summary import Summary
+from harvester.windows import WindowTable
+from tests.conftest import (
+    DATA_END,
+    DATA_START,
+    Scenario,
+    harvested,
+    ids,
+    merchant_ids,
+    new_token,
+    sim_settings,
+)
+
+FULL = TimeRange(DATA_START, DATA_END)
+_MERCHANT_PATH = re.compile(r"^/v3/merchants/(?P<merchant>[^/]+)/exports(?P<poll>/[^/]+)?$")
+
+
+@dataclass(slots=True)
+class Sent:
+    """One request the harvester sent."""
+
+    at: float  # clock.monotonic() when it started
+    method: str
+    url: str
+    kind: str  # create, poll, refresh, file
+    merchant: str | None  # from the URL; None for refreshes and files
+    authorization: str | None = field(repr=False)
+    status: int | None = None  # None: no answer (connection error, timeout) or none yet
+
+
+class Requests:
+    """Every request of the sessions it is traced into, in the order they started."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self._clock = clock
+        self.sent: list[Sent] = []
+        self.config = aiohttp.TraceConfig()
+        self.config.on_request_start.append(self._started)
+        self.config.on_request_end.append(self._ended)
+
+    def of(
+        self, kind: str | None = None, merchant: str | None = None, status: int | None = None
+    ) -> list[Sent]:
+        return [
+            s
+            for s in self.sent
+            if (kind is None or s.kind == kind)
+            and (merchant is None or s.merchant == merchant)
+            and (status is None or s.status == status)
+        ]
+
+    def before(self, seconds: float) -> list[Sent]:
+        """Requests that started before `seconds` on the clock's monotonic scale."""
+        return [s for s in self.sent if s.at < seconds]
+
+    async def _started(
+        self,
+        session: aiohttp.ClientSession,
+        context: types.SimpleNamespace,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:
+        path = params.url.path
+        match = _MERCHANT_PATH.match(path)
+        if path == "/oauth/v2/refresh":
+            kind = "refresh"
+        elif match is None:
+            kind = "file"
+        else:
+            kind = "poll" if match["poll"] else "create"
+        sent = Sent(
+            at=self._clock.monotonic(),
+            method=params.method,
+            url=str(params.url),
+            kind=kind,
+            merchant=match["merchant"] if match else None,
+            authorization=params.headers.get("Authorization"),
+        )
+        context.sent = sent
+        self.sent.append(sent)
+
+    async def _ended(
+        self,
+        session: aiohttp.ClientSession,
+        context: types.SimpleNamespace,
+        params: aiohttp.TraceRequestEndParams,
+    ) -> None:
+        context.sent.status = params.response.status
+
+
+@dataclass(slots=True)
+class Run:
+    summary: Summary
+    harvest: Harvest
+    requests: Requests
+
+    @property
+    def slots(self) -> ExportSlots:
+        return slots_of(self.harvest)
+
+
+def slots_of(harvest: Harvest) -> ExportSlots:
+    """The export slots of the one host of a scenario (created with its first merchant)."""
+    (host,) = harvest._hosts.values()
+    return host.slots
+
+
+async def harvest(
+    scenario: Scenario,
+    clock: FakeClock,
+    requested: TimeRange = FULL,
+    *,
+    requests: Requests | None = None,
+    stop: asyncio.Event | None = None,
+    seed: int = 7,
+    beside: Callable[[Harvest], Awaitable[None]] | None = None,
+) -> Run:
+    """One `backfill` of every merchant of the scenario over `requested`, traced.
+
+    `beside`, if given, runs next to the harvest (to look at it as it goes) and is cancelled
+    when the harvest ends.
+    """
+    config = scenario.config()
+    requests = requests if requests is not None else Requests(clock)
+    async with await commands._open_store(config, clock) as store:
+        work = [
+            MerchantWork(s.merchant, tuple(await commands._chunks(store, config, s, requested)))
+            for s in select(config, [], [])
+        ]
+        async with aiohttp.ClientSession(trace_configs=[requests.config]) as session:
+            runner = Harvest(
+                config, store, session, clock, stop or asyncio.Event(), random.Random(seed)
+            )
+            watcher = asyncio.create_task(beside(runner)) if beside is not None else None
+            try:
+                summary = await runner.run(work)
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
+    return Run(summary, runner, requests)
+
+
+@asynccontextmanager
+async def simulated(
+    tmp_path: Path,
+    clock: FakeClock,
+    merchants: int = 3,
+    *,
+    faults: Faults | None = None,
+    accounts: Callable[[str, str], Account] | None = None,
+    region: Mapping[str, Any] | None = None,
+    top: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Scenario]:
+    """A simulator with `merchants` static-token merchants and a scenario harvesting them."""
+    tokens = {m: new_token(m) for m in merchant_ids(merchants)}
+    make = accounts or (lambda merchant_id, token: Account(token=token))
+    sim_accounts = {m: make(m, t) for m, t in tokens.items()}
+    async with Simulator(sim_settings(sim_accounts, **settings), clock, faults or Faults()) as sim:
+        yield Scenario(tmp_path, sim, tokens, region=dict(region or {}), top=dict(top or {}))
+
+
+async def recorded_exports(scenario: Scenario, clock: FakeClock) -> list[ExportRecord]:
+    """Every export the scenario's store recorded, oldest first."""
+    async with await Store.open(scenario.config().state_path, clock) as store:
+        return await store.exports()
+
+
+async def metronome(clock: FakeClock, seconds: float, step_s: float = 0.02) -> None:
+    """Nap in short steps for `seconds` of virtual time.
+
+    The FakeClock jumps to the next sleeper whenever the loop has been busy for a tick; while
+    every lane waits on real I/O, that can leap over a whole backoff. Short naps cap the leap.
+    """
+    for _ in range(round(seconds / step_s)):
+        await clock.sleep(step_s)
+
+
+def window(spec: object) -> WindowTable:
+    """A window table written as in the config, for the simulator and the config alike."""
+    return WindowTable.parse(spec, "test")
+
+
+def log_events(buffer: StringIO, event: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines written so far, optionally only those of one event."""
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+    return [line for line in lines if event is None or line.get("event") == event]
+
+
+@dataclass(slots=True)
+class Watch:
+    """What a test saw at given instants while a harvest ran."""
+
+    seen: dict[str, Any] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def at(self, clock: FakeClock, when: datetime, name: str, look: Callable[[], Any]) -> None:
+        """Call `look` when the clock reaches `when` and keep its answer under `name`."""
+
+        async def watch() -> None:
+            await clock.sleep((when - clock.now()).total_seconds())
+            self.seen[name] = look()
+
+        self.tasks.append(asyncio.create_task(watch()))
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+def assert_exactly_once(scenario: Scenario, requested: TimeRange = FULL) -> int:
+    """Every object of every merchant and type the config asks for is on disk once, as the
+    simulator has it now; returns how many there are."""
+    found = 0
+    for merchant in scenario.config().merchants:
+        for export_type in merchant.types:
+            expected = scenario.sim.objects(
+                merchant.id, str(export_type), requested.start_ms, requested.end_ms - 1
+            )
+            got = harvested(scenario.output_dir, merchant.id, export_type.folder)
+            assert len(ids(got)) == len(set(ids(got))), f"duplicates for {merchant.id}"
+            assert sorted(got, key=lambda o: o["id"]) == sorted(expected, key=lambda o: o["id"])
+            found += len(got)
+    return found

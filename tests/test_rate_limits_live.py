@@ -1,0 +1,188 @@
+"""Clover's REST limits end to end: our limiter keeps under them, and a 429 pauses what it names."""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from harvester.chunks import TimeRange
+from harvester.clock import FakeClock
+from harvester.scheduler import Harvest
+from harvester.simulator import Faults
+from harvester.simulator.app import (
+    APP_CONCURRENT_HEADER,
+    APP_RATE_HEADER,
+    CONCURRENT_HEADER,
+    RATE_HEADER,
+)
+from harvester.simulator.faults import FaultKind
+from tests.conftest import DATA_START, FAST_TIMING
+from tests.harness import (
+    Requests,
+    Sent,
+    assert_exactly_once,
+    harvest,
+    log_events,
+    metronome,
+    simulated,
+)
+
+MONTH = TimeRange(DATA_START, DATA_START + timedelta(days=30))
+# Polls as often as the limits let them: the harvest presses against the limits all along.
+EAGER_TIMING = {**FAST_TIMING, "poll_min_s": 0.1, "poll_max_s": 0.2}
+
+
+def most_in_any_second(starts: list[float]) -> int:
+    """The most request starts in any window [t - 1 s, t]."""
+    window: deque[float] = deque()
+    most = 0
+    for start in sorted(starts):
+        window.append(start)
+        while window[0] <= start - 1.0:
+            window.popleft()
+        most = max(most, len(window))
+    return most
+
+
+async def test_the_harvesters_own_limits_keep_it_under_clovers(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Four merchants with eight lanes each, polling eagerly through a slow API: the simulator
+    never has to send a 429, because the harvester caps its own requests at Clover's numbers
+    (here the 10 in flight per app and 5 per token are what binds)."""
+    async with simulated(
+        tmp_path, clock, merchants=4, max_concurrent_exports=32, api_latency_s=0.3
+    ) as scenario:
+        scenario.region["max_concurrent_exports"] = 32
+        scenario.top["timing"] = EAGER_TIMING
+        run = await harvest(scenario, clock)
+
+        assert run.summary.exit_code == 0, run.summary.render()
+        assert_exactly_once(scenario)
+        stats = scenario.sim.stats
+        assert sum(stats.rate_limited.values()) == 0, stats.rate_limited
+        assert stats.faults_injected == {}
+        # The limits were pressed against, not merely never approached.
+        assert stats.max_running > 10
+        (host,) = run.harvest._hosts.values()
+        assert host.limiter.max_in_flight_seen == 10
+        assert most_in_any_second([s.at for s in run.requests.sent if s.kind != "file"]) > 30
+
+
+async def test_configured_limits_are_the_ones_kept(tmp_path: Path, clock: FakeClock) -> None:
+    """`regions.X.rate_limits` replaces Clover's numbers: a host that allows 2 requests in
+    flight per token and 3 per app sees no 429 from a harvester configured the same."""
+    async with simulated(
+        tmp_path,
+        clock,
+        merchants=3,
+        api_latency_s=0.5,
+        token_concurrent=2,
+        app_concurrent=3,
+        max_concurrent_exports=6,
+    ) as scenario:
+        scenario.region["max_concurrent_exports"] = 6
+        scenario.region["rate_limits"] = {"token_concurrent": 2, "app_concurrent": 3}
+        scenario.top["timing"] = EAGER_TIMING
+        run = await harvest(scenario, clock, MONTH)
+
+        assert run.summary.exit_code == 0, run.summary.render()
+        assert sum(scenario.sim.stats.rate_limited.values()) == 0
+        (host,) = run.harvest._hosts.values()
+        assert host.limiter.max_in_flight_seen == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "scope", "retry_after_s"),
+    [
+        pytest.param(RATE_HEADER, "token", None, id="tokenLimit"),
+        pytest.param(CONCURRENT_HEADER, "token", 3.0, id="tokenConcurrentLimit"),
+        pytest.param(APP_RATE_HEADER, "app", None, id="crossTokenLimit"),
+        pytest.param(APP_CONCURRENT_HEADER, "app", 3.0, id="crossTokenConcurrentLimit"),
+    ],
+)
+async def test_a_429_pauses_the_token_or_the_host_as_its_header_says(
+    tmp_path: Path,
+    clock: FakeClock,
+    log_buffer: io.StringIO,
+    header: str,
+    scope: str,
+    retry_after_s: float | None,
+) -> None:
+    """A token limit holds back only the merchant whose request was refused; a cross-token
+    (app) limit holds back every merchant on the host. The pause lasts Retry-After (plus at
+    most 10% jitter), or 1 s when the 429 has none."""
+    faults = Faults(rate_limit_header=header)
+    async with simulated(
+        tmp_path, clock, merchants=3, faults=faults, retry_after_s=3, export_base_s=8
+    ) as scenario:
+        scenario.region["max_concurrent_exports"] = 3
+        for merchant_id in scenario.tokens:
+            scenario.merchant_overrides[merchant_id] = {"types": ["PAYMENTS"]}
+        scenario.top["timing"] = EAGER_TIMING
+        requests = Requests(clock)
+
+        async def refuse_one_request_once_all_poll(runner: Harvest) -> None:
+            while len({s.merchant for s in requests.of("poll")}) < 3:
+                await clock.sleep(0.1)
+            faults.script(FaultKind.API_429)
+            await metronome(clock, 4, step_s=0.05)  # keep the others from being leapt over
+
+        run = await harvest(
+            scenario, clock, MONTH, requests=requests, beside=refuse_one_request_once_all_poll
+        )
+
+        assert run.summary.exit_code == 0, run.summary.render()
+        assert scenario.sim.stats.rate_limited == {header: 1}
+        (refused,) = run.requests.of(status=429)
+        (line,) = log_events(log_buffer, "request.rate_limited")
+        assert line["scope"] == scope
+        assert line["merchant"] == refused.merchant
+        wait_s = line["wait_s"]
+        if retry_after_s is None:
+            assert wait_s == 1.0
+        else:
+            assert retry_after_s <= wait_s <= retry_after_s * 1.1
+        # Requests already granted may still start in the instant the 429 came back.
+        paused = (refused.at + 0.05, refused.at + wait_s - 0.001)
+
+        def started_in_pause(sent: Sent) -> bool:
+            return sent.kind != "file" and paused[0] < sent.at < paused[1]
+
+        mine = run.requests.of(merchant=refused.merchant)
+        assert [s for s in mine if started_in_pause(s)] == []
+        resumed = next(s for s in mine if s.at > paused[0])
+        assert resumed.at >= refused.at + wait_s - 0.001
+        others = [s for s in run.requests.sent if s.merchant not in (None, refused.merchant)]
+        if scope == "app":
+            assert [s for s in others if started_in_pause(s)] == []
+        else:
+            went_on = [s for s in others if paused[0] < s.at < resumed.at]
+            assert went_on, "the other tokens were held back too"
+
+
+async def test_without_retry_after_429s_back_off_exponentially_from_one_second(
+    tmp_path: Path, clock: FakeClock, log_buffer: io.StringIO
+) -> None:
+    """Four 429s in a row without Retry-After: 1 s, then full-jitter draws of at least 1 s
+    under a doubling ceiling; the fifth try goes through and nothing fails."""
+    faults = Faults(rate_limit_header=RATE_HEADER)
+    faults.script(FaultKind.API_429, times=4)
+    async with simulated(tmp_path, clock, merchants=1, faults=faults) as scenario:
+        scenario.merchant_overrides[next(iter(scenario.tokens))] = {"types": ["PAYMENTS"]}
+        scenario.top["timing"] = {**FAST_TIMING, "max_attempts": 2}
+        run = await harvest(scenario, clock, MONTH)
+
+        assert run.summary.exit_code == 0, run.summary.render()
+        posts = run.requests.of("create")
+        assert [s.status for s in posts] == [429, 429, 429, 429, 200]
+        waits = [line["wait_s"] for line in log_events(log_buffer, "request.rate_limited")]
+        assert waits[0] == 1.0
+        for wait_s, ceiling in zip(waits[1:], (2, 4, 8), strict=True):
+            assert 1.0 <= wait_s <= ceiling
+        for earlier, later, wait_s in zip(posts, posts[1:], waits, strict=False):
+            assert wait_s - 0.001 <= later.at - earlier.at <= wait_s + 0.1
