@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 test: install lint typecheck unit
 
 lint: install
-	$(BIN)/ruff check harvester tests
-	$(BIN)/ruff format --check harvester tests
+	$(BIN)/ruff check harvester tests benchmarks
+	$(BIN)/ruff format --check harvester tests benchmarks
 
 typecheck: install
 	$(BIN)/mypy --strict harvester
@@ -28,6 +28,14 @@ unit: install
 
 demo: install
 	$(BIN)/python -m harvester.demo
+
+# The soak test at five times the size: more merchants, months and seeds (see tests/test_soak.py).
+soak: install
+	SOAK_SCALE=5 $(BIN)/pytest tests/test_soak.py -s
+
+# Figures, not pass/fail: download memory with ~1 MB files against ~20 MB files.
+bench: install
+	$(BIN)/python benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-output
