@@ -93,6 +93,19 @@ class FlakyTokens:
         return True
 
 
+def api_for(
+    session: aiohttp.ClientSession, sim: Simulator, limiter: RequestLimiter, clock: FakeClock
+) -> CloverApi:
+    """The production client on the simulator, under an always-open window."""
+    return CloverApi(
+        session,
+        sim.api_url,
+        limiter,
+        10.0,
+        lambda body: classify_503(body, WindowTable.always(), clock.now()),
+    )
+
+
 async def test_poll_retries_a_refresh_that_failed_transiently(clock: FakeClock) -> None:
     """A poll whose token refresh hit a 5xx and a 429 retries; a rejected refresh is final."""
     merchant_id = merchant_ids(1)[0]
@@ -100,13 +113,7 @@ async def test_poll_retries_a_refresh_that_failed_transiently(clock: FakeClock) 
     settings = sim_settings({merchant_id: Account(token=token)})
     async with Simulator(settings, clock, Faults()) as sim, aiohttp.ClientSession() as session:
         limiter = RequestLimiter(clock, 16, 5, 50, 10)
-        api = CloverApi(
-            session,
-            sim.api_url,
-            limiter,
-            10.0,
-            lambda body: classify_503(body, WindowTable.always(), clock.now()),
-        )
+        api = api_for(session, sim, limiter, clock)
         timing = Timing(backoff_base_s=1.0, backoff_max_s=30.0)
 
         def client(tokens: FlakyTokens) -> MerchantClient:
@@ -163,13 +170,7 @@ async def test_refresh_after_a_401_gets_the_retry_policy_too(clock: FakeClock) -
     settings = sim_settings({merchant_id: Account(token=token)})
     async with Simulator(settings, clock, Faults()) as sim, aiohttp.ClientSession() as session:
         limiter = RequestLimiter(clock, 16, 5, 50, 10)
-        api = CloverApi(
-            session,
-            sim.api_url,
-            limiter,
-            10.0,
-            lambda body: classify_503(body, WindowTable.always(), clock.now()),
-        )
+        api = api_for(session, sim, limiter, clock)
         timing = Timing(backoff_base_s=1.0, backoff_max_s=30.0)
         good = MerchantClient(
             merchant_id, api, FlakyTokens(token, []), limiter, timing, clock, random.Random(7)
