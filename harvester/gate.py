@@ -50,8 +50,16 @@ def window_wait_s(
     if not table.is_open(now):
         return (table.next_open(now) - now).total_seconds()
     close = table.current_close(now)
-    if close is not None and (close - now).total_seconds() < margin_s:
-        return (table.next_open(close) - now).total_seconds()
+    if close is None:
+        return 0.0
+    opening = table.next_open(close)
+    next_close = table.current_close(opening)
+    if next_close is not None:
+        # A margin as long as the windows themselves would never let an export start:
+        # past half a window, starting in the first half is the best there is.
+        margin_s = min(margin_s, (next_close - opening).total_seconds() / 2)
+    if (close - now).total_seconds() < margin_s:
+        return (opening - now).total_seconds()
     return 0.0
 
 

@@ -36,8 +36,8 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from harvester.chunks import ExportType, TimeRange
 from harvester.errors import BadFile
+from harvester.export_file import count_elements
 
-MAX_OBJECTS_PER_FILE = 1000  # Clover's documented ceiling per export file
 MANIFEST_NAME = "_manifest.json"
 _STAGING_PREFIX = ".staging-"
 _OLD_PREFIX = ".old-"
@@ -201,7 +201,7 @@ class PartWriter:
             if expected_size is not None and self._size != expected_size:
                 problem = "truncated" if self._size < expected_size else "too long"
                 raise BadFile(f"{problem}: got {self._size} of {expected_size} bytes")
-            objects = await asyncio.to_thread(_count_objects, self._temp_path)
+            objects = await asyncio.to_thread(count_elements, self._temp_path)
             # No directory fsync per part: publish syncs the staging folder once, and a part
             # lost to a crash before that is simply downloaded again.
             await asyncio.to_thread(os.replace, self._temp_path, self._final_path)
@@ -242,26 +242,6 @@ class PartWriter:
     ) -> None:
         # Without a commit the temp file is never of use, whether or not something failed.
         await self.abort()
-
-
-def _count_objects(path: Path) -> int:
-    """The number of elements of an export file; BadFile if it breaks Clover's format."""
-    with path.open("rb") as file:
-        try:
-            document = json.load(file)
-        except (ValueError, RecursionError) as exc:
-            raise BadFile(f"not JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise BadFile("not a JSON object")
-    elements = document.get("elements")
-    if not isinstance(elements, list):
-        raise BadFile('no "elements" list')
-    if len(elements) > MAX_OBJECTS_PER_FILE:
-        raise BadFile(f"{len(elements)} elements, more than {MAX_OBJECTS_PER_FILE}")
-    for position, element in enumerate(elements):
-        if not isinstance(element, dict):
-            raise BadFile(f"element {position} is not a JSON object")
-    return len(elements)
 
 
 class ChunkOutput:

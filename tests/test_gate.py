@@ -197,3 +197,20 @@ async def test_a_busy_answer_holds_every_caller_back_for_a_growing_jittered_back
     gate.created()
     assert gate.wait_s(clock.now()) == 0
     assert gate.busy() <= 1.0, "the streak starts over after a created export"
+
+
+@pytest.mark.parametrize(
+    ("now", "margin_s", "expected_s"),
+    [
+        pytest.param(hour(10), 6 * 3600, 0.0, id="margin-longer-than-window-start-at-opening"),
+        pytest.param(hour(12, 29), 6 * 3600, 0.0, id="first-half-of-the-window"),
+        pytest.param(hour(12, 31), 6 * 3600, 21.5 * 3600 - 60, id="second-half-waits"),
+        pytest.param(hour(12, 31), 3600, 0.0, id="an-ordinary-margin-is-untouched"),
+    ],
+)
+def test_a_margin_longer_than_the_window_is_capped_at_half_of_it(
+    now: datetime, margin_s: float, expected_s: float
+) -> None:
+    """Exports longer than a whole window (a p90 of hours) still start in its first half,
+    instead of the harvest waiting for a window that never comes."""
+    assert window_wait_s(now, TEN_TO_THREE, None, margin_s) == pytest.approx(expected_s)

@@ -90,7 +90,9 @@ async def test_an_unknown_size_skips_the_length_check(chunk: ChunkOutput) -> Non
         pytest.param(b'[{"id": 1}]', None, "not a JSON object", id="not-an-object"),
         pytest.param(b'{"items": []}', None, '"elements" list', id="no-elements"),
         pytest.param(b'{"elements": {"id": 1}}', None, '"elements" list', id="elements-object"),
-        pytest.param(export_file(1001), None, "1001 elements, more than 1000", id="too-many"),
+        pytest.param(
+            export_file(1001), None, "1001 elements or more, more than 1000", id="too-many"
+        ),
         pytest.param(b'{"elements": [{"id": 1}, 7]}', None, "element 1 is not", id="element"),
     ],
 )

@@ -1,0 +1,71 @@
+"""The streaming check of Clover's export file format."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from harvester import export_file
+from harvester.errors import BadFile
+from harvester.export_file import count_elements
+
+
+def document(rng: random.Random, elements: int) -> str:
+    items = [
+        {
+            "id": f"ID{n}",
+            "amount": rng.randint(-(10**12), 10**12),
+            "rate": rng.random(),
+            "note": "café ☕ 𝄞" * rng.randint(0, 3),
+            "lineItems": {"elements": [{"price": 1.5e3}] * rng.randint(0, 2)},
+        }
+        for n in range(elements)
+    ]
+    body = {"href": "x", "elements": items, "after": [1, 2.5, None, True]}
+    return json.dumps(body, indent=rng.choice([None, 1, 4]), ensure_ascii=rng.random() < 0.5)
+
+
+@pytest.mark.parametrize("read_bytes", [1, 7, 64, 4096])
+def test_counts_match_a_full_parse_whatever_the_read_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_bytes: int
+) -> None:
+    """Reads that split numbers, strings and multi-byte characters anywhere change nothing."""
+    monkeypatch.setattr(export_file, "READ_BYTES", read_bytes)
+    rng = random.Random(read_bytes)
+    for elements in (0, 1, 2, 17):
+        path = tmp_path / f"part-{elements}.json"
+        path.write_text(document(rng, elements), encoding="utf-8")
+        assert count_elements(path) == len(json.loads(path.read_text())["elements"])
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"elements": [{"id": 1}], "elements": []}', "appears twice"),
+        (b'{"elements": [{"id": 1}]} {}', "data after"),
+        (b'{"elements": [{"id": 1},]}', "not JSON"),
+        (b'{"elements": [{"id": 1}', "not JSON"),
+        (b"{}", '"elements" list'),
+        (b"", "not a JSON object"),
+    ],
+)
+def test_malformed_files_are_refused(tmp_path: Path, body: bytes, problem: str) -> None:
+    """Duplicate keys, trailing data, stray commas and cut-off bodies raise BadFile."""
+    path = tmp_path / "part.json"
+    path.write_bytes(body)
+    with pytest.raises(BadFile, match=problem):
+        count_elements(path)
+
+
+def test_a_value_too_large_to_be_an_object_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One value larger than the ceiling is refused instead of being held in memory."""
+    monkeypatch.setattr(export_file, "MAX_VALUE_CHARS", 1000)
+    path = tmp_path / "part.json"
+    path.write_text(json.dumps({"elements": [{"note": "x" * 5000}]}))
+    with pytest.raises(BadFile, match="longer than 1000"):
+        count_elements(path)
