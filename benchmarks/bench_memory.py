@@ -9,9 +9,9 @@ peak of Python allocations during the harvest, all threads included) and once wi
 (the peak RSS, ru_maxrss, less the RSS before the harvest). The simulator serves from this
 process, so its copies of the files count in neither figure.
 
-A diagnostic case repeats the large one with the harvester's check of each part (a
-`json.load` in a worker thread, which counts the objects and enforces Clover's 1000-object
-ceiling) replaced by a plain read, to show which part of the path grows with file size.
+The check of each part (harvester/export_file.py: valid JSON, an "elements" list of at
+most 1000 objects) is part of the path measured: it reads the file as a stream, one
+element at a time, so it must stay flat too.
 
     make bench          # or: .venv/bin/python benchmarks/bench_memory.py
 """
@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from harvester import commands, output
+from harvester import commands
 from harvester.chunks import TimeRange
 from harvester.clock import SystemClock
 from harvester.config import load_config
@@ -56,7 +56,6 @@ MB = 1_000_000
 class Case:
     name: str
     padding_bytes: int  # added to each object by the simulator
-    validate: bool = True  # False: the part check reads the file without parsing it
 
 
 SMALL_PADDING = 550  # ~1 MB files
@@ -64,8 +63,6 @@ LARGE_PADDING = 19_550  # ~20 MB files
 CASES = (
     Case("small (baseline)", SMALL_PADDING),
     Case("large", LARGE_PADDING),
-    Case("small, no JSON check", SMALL_PADDING, validate=False),
-    Case("large, no JSON check", LARGE_PADDING, validate=False),
 )
 
 
@@ -78,14 +75,6 @@ class Measure:
 
 
 # -- the measured subprocess ----------------------------------------------------------------
-
-
-def _read_only(path: Path) -> int:
-    """Stand-in for the part check: read the file through once, parse nothing."""
-    with path.open("rb") as file:
-        while file.read(64 * 1024):
-            pass
-    return 0
 
 
 def _max_rss_bytes() -> int:
@@ -103,10 +92,8 @@ def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-async def _harvest(config_path: Path, trace: bool, validate: bool) -> dict[str, Any]:
+async def _harvest(config_path: Path, trace: bool) -> dict[str, Any]:
     configure_logging("json", "warning", stream=io.StringIO())
-    if not validate:
-        output._count_objects = _read_only  # diagnostic only: see the module docstring
     config = load_config(config_path)
     requested = TimeRange(DATA_START, DATA_END)
     rss_before = _max_rss_bytes()
@@ -131,7 +118,7 @@ async def _harvest(config_path: Path, trace: bool, validate: bool) -> dict[str, 
 
 
 def child(args: argparse.Namespace) -> None:
-    result = asyncio.run(_harvest(Path(args.config), args.trace, not args.no_validate))
+    result = asyncio.run(_harvest(Path(args.config), args.trace))
     print(json.dumps(result))
 
 
@@ -159,8 +146,6 @@ async def _run_child(config_path: Path, case: Case, trace: bool) -> tuple[Measur
     command = [sys.executable, __file__, "--child", "--config", str(config_path)]
     if trace:
         command.append("--trace")
-    if not case.validate:
-        command.append("--no-validate")
     process = await asyncio.create_subprocess_exec(
         *command,
         env={**os.environ, "BENCH_TOKEN": TOKEN},
@@ -255,7 +240,6 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
