@@ -7,6 +7,8 @@ the config a table, the same one unless the test is about a table that is wrong.
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -15,8 +17,10 @@ import pytest
 
 from harvester.chunks import ExportType, TimeRange
 from harvester.clock import FakeClock
-from tests.conftest import DATA_START, FAST_TIMING, NOW
+from tests.conftest import DATA_START, FAST_TIMING, NOW, Scenario
 from tests.harness import (
+    Run,
+    Sent,
     Watch,
     assert_exactly_once,
     harvest,
@@ -189,26 +193,39 @@ async def test_exports_running_at_the_close_are_followed_and_downloaded(
         )
 
 
-async def test_a_closed_host_is_probed_once_per_backoff_max(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    """The table says open, the host says closed and its body tells no reopening: ten lanes
-    send one probe per `backoff_max_s` between them, not one retry loop each."""
+@asynccontextmanager
+async def closed_until_one_pm(
+    tmp_path: Path, clock: FakeClock, body: str, hours_text: str
+) -> AsyncIterator[tuple[Scenario, Run, list[Sent]]]:
+    """Ten lanes harvest a host whose table says open but which refuses, with this 503 body,
+    until 13:00; yields the run and the POSTs sent while it was closed (all refused)."""
     async with simulated(
         tmp_path,
         clock,
         merchants=5,
         window=lambda now: now >= at(13),
-        window_body="hours",
-        window_hours_text="10:00 and 15:00",
+        window_body=body,
+        window_hours_text=hours_text,
     ) as scenario:
         scenario.top["timing"] = {**FAST_TIMING, "backoff_max_s": 300}
         run = await harvest(scenario, clock, MONTH)
-
         assert run.summary.exit_code == 0, run.summary.render()
         assert_exactly_once(scenario, MONTH)
         closed_posts = run.requests.before(since_start(at(13)))
         assert all(s.kind == "create" and s.status == 503 for s in closed_posts)
+        yield scenario, run, closed_posts
+
+
+async def test_a_closed_host_is_probed_once_per_backoff_max(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The table says open, the host says closed and its body tells no reopening: ten lanes
+    send one probe per `backoff_max_s` between them, not one retry loop each."""
+    async with closed_until_one_pm(tmp_path, clock, "hours", "10:00 and 15:00") as (
+        scenario,
+        run,
+        closed_posts,
+    ):
         # The first answers come back to POSTs already under way (one per slot) ...
         first = [s for s in closed_posts if s.at == 0]
         assert 1 <= len(first) <= 2
@@ -270,21 +287,7 @@ async def test_a_bare_503_in_the_tables_window_is_taken_for_busy_and_posts_stay_
     """A host closed outside its table that answers 503 with no body reads as busy (the
     issue's rule for a 503 while the window is open): the whole host backs off, so ten lanes
     send a few dozen POSTs in the closed hour, not hundreds, and all is harvested at 13:00."""
-    async with simulated(
-        tmp_path,
-        clock,
-        merchants=5,
-        window=lambda now: now >= at(13),
-        window_body="bare",
-        window_hours_text="",
-    ) as scenario:
-        scenario.top["timing"] = {**FAST_TIMING, "backoff_max_s": 300}
-        run = await harvest(scenario, clock, MONTH)
-
-        assert run.summary.exit_code == 0, run.summary.render()
-        assert_exactly_once(scenario, MONTH)
-        closed_posts = run.requests.before(since_start(at(13)))
-        assert all(s.kind == "create" and s.status == 503 for s in closed_posts)
+    async with closed_until_one_pm(tmp_path, clock, "bare", "") as (scenario, run, closed_posts):
         assert len(closed_posts) <= 40
         assert run.summary.events["window_503"] == 0
         assert run.summary.events["busy_503"] == len(closed_posts)
