@@ -19,17 +19,13 @@ from harvester.simulator import Account, Faults, Simulator
 from harvester.store import Store
 from harvester.summary import Summary
 from tests.conftest import (
-    DATA_END,
     DATA_START,
     Scenario,
-    harvested,
-    ids,
     merchant_ids,
     new_token,
     sim_settings,
 )
-
-FULL = TimeRange(DATA_START, DATA_END)
+from tests.harness import FULL, assert_exactly_once
 
 
 async def backfill(scenario: Scenario, clock: FakeClock, requested: TimeRange = FULL) -> Summary:
@@ -37,21 +33,6 @@ async def backfill(scenario: Scenario, clock: FakeClock, requested: TimeRange = 
     return await commands.backfill(
         config, select(config, [], []), requested, clock, asyncio.Event()
     )
-
-
-def assert_exactly_once(scenario: Scenario, requested: TimeRange = FULL) -> int:
-    """Every object of the range is on disk once, as the simulator has it; returns the count."""
-    total = 0
-    for merchant_id in scenario.tokens:
-        for export_type in ExportType:
-            expected = scenario.sim.objects(
-                merchant_id, str(export_type), requested.start_ms, requested.end_ms - 1
-            )
-            got = harvested(scenario.output_dir, merchant_id, export_type.folder)
-            assert len(ids(got)) == len(set(ids(got))), f"duplicates for {merchant_id}"
-            assert sorted(got, key=lambda o: o["id"]) == sorted(expected, key=lambda o: o["id"])
-            total += len(got)
-    return total
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
