@@ -11,11 +11,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import overload
 
 from harvester.errors import ConfigError
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MS = timedelta(milliseconds=1)
 MAX_CHUNK_DAYS = 30  # Clover refuses exports longer than 30 days
 
 _NAME_INSTANT = r"(\d{8}T\d{6})(?:\.(\d{6}))?Z"
@@ -52,12 +53,12 @@ class TimeRange:
     @property
     def start_ms(self) -> int:
         """The start as epoch milliseconds."""
-        return (self.start - _EPOCH) // _ONE_MS
+        return (self.start - EPOCH) // ONE_MS
 
     @property
     def end_ms(self) -> int:
         """The (exclusive) end as epoch milliseconds."""
-        return (self.end - _EPOCH) // _ONE_MS
+        return (self.end - EPOCH) // ONE_MS
 
     @property
     def name(self) -> str:
@@ -76,14 +77,14 @@ class TimeRange:
     @classmethod
     def from_ms(cls, start_ms: int, end_ms: int) -> TimeRange:
         """The range between two epoch-millisecond instants."""
-        return cls(_EPOCH + start_ms * _ONE_MS, _EPOCH + end_ms * _ONE_MS)
+        return cls(EPOCH + start_ms * ONE_MS, EPOCH + end_ms * ONE_MS)
 
     def overlaps(self, other: TimeRange) -> bool:
         """True if the two ranges share at least one instant (touching ends do not)."""
         return self.start < other.end and other.start < self.end
 
     def __str__(self) -> str:
-        return f"{_iso(self.start)}/{_iso(self.end)}"
+        return f"{iso(self.start)}/{iso(self.end)}"
 
 
 def _compact(instant: datetime) -> str:
@@ -101,12 +102,15 @@ def _from_compact(text: str, microseconds: str | None) -> datetime:
     return instant.replace(microsecond=int(microseconds)) if microseconds else instant
 
 
-def _iso(instant: datetime) -> str:
-    text = (
-        f"{instant.year:04d}-{instant.month:02d}-{instant.day:02d}"
-        f"T{instant.hour:02d}:{instant.minute:02d}:{instant.second:02d}"
-    )
-    return f"{text}.{instant.microsecond:06d}Z" if instant.microsecond else f"{text}Z"
+@overload
+def iso(instant: datetime) -> str: ...
+@overload
+def iso(instant: datetime | None) -> str | None: ...
+def iso(instant: datetime | None) -> str | None:
+    """An instant in ISO 8601, UTC, with a Z: "2024-01-01T00:00:00Z" (None stays None)."""
+    if instant is None:
+        return None
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def start_of_utc_day(instant: datetime) -> datetime:

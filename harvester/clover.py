@@ -8,11 +8,11 @@ sent to the region's API host only: file downloads carry no credentials at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -27,8 +27,8 @@ from harvester.errors import (
     PermissionMissing,
     RateLimited,
     TokenRejected,
+    Unavailable503,
 )
-from harvester.output import PartWriter
 from harvester.ratelimit import RequestLimiter, scope_of_header
 
 DOWNLOAD_PIECE_BYTES = 64 * 1024
@@ -157,9 +157,10 @@ class _Answer:
             raise CloverUnavailable(f"{what}: answer is not JSON: {self.text[:80]!r}") from exc
 
 
-# What a 503 on creating an export means (window closed or server full) depends on the body
-# and on the window table, so the caller supplies the judgement.
-Classify503 = Callable[[str], CloverError]
+class Writer(Protocol):
+    """Where `download_file` streams a file's bytes (`output.PartWriter`, in production)."""
+
+    async def write(self, data: bytes) -> None: ...
 
 
 class CloverApi:
@@ -171,13 +172,11 @@ class CloverApi:
         base_url: str,
         limiter: RequestLimiter,
         request_timeout_s: float,
-        classify_503: Classify503,
     ) -> None:
         self._session = session
         self._base_url = base_url
         self._limiter = limiter
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
-        self._classify_503 = classify_503
 
     async def create_export(
         self, merchant_id: str, token: str, export_type: ExportType, span: TimeRange
@@ -197,7 +196,11 @@ class CloverApi:
                 f"({answer.text[:_BODY_IN_ERRORS]})"
             )
         if answer.status == 503:
-            raise self._classify_503(answer.text)
+            # Window closed or server full: that depends on the host's window table, which
+            # the gate holds (`gate.classify_503`).
+            raise Unavailable503(
+                f"{what}: Clover answered 503 {answer.text[:_BODY_IN_ERRORS]}", answer.text
+            )
         self._raise_for_status(answer, what)
         return parse_export(answer.json(what))
 
@@ -270,7 +273,7 @@ class CloverApi:
 
 
 async def download_file(
-    session: aiohttp.ClientSession, url: str, writer: PartWriter, stall_timeout_s: float
+    session: aiohttp.ClientSession, url: str, writer: Writer, stall_timeout_s: float
 ) -> int | None:
     """Stream one export file into `writer`; return the announced Content-Length.
 

@@ -12,6 +12,8 @@ import aiohttp
 from harvester.chunks import ExportType, TimeRange, start_of_utc_day
 from harvester.clock import Clock
 from harvester.config import Config
+from harvester.downloader import Downloader
+from harvester.hosts import HostFactories, Hosts
 from harvester.logs import get_logger
 from harvester.output import recover
 from harvester.planning import (
@@ -22,7 +24,8 @@ from harvester.planning import (
     plan_chunks,
 )
 from harvester.scheduler import Harvest, MerchantWork
-from harvester.store import ChunkRecord, ChunkStatus, Snapshot, Store, read_snapshot
+from harvester.state import ChunkRecord, ChunkStatus, Snapshot, StateStore
+from harvester.store import Store, read_snapshot
 from harvester.summary import Summary
 
 USER_AGENT = "clover-harvester/0.1"
@@ -86,22 +89,29 @@ async def backfill(
     requested: TimeRange,
     clock: Clock,
     stop: asyncio.Event,
+    *,
+    factories: HostFactories | None = None,
 ) -> Summary:
-    async with await _open_store(config, clock) as store:
+    async with await open_store(config, clock) as store:
         work = [
-            MerchantWork(s.merchant, tuple(await _chunks(store, config, s, requested)))
+            MerchantWork(s.merchant, tuple(await due_chunks(store, config, s, requested)))
             for s in selections
         ]
-        return await _harvest(config, store, work, clock, stop)
+        return await _harvest(config, store, work, clock, stop, factories)
 
 
 async def nightly(
-    config: Config, selections: Sequence[Selection], clock: Clock, stop: asyncio.Event
+    config: Config,
+    selections: Sequence[Selection],
+    clock: Clock,
+    stop: asyncio.Event,
+    *,
+    factories: HostFactories | None = None,
 ) -> Summary:
     """`harvester run`: everything up to the start of today, then the lookback re-harvest."""
     today = start_of_utc_day(clock.now())
     lookback = lookback_range(today, config.lookback_days)
-    async with await _open_store(config, clock) as store:
+    async with await open_store(config, clock) as store:
         work = []
         for selection in selections:
             chunks: list[ChunkRecord] = []
@@ -110,20 +120,21 @@ async def nightly(
                 start = nightly_start(selection.merchant, config.default_start, covered)
                 requested = nightly_range(start, today)
                 if requested is not None:
-                    chunks += await _chunks(store, config, selection, requested, (export_type,))
+                    chunks += await due_chunks(store, config, selection, requested, (export_type,))
                 if lookback is not None:
                     chunks += await _reharvest(store, selection, export_type, lookback, chunks)
             work.append(MerchantWork(selection.merchant, tuple(chunks)))
-        return await _harvest(config, store, work, clock, stop)
+        return await _harvest(config, store, work, clock, stop, factories)
 
 
-async def _chunks(
-    store: Store,
+async def due_chunks(
+    store: StateStore,
     config: Config,
     selection: Selection,
     requested: TimeRange,
     types: Sequence[ExportType] | None = None,
 ) -> list[ChunkRecord]:
+    """The chunks of `requested` to harvest: unfinished known ones, and new ones (stored)."""
     found: list[ChunkRecord] = []
     for export_type in types or selection.types:
         known = await store.chunks(selection.merchant.id, export_type)
@@ -135,7 +146,7 @@ async def _chunks(
 
 
 async def _reharvest(
-    store: Store,
+    store: StateStore,
     selection: Selection,
     export_type: ExportType,
     lookback: TimeRange,
@@ -151,7 +162,7 @@ async def _reharvest(
     ]
 
 
-async def _open_store(config: Config, clock: Clock) -> Store:
+async def open_store(config: Config, clock: Clock) -> StateStore:
     """Open the store and tidy the output folder from whatever a dead run left behind."""
     store = await Store.open(config.state_path, clock)
     await store.start_run()
@@ -165,8 +176,30 @@ async def _open_store(config: Config, clock: Clock) -> Store:
     return store
 
 
+def build_harvest(
+    config: Config,
+    store: StateStore,
+    session: aiohttp.ClientSession,
+    clock: Clock,
+    stop: asyncio.Event,
+    rng: random.Random,
+    factories: HostFactories | None = None,
+) -> tuple[Harvest, Hosts]:
+    """A harvest wired to its hosts and downloader (the hosts, to look at them afterwards)."""
+    hosts = Hosts(config, session, store, clock, rng, factories)
+    downloader = Downloader(
+        session, store, clock, config.timing, config.max_concurrent_downloads, rng
+    )
+    return Harvest(config, store, hosts, downloader, clock, stop, rng), hosts
+
+
 async def _harvest(
-    config: Config, store: Store, work: Sequence[MerchantWork], clock: Clock, stop: asyncio.Event
+    config: Config,
+    store: StateStore,
+    work: Sequence[MerchantWork],
+    clock: Clock,
+    stop: asyncio.Event,
+    factories: HostFactories | None,
 ) -> Summary:
     log = get_logger()
     planned = sum(len(item.chunks) for item in work)
@@ -176,6 +209,7 @@ async def _harvest(
         trust_env=False,
         connector=aiohttp.TCPConnector(limit=64),
     ) as session:
-        summary = await Harvest(config, store, session, clock, stop, random.Random()).run(work)
+        harvest, _ = build_harvest(config, store, session, clock, stop, random.Random(), factories)
+        summary = await harvest.run(work)
     log.info("run.finished", **summary.as_dict())
     return summary

@@ -15,7 +15,7 @@ from harvester.config import Timing
 from harvester.errors import BadFile, CloverUnavailable, FileExpired, HarvesterError
 from harvester.logs import get_logger
 from harvester.output import ChunkOutput, Manifest, PartInfo
-from harvester.store import ChunkRecord, ExportRecord, PartRecord, Store
+from harvester.state import ChunkRecord, ExportRecord, PartRecord, StateStore
 
 
 class Downloader:
@@ -24,7 +24,7 @@ class Downloader:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        store: Store,
+        store: StateStore,
         clock: Clock,
         timing: Timing,
         max_concurrent: int,
@@ -41,7 +41,7 @@ class Downloader:
         self, output: ChunkOutput, chunk: ChunkRecord, export: ExportRecord
     ) -> Manifest:
         """Save every part not saved yet, then swap the chunk's folder into place."""
-        published = output.published_manifest()
+        published = await asyncio.to_thread(output.published_manifest)
         recorded = {part.index: part for part in await self._store.parts(export.id)}
         if published is not None and published.export_id == export.id:
             # The folder went into place before a crash kept the store from hearing of it.

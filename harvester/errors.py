@@ -29,6 +29,15 @@ class CloverUnavailable(CloverError):
     """A transient failure: connection error, timeout, 5xx. Worth retrying with backoff."""
 
 
+class Unavailable503(CloverUnavailable):
+    """A 503 on creating an export. Whether the window is closed or the server is full
+    depends on `body` and on the host's window table: the gate decides (`classify_503`)."""
+
+    def __init__(self, message: str, body: str) -> None:
+        super().__init__(message)
+        self.body = body
+
+
 class WindowClosed(CloverUnavailable):
     """A 503 that speaks of available hours: the export window is closed."""
 

@@ -13,8 +13,9 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
 from harvester.backoff import backoff_delay
+from harvester.chunks import iso
 from harvester.clock import Clock, wait_first
-from harvester.errors import CloverError, ServerBusy, WindowClosed
+from harvester.errors import CloverError, ServerBusy, Unavailable503, WindowClosed
 from harvester.logs import get_logger
 from harvester.windows import WindowTable, hours_from_message, is_window_message
 
@@ -121,6 +122,10 @@ class HostGate:
     def _window_wait_s(self, now: datetime) -> float:
         return window_wait_s(now, self.table, self._closed_until, self.margin_s)
 
+    def classify_503(self, error: Unavailable503) -> CloverError:
+        """What a 503 on creating an export means on this host now: WindowClosed or ServerBusy."""
+        return classify_503(error.body, self.table, self._clock.now())
+
     def observe_duration(self, seconds: float) -> None:
         """An export took this long from creation to DONE; it feeds the default margin."""
         self._durations.append(seconds)
@@ -186,7 +191,7 @@ class HostGate:
             get_logger().info(
                 "window.closed",
                 host=self.host,
-                opens_at=_iso(reopens),
+                opens_at=iso(reopens),
                 said_by="host",
                 windows=self.table.describe(),
             )
@@ -204,7 +209,7 @@ class HostGate:
         get_logger().info(
             "window.closed",
             host=self.host,
-            opens_at=_iso(opens_at),
+            opens_at=iso(opens_at),
             said_by="table",
             windows=self.table.describe(),
         )
@@ -212,7 +217,3 @@ class HostGate:
 
 def _seconds_until(moment: datetime | None, now: datetime) -> float:
     return max(0.0, (moment - now).total_seconds()) if moment is not None else 0.0
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

@@ -18,7 +18,7 @@ from harvester.chunks import ExportType, TimeRange
 from harvester.clock import Clock
 from harvester.clover import CloverApi, ExportInfo
 from harvester.config import Timing
-from harvester.errors import CloverUnavailable, RateLimited, ServerBusy, TokenRejected, WindowClosed
+from harvester.errors import CloverUnavailable, RateLimited, TokenRejected, Unavailable503
 from harvester.logs import get_logger
 from harvester.ratelimit import RequestLimiter, Scope
 from harvester.tokens import TokenSource
@@ -102,7 +102,7 @@ class MerchantClient:
                     raise
                 refreshed = True
                 stale = (token, exc)
-            except (WindowClosed, ServerBusy):
+            except Unavailable503:
                 raise
             except CloverUnavailable as exc:
                 failures += 1

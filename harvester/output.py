@@ -34,7 +34,7 @@ from typing import Any
 import aiofiles
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
-from harvester.chunks import ExportType, TimeRange
+from harvester.chunks import ExportType, TimeRange, iso
 from harvester.errors import BadFile
 from harvester.export_file import count_elements
 
@@ -80,13 +80,13 @@ class Manifest:
             "merchant_id": self.merchant_id,
             "type": self.type.value,
             "range": {
-                "start": _iso(self.range.start),
-                "end": _iso(self.range.end),
+                "start": iso(self.range.start),
+                "end": iso(self.range.end),
                 "start_ms": self.range.start_ms,
                 "end_ms": self.range.end_ms,
             },
             "export_id": self.export_id,
-            "harvested_at": _iso(self.harvested_at),
+            "harvested_at": iso(self.harvested_at),
             "objects": self.objects,
             "parts": [
                 {
@@ -145,10 +145,6 @@ def _part_from_json(document: object) -> PartInfo:
         sha256=_field(document, "sha256", str),
         objects=_field(document, "objects", int),
     )
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _parse_iso(text: str) -> datetime:

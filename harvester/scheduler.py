@@ -16,14 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import aiohttp
 import structlog
 
 from harvester.backoff import backoff_delay
 from harvester.chunks import ExportType
 from harvester.clock import Clock, nap
-from harvester.clover import CloverApi, ExportInfo, ExportStatus, TokenGrant
-from harvester.config import Config, Merchant, Region
+from harvester.clover import ExportInfo, ExportStatus
+from harvester.config import Config, Merchant
 from harvester.downloader import Downloader
 from harvester.errors import (
     CloverUnavailable,
@@ -34,18 +33,16 @@ from harvester.errors import (
     PermissionMissing,
     ServerBusy,
     TokenRejected,
+    Unavailable503,
     WindowClosed,
 )
-from harvester.gate import HostGate, classify_503
+from harvester.hosts import Host, Hosts
 from harvester.logs import get_logger
 from harvester.merchant import MerchantClient
 from harvester.output import ChunkOutput
 from harvester.polling import next_poll_delay, progress_elapsed_s
-from harvester.ratelimit import RequestLimiter
-from harvester.slots import ExportSlots
-from harvester.store import ChunkRecord, ExportRecord, ExportState, Store
+from harvester.state import ChunkRecord, ExportRecord, ExportState, StateStore
 from harvester.summary import Summary
-from harvester.tokens import RefreshingToken, StaticToken, TokenSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,20 +54,9 @@ class MerchantWork:
 
 
 @dataclass(slots=True)
-class _Host:
-    """One Clover API host and everything that is shared by its merchants."""
-
-    region: Region
-    api: CloverApi
-    limiter: RequestLimiter
-    slots: ExportSlots
-    gate: HostGate
-
-
-@dataclass(slots=True)
 class _Merchant:
     merchant: Merchant
-    host: _Host
+    host: Host
     client: MerchantClient
     queue: deque[ChunkRecord]
     refusal: str | None = None  # set once Clover refused the merchant: no more tries this run
@@ -82,25 +68,25 @@ class _Stopped(Exception):
 
 
 class Harvest:
+    """One run's harvest of the given work, on the hosts and downloader it is handed."""
+
     def __init__(
         self,
         config: Config,
-        store: Store,
-        session: aiohttp.ClientSession,
+        store: StateStore,
+        hosts: Hosts,
+        downloader: Downloader,
         clock: Clock,
         stop: asyncio.Event,
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
         self._store = store
-        self._session = session
+        self._hosts = hosts
+        self._downloader = downloader
         self._clock = clock
         self._stop = stop
         self._rng = rng or random.Random()
-        self._hosts: dict[str, _Host] = {}
-        self._downloader = Downloader(
-            session, store, clock, config.timing, config.max_concurrent_downloads, self._rng
-        )
         self.summary = Summary()
 
     async def run(self, work: Sequence[MerchantWork]) -> Summary:
@@ -116,69 +102,10 @@ class Harvest:
         self.summary.stopped = self._stop.is_set() and not self.summary.all_done
         return self.summary
 
-    def _host(self, region: Region) -> _Host:
-        host = self._hosts.get(region.name)
-        if host is None:
-            limits = region.rate_limits
-            limiter = RequestLimiter(
-                self._clock,
-                limits.token_requests_per_s,
-                limits.token_concurrent,
-                limits.app_requests_per_s,
-                limits.app_concurrent,
-            )
-            api = CloverApi(
-                self._session,
-                region.base_url,
-                limiter,
-                self._config.timing.request_timeout_s,
-                lambda body: classify_503(body, region.windows, self._clock.now()),
-            )
-            gate = HostGate(
-                region.base_url,
-                region.windows,
-                self._clock,
-                backoff_base_s=self._config.timing.backoff_base_s,
-                backoff_max_s=self._config.timing.backoff_max_s,
-                margin_s=self._config.timing.window_margin_s,
-                rng=self._rng,
-            )
-            host = _Host(region, api, limiter, ExportSlots(region.max_concurrent_exports), gate)
-            self._hosts[region.name] = host
-        return host
-
-    def _tokens(self, merchant: Merchant, host: _Host) -> TokenSource:
-        if merchant.token is not None:
-            return StaticToken(merchant.token.reveal())
-        # The config guarantees a refresh token and a client id where there is no token.
-        assert merchant.refresh_token is not None
-        assert merchant.client_id is not None
-        client_id = merchant.client_id
-
-        async def refresher(refresh_token: str) -> TokenGrant:
-            return await host.api.refresh(merchant.id, client_id, refresh_token)
-
-        return RefreshingToken(
-            merchant.id,
-            merchant.refresh_token.reveal(),
-            refresher,
-            self._store,
-            self._clock,
-            self._config.timing.token_refresh_margin_s,
-        )
-
     async def _merchant_worker(self, work: MerchantWork) -> None:
         merchant = work.merchant
-        host = self._host(merchant.region)
-        client = MerchantClient(
-            merchant.id,
-            host.api,
-            self._tokens(merchant, host),
-            host.limiter,
-            self._config.timing,
-            self._clock,
-            self._rng,
-        )
+        host = self._hosts.host(merchant.region)
+        client = self._hosts.client(merchant)
         # Chunks already in flight go first: their exports hold server slots right now.
         ordered = sorted(work.chunks, key=lambda c: (c.export_id is None, c.range.start, c.type))
         state = _Merchant(merchant, host, client, deque(ordered))
@@ -317,7 +244,7 @@ class Harvest:
                     if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
                         continue
                     try:
-                        info = await state.client.create_export(ExportType(chunk.type), chunk.range)
+                        info = await self._create_export(state, chunk)
                     except ServerBusy as exc:
                         # The slot goes back; the gate holds every lane of the host back
                         # for the backoff, so that no other lane retries into the same wall.
@@ -363,6 +290,13 @@ class Harvest:
                         return await self._follow(state, record, info)
             if pause_s > 0 and not await self._nap(pause_s):
                 raise _Stopped
+
+    async def _create_export(self, state: _Merchant, chunk: ChunkRecord) -> ExportInfo:
+        """One POST; a 503 comes back as what the host's gate makes of it, closed or busy."""
+        try:
+            return await state.client.create_export(ExportType(chunk.type), chunk.range)
+        except Unavailable503 as exc:
+            raise state.host.gate.classify_503(exc) from exc
 
     async def _follow(
         self, state: _Merchant, record: ExportRecord, info: ExportInfo | None

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from harvester.chunks import ExportType, TimeRange, gaps, merge
+from harvester.chunks import ExportType, TimeRange, gaps, iso, merge
 from harvester.config import Config
-from harvester.store import ChunkStatus, Snapshot
+from harvester.state import ChunkStatus, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +68,14 @@ def build_status(config: Config, snapshot: Snapshot) -> list[TypeStatus]:
     return rows
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
-
-
 def status_as_json(rows: list[TypeStatus]) -> list[dict[str, Any]]:
     return [
         {
             "merchant": row.merchant_id,
             "type": str(row.type),
-            "covered_from": _iso(row.covered_from),
-            "covered_through": _iso(row.covered_through),
-            "gaps": [{"start": _iso(g.start), "end": _iso(g.end)} for g in row.gaps],
+            "covered_from": iso(row.covered_from),
+            "covered_through": iso(row.covered_through),
+            "gaps": [{"start": iso(g.start), "end": iso(g.end)} for g in row.gaps],
             "chunks": {str(status): row.chunks.get(status, 0) for status in ChunkStatus},
             "in_flight": [
                 {
@@ -91,7 +87,7 @@ def status_as_json(rows: list[TypeStatus]) -> list[dict[str, Any]]:
                 for f in row.in_flight
             ],
             "last_error": row.last_error,
-            "last_error_at": _iso(row.last_error_at),
+            "last_error_at": iso(row.last_error_at),
         }
         for row in rows
     ]
@@ -104,7 +100,7 @@ def render_status(rows: list[TypeStatus]) -> str:
             f"{row.chunks[status]} {status}" for status in ChunkStatus if row.chunks.get(status)
         )
         covered = (
-            f"covered {_iso(row.covered_from)} through {_iso(row.covered_through)}"
+            f"covered {iso(row.covered_from)} through {iso(row.covered_through)}"
             if row.covered_from
             else "nothing covered yet"
         )
@@ -117,5 +113,5 @@ def render_status(rows: list[TypeStatus]) -> str:
                 f"{flight.percent:g}% for {flight.range}"
             )
         if row.last_error:
-            lines.append(f"  last error at {_iso(row.last_error_at)}: {row.last_error}")
+            lines.append(f"  last error at {iso(row.last_error_at)}: {row.last_error}")
     return "\n".join(lines)

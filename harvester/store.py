@@ -17,85 +17,29 @@ import json
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from harvester.chunks import ExportType, TimeRange
+from harvester.chunks import EPOCH, ONE_MS, ExportType, TimeRange
 from harvester.clock import Clock
 from harvester.errors import StoreError
+from harvester.state import (
+    ChunkRecord,
+    ChunkStatus,
+    ExportRecord,
+    ExportState,
+    PartRecord,
+    Snapshot,
+)
 
 T = TypeVar("T")
-
-
-class ChunkStatus(StrEnum):
-    PENDING = "pending"  # known, no usable export yet (new, or its export failed)
-    EXPORTING = "exporting"  # an export is running for it (export_id set)
-    DOWNLOADING = "downloading"  # its export is DONE; parts are being saved
-    COMPLETE = "complete"  # its folder is in place
-    FAILED = "failed"  # gave up for this run; the next run retries it
-
-
-class ExportState(StrEnum):
-    RUNNING = "running"  # created, not yet DONE
-    DONE = "done"  # DONE, file URLs stored
-    FAILED = "failed"  # failed status, DONE without URLs, or stalled
-    EXPIRED = "expired"  # its files expired before all were saved
-    LOST = "lost"  # the server answered 404 for its id
 
 
 # An export in one of these states can still deliver files: a chunk keeps pointing at it.
 _LIVE_EXPORT_STATES = (ExportState.RUNNING, ExportState.DONE)
 _ENDED_EXPORT_STATES = frozenset({ExportState.FAILED, ExportState.EXPIRED, ExportState.LOST})
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkRecord:
-    id: int
-    merchant_id: str
-    type: ExportType
-    range: TimeRange
-    status: ChunkStatus
-    export_id: str | None  # the current export (RUNNING or DONE), if any
-    exports_created: int  # how many exports were ever created for it
-    completed_at: datetime | None  # last time its folder was put in place; not None = covered
-    last_error: str | None
-    last_error_at: datetime | None
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ExportRecord:
-    id: str
-    chunk_id: int
-    state: ExportState
-    status: str  # Clover's last status string
-    percent: float
-    created_at: datetime
-    updated_at: datetime
-    available_until: datetime | None
-    urls: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PartRecord:
-    export_id: str
-    index: int  # 1-based part number
-    url_index: int  # 0-based position in the export's exportUrls
-    size: int
-    sha256: str
-    objects: int
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What `harvester status` shows. Never holds a token."""
-
-    chunks: list[ChunkRecord]
-    running: list[ExportRecord]  # RUNNING/DONE current exports of chunks not yet complete
 
 
 # Applied in order on open, each in the transaction that raises PRAGMA user_version to its
@@ -160,18 +104,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 SCHEMA_VERSION = len(_MIGRATIONS)  # what PRAGMA user_version says once open
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
-
 
 def _to_ms(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError("the store keeps UTC instants: got a naive datetime")
-    return (moment - _EPOCH) // _MILLISECOND
+    return (moment - EPOCH) // ONE_MS
 
 
 def _from_ms(ms: int) -> datetime:
-    return _EPOCH + ms * _MILLISECOND
+    return EPOCH + ms * ONE_MS
 
 
 def _maybe_from_ms(ms: int | None) -> datetime | None:
@@ -532,20 +473,6 @@ class Store:
 
         await self._write("fail_chunk", work)
 
-    async def note_error(self, chunk_id: int, error: str) -> None:
-        """Remember the latest error of a chunk without changing its status."""
-        now_ms = self._now_ms()
-
-        def work(connection: sqlite3.Connection) -> None:
-            cursor = connection.execute(
-                "UPDATE chunks SET last_error = ?, last_error_at_ms = ? WHERE id = ?",
-                (error, now_ms, chunk_id),
-            )
-            if cursor.rowcount == 0:
-                raise self._missing(f"chunk {chunk_id}")
-
-        await self._write("note_error", work)
-
     async def start_run(self) -> None:
         """A new run retries what the last one gave up on.
 
@@ -697,28 +624,6 @@ class Store:
             return None if row is None else _export_from_row(row)
 
         return await self._run("get_export", work)
-
-    async def exports_created(self) -> int:
-        """How many exports were ever recorded."""
-
-        def work(connection: sqlite3.Connection) -> int:
-            count: int = connection.execute("SELECT count(*) FROM exports").fetchone()[0]
-            return count
-
-        return await self._run("exports_created", work)
-
-    async def exports(self, chunk_id: int | None = None) -> list[ExportRecord]:
-        """Every export (of one chunk, if given), oldest first."""
-
-        def work(connection: sqlite3.Connection) -> list[ExportRecord]:
-            rows = connection.execute(
-                "SELECT * FROM exports WHERE (:chunk_id IS NULL OR chunk_id = :chunk_id)"
-                " ORDER BY created_at_ms, rowid",
-                {"chunk_id": chunk_id},
-            ).fetchall()
-            return [_export_from_row(row) for row in rows]
-
-        return await self._run("exports", work)
 
     # -- parts --------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Protocol
 from harvester.clock import Clock
 from harvester.clover import TokenGrant
 from harvester.logs import get_logger, register_secret
-from harvester.store import Store
+from harvester.state import StateStore
 
 
 class TokenSource(Protocol):
@@ -54,7 +54,7 @@ class RefreshingToken:
         merchant_id: str,
         configured_refresh_token: str,
         refresher: Refresher,
-        store: Store,
+        store: StateStore,
         clock: Clock,
         margin_s: float,
     ) -> None:

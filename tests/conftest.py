@@ -16,10 +16,10 @@ import pytest
 import structlog
 import yaml
 
-from harvester.clock import FakeClock
 from harvester.config import Config, load_config
 from harvester.logs import configure_logging
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
+from tests.fakeclock import FakeClock
 
 # Virtual "now" for in-process tests: well after the data, in no particular window.
 NOW = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)

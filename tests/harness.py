@@ -1,9 +1,10 @@
 """What the tests of Clover's server realities share: a harvest that records its requests.
 
-`harvest()` does what `commands.backfill` does (with the same store opening and chunk
-planning, `commands._open_store` and `commands._chunks`), but with a session that traces every
-request the production client sends (when, on the shared FakeClock, and what came back), and
-it hands back the `Harvest` so that a test can look at its export slots afterwards.
+`harvest()` does what `commands.backfill` does (with the same store opening, chunk planning
+and wiring, `commands.open_store`, `commands.due_chunks` and `commands.build_harvest`), but
+with a session that traces every request the production client sends (when, on the shared
+FakeClock, and what came back), and it hands back the hosts so that a test can look at their
+export slots and limiters afterwards.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import random
 import re
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,12 +26,12 @@ import aiohttp
 
 from harvester import commands
 from harvester.chunks import TimeRange
-from harvester.clock import FakeClock
+from harvester.hosts import Host, HostFactories, Hosts
 from harvester.planning import select
 from harvester.scheduler import Harvest, MerchantWork
 from harvester.simulator import Account, Faults, Simulator
 from harvester.slots import ExportSlots
-from harvester.store import ExportRecord, Store
+from harvester.state import ExportRecord
 from harvester.summary import Summary
 from harvester.windows import WindowTable
 from tests.conftest import (
@@ -43,6 +44,8 @@ from tests.conftest import (
     new_token,
     sim_settings,
 )
+from tests.fakeclock import FakeClock
+from tests.statefile import exports_in
 
 FULL = TimeRange(DATA_START, DATA_END)
 _MERCHANT_PATH = re.compile(r"^/v3/merchants/(?P<merchant>[^/]+)/exports(?P<poll>/[^/]+)?$")
@@ -123,18 +126,18 @@ class Requests:
 @dataclass(slots=True)
 class Run:
     summary: Summary
-    harvest: Harvest
+    hosts: Hosts
     requests: Requests
 
     @property
+    def host(self) -> Host:
+        """The one host of a scenario (built with its first merchant)."""
+        (host,) = self.hosts.built.values()
+        return host
+
+    @property
     def slots(self) -> ExportSlots:
-        return slots_of(self.harvest)
-
-
-def slots_of(harvest: Harvest) -> ExportSlots:
-    """The export slots of the one host of a scenario (created with its first merchant)."""
-    (host,) = harvest._hosts.values()
-    return host.slots
+        return self.host.slots
 
 
 async def harvest(
@@ -145,7 +148,8 @@ async def harvest(
     requests: Requests | None = None,
     stop: asyncio.Event | None = None,
     seed: int = 7,
-    beside: Callable[[Harvest], Awaitable[None]] | None = None,
+    beside: Callable[[Harvest], Coroutine[Any, Any, None]] | None = None,
+    factories: HostFactories | None = None,
 ) -> Run:
     """One `backfill` of every merchant of the scenario over `requested`, traced.
 
@@ -154,14 +158,20 @@ async def harvest(
     """
     config = scenario.config()
     requests = requests if requests is not None else Requests(clock)
-    async with await commands._open_store(config, clock) as store:
+    async with await commands.open_store(config, clock) as store:
         work = [
-            MerchantWork(s.merchant, tuple(await commands._chunks(store, config, s, requested)))
+            MerchantWork(s.merchant, tuple(await commands.due_chunks(store, config, s, requested)))
             for s in select(config, [], [])
         ]
         async with aiohttp.ClientSession(trace_configs=[requests.config]) as session:
-            runner = Harvest(
-                config, store, session, clock, stop or asyncio.Event(), random.Random(seed)
+            runner, hosts = commands.build_harvest(
+                config,
+                store,
+                session,
+                clock,
+                stop or asyncio.Event(),
+                random.Random(seed),
+                factories,
             )
             watcher = asyncio.create_task(beside(runner)) if beside is not None else None
             try:
@@ -170,7 +180,7 @@ async def harvest(
                 if watcher is not None:
                     watcher.cancel()
                     await asyncio.gather(watcher, return_exceptions=True)
-    return Run(summary, runner, requests)
+    return Run(summary, hosts, requests)
 
 
 @asynccontextmanager
@@ -193,10 +203,9 @@ async def simulated(
         yield Scenario(tmp_path, sim, tokens, region=dict(region or {}), top=dict(top or {}))
 
 
-async def recorded_exports(scenario: Scenario, clock: FakeClock) -> list[ExportRecord]:
+def recorded_exports(scenario: Scenario) -> list[ExportRecord]:
     """Every export the scenario's store recorded, oldest first."""
-    async with await Store.open(scenario.config().state_path, clock) as store:
-        return await store.exports()
+    return exports_in(scenario.config().state_path)
 
 
 async def metronome(clock: FakeClock, seconds: float, step_s: float = 0.02) -> None:

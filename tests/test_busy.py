@@ -7,11 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from harvester.chunks import TimeRange
-from harvester.clock import FakeClock
 from harvester.scheduler import Harvest
 from harvester.simulator import Faults
 from harvester.simulator.faults import FaultKind
 from tests.conftest import DATA_START, FAST_TIMING
+from tests.fakeclock import FakeClock
 from tests.harness import assert_exactly_once, harvest, log_events, metronome, simulated
 
 MONTH = TimeRange(DATA_START, DATA_START + timedelta(days=30))

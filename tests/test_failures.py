@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from harvester.chunks import ExportType, TimeRange
-from harvester.clock import FakeClock
 from harvester.scheduler import Harvest
 from harvester.simulator import Account, Faults
 from harvester.simulator.faults import FaultKind
-from harvester.store import ExportState
+from harvester.state import ExportState
 from tests.conftest import DATA_START, FAST_TIMING, Scenario
+from tests.fakeclock import FakeClock
 from tests.harness import (
     Requests,
     assert_exactly_once,
@@ -173,7 +173,7 @@ async def test_a_failed_export_is_created_again_after_the_cooldown(
 
         assert run.summary.exit_code == 0, run.summary.render()
         assert_exactly_once(scenario, MONTH)
-        failed, done = await recorded_exports(scenario, clock)
+        failed, done = recorded_exports(scenario)
         assert (failed.state, done.state) == (ended, ExportState.DONE)
         assert done.created_at - failed.updated_at >= timedelta(seconds=COOLDOWN_S)
         (line,) = log_events(log_buffer, "export.failed")
@@ -265,7 +265,7 @@ async def test_a_file_host_saying_gone_has_the_chunk_exported_again(
 
         assert run.summary.exit_code == 0, run.summary.render()
         assert_exactly_once(scenario, MONTH)
-        expired, done = await recorded_exports(scenario, clock)
+        expired, done = recorded_exports(scenario)
         assert (expired.state, done.state) == (ExportState.EXPIRED, ExportState.DONE)
         gone = run.requests.of("file", status=status)
         assert len(gone) == 1
@@ -283,7 +283,7 @@ async def test_files_past_available_until_are_not_fetched_but_exported_again(
         scenario.top["timing"] = {**FAST_TIMING, "max_attempts": 2}
         first = await harvest(scenario, clock, MONTH)
         assert first.summary.exit_code == 1
-        (stale,) = await recorded_exports(scenario, clock)
+        (stale,) = recorded_exports(scenario)
         assert stale.state is ExportState.DONE
         assert stale.available_until is not None
 
@@ -294,7 +294,7 @@ async def test_files_past_available_until_are_not_fetched_but_exported_again(
         assert second.summary.exit_code == 0, second.summary.render()
         assert_exactly_once(scenario, MONTH)
         assert not {s.url for s in second.requests.of("file")} & set(stale.urls)
-        expired, done = await recorded_exports(scenario, clock)
+        expired, done = recorded_exports(scenario)
         assert (expired.id, expired.state) == (stale.id, ExportState.EXPIRED)
         assert done.state is ExportState.DONE
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from harvester.clock import FakeClock
 from harvester.errors import ServerBusy, WindowClosed
 from harvester.gate import MIN_MARGIN_S, HostGate, classify_503, p90, window_wait_s
 from harvester.windows import WindowTable
+from tests.fakeclock import FakeClock
 
 TUESDAY_NOON = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
 TEN_TO_THREE = WindowTable.parse(["every day 10:00-15:00"], "test")

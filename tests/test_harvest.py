@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,9 +13,8 @@ import aiohttp
 
 from harvester import commands
 from harvester.chunks import ExportType, TimeRange
-from harvester.clock import FakeClock
 from harvester.planning import select
-from harvester.scheduler import Harvest, MerchantWork
+from harvester.scheduler import MerchantWork
 from harvester.simulator import Account, Faults, Simulator
 from harvester.store import Store
 from harvester.summary import Summary
@@ -25,7 +25,9 @@ from tests.conftest import (
     new_token,
     sim_settings,
 )
+from tests.fakeclock import FakeClock
 from tests.harness import FULL, assert_exactly_once
+from tests.statefile import exports_in
 
 
 async def backfill(scenario: Scenario, clock: FakeClock, requested: TimeRange = FULL) -> Summary:
@@ -136,9 +138,12 @@ async def test_slots_go_round_robin_across_merchants(scenario: Scenario, clock: 
             for m, chunks in zip((first, second), singles, strict=True)
         ]
         async with aiohttp.ClientSession() as session:
-            summary = await Harvest(config, store, session, clock, asyncio.Event()).run(work)
+            harvest, _ = commands.build_harvest(
+                config, store, session, clock, asyncio.Event(), random.Random()
+            )
+            summary = await harvest.run(work)
         assert summary.exit_code == 0
-        exports = sorted(await store.exports(), key=lambda e: e.created_at)
+        exports = sorted(exports_in(config.state_path), key=lambda e: e.created_at)
         chunk_owner = {c.id: c.merchant_id for c in await store.chunks()}
         order = [chunk_owner[e.chunk_id] for e in exports]
         assert set(order[:3]) == {hog, first, second}, order

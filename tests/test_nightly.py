@@ -14,13 +14,14 @@ import pytest
 from harvester import commands
 from harvester.chunks import ExportType, TimeRange
 from harvester.cli import main
-from harvester.clock import FakeClock
 from harvester.downloader import Downloader
 from harvester.planning import select
 from harvester.simulator import Account, Faults, Simulator
-from harvester.store import ChunkStatus, Store
+from harvester.state import ChunkStatus
+from harvester.store import Store
 from harvester.summary import Summary
 from tests.conftest import Scenario, harvested, ids, merchant_ids, new_token, sim_settings
+from tests.fakeclock import FakeClock
 
 JUNE = datetime(2025, 6, 1, tzinfo=UTC)
 JULY = datetime(2025, 7, 1, tzinfo=UTC)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from harvester.chunks import TimeRange
-from harvester.clock import FakeClock
 from harvester.scheduler import Harvest
 from harvester.simulator import Faults
 from harvester.simulator.app import (
@@ -21,6 +20,7 @@ from harvester.simulator.app import (
 )
 from harvester.simulator.faults import FaultKind
 from tests.conftest import DATA_START, FAST_TIMING
+from tests.fakeclock import FakeClock
 from tests.harness import (
     Requests,
     Sent,
@@ -68,8 +68,7 @@ async def test_the_harvesters_own_limits_keep_it_under_clovers(
         assert stats.faults_injected == {}
         # The limits were pressed against, not merely never approached.
         assert stats.max_running > 10
-        (host,) = run.harvest._hosts.values()
-        assert host.limiter.max_in_flight_seen == 10
+        assert run.host.limiter.max_in_flight_seen == 10
         assert most_in_any_second([s.at for s in run.requests.sent if s.kind != "file"]) > 30
 
 
@@ -92,8 +91,7 @@ async def test_configured_limits_are_the_ones_kept(tmp_path: Path, clock: FakeCl
 
         assert run.summary.exit_code == 0, run.summary.render()
         assert sum(scenario.sim.stats.rate_limited.values()) == 0
-        (host,) = run.harvest._hosts.values()
-        assert host.limiter.max_in_flight_seen == 3
+        assert run.host.limiter.max_in_flight_seen == 3
 
 
 @pytest.mark.parametrize(

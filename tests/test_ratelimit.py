@@ -7,9 +7,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from harvester.clock import FakeClock
 from harvester.ratelimit import RequestLimiter, Scope, scope_of_header
 from tests.conftest import until
+from tests.fakeclock import FakeClock
 
 
 def clover_limiter(clock: FakeClock) -> RequestLimiter:

@@ -3,43 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar
 
 import aiohttp
-import pytest
 
-from harvester import commands, scheduler
+from harvester import commands
 from harvester.chunks import ExportType, TimeRange
-from harvester.clock import FakeClock
+from harvester.clock import Clock
+from harvester.config import Region, Timing
 from harvester.gate import MIN_MARGIN_S, HostGate
+from harvester.hosts import HostFactories, make_gate
 from harvester.planning import select
 from harvester.simulator import Account, Faults, Simulator
 from harvester.store import Store
 from tests.conftest import DATA_START, Scenario, harvested, merchant_ids, new_token, sim_settings
+from tests.fakeclock import FakeClock
 
 SPAN = TimeRange(DATA_START, DATA_START + timedelta(days=10))
 NIGHT_S = 10 * 3600.0
 
 
-class RecordingGate(HostGate):
-    """HostGate that remembers every instance the scheduler makes."""
-
-    made: ClassVar[list[HostGate]] = []
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        RecordingGate.made.append(self)
-
-
 async def test_reattached_export_age_is_not_an_export_duration(
-    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, clock: FakeClock
 ) -> None:
     """An export created ten hours before the run and finished meanwhile is harvested, and
     the margin stays at its floor instead of growing to ten hours."""
-    monkeypatch.setattr(RecordingGate, "made", [])
-    monkeypatch.setattr(scheduler, "HostGate", RecordingGate)
+    made: list[HostGate] = []
+
+    def recording_gate(
+        region: Region, timing: Timing, clock: Clock, rng: random.Random
+    ) -> HostGate:
+        made.append(make_gate(region, timing, clock, rng))
+        return made[-1]
+
     merchant_id = merchant_ids(1)[0]
     token = new_token(merchant_id)
     async with Simulator(sim_settings({merchant_id: Account(token=token)}), clock, Faults()) as sim:
@@ -67,11 +65,16 @@ async def test_reattached_export_age_is_not_an_export_duration(
         clock.advance(NIGHT_S)
 
         summary = await commands.backfill(
-            config, select(config, [], []), SPAN, clock, asyncio.Event()
+            config,
+            select(config, [], []),
+            SPAN,
+            clock,
+            asyncio.Event(),
+            factories=HostFactories(gate=recording_gate),
         )
         assert summary.exit_code == 0, summary.render()
         assert sim.stats.exports_created == 1, "the stored export should have been re-attached"
         expected = sim.objects(merchant_id, "PAYMENTS", SPAN.start_ms, SPAN.end_ms - 1)
         assert len(harvested(scenario.output_dir, merchant_id, "payments")) == len(expected)
-        (gate,) = RecordingGate.made
+        (gate,) = made
         assert gate.margin_s == MIN_MARGIN_S

@@ -12,18 +12,16 @@ import pytest
 
 from harvester import commands
 from harvester.chunks import ExportType, TimeRange
-from harvester.clock import FakeClock
 from harvester.clover import CloverApi, ExportStatus
 from harvester.config import Timing
 from harvester.errors import CloverUnavailable, HarvesterError, RateLimited, TokenRejected
-from harvester.gate import classify_503
 from harvester.merchant import MerchantClient
 from harvester.planning import select
 from harvester.ratelimit import RequestLimiter
 from harvester.simulator import Account, Faults, Simulator
 from harvester.simulator.faults import FaultKind
-from harvester.windows import WindowTable
 from tests.conftest import DATA_START, Scenario, harvested, merchant_ids, new_token, sim_settings
+from tests.fakeclock import FakeClock
 
 CLIENT_ID = "refresh-app"
 SPAN = TimeRange(DATA_START, DATA_START + timedelta(days=20))
@@ -93,17 +91,9 @@ class FlakyTokens:
         return True
 
 
-def api_for(
-    session: aiohttp.ClientSession, sim: Simulator, limiter: RequestLimiter, clock: FakeClock
-) -> CloverApi:
-    """The production client on the simulator, under an always-open window."""
-    return CloverApi(
-        session,
-        sim.api_url,
-        limiter,
-        10.0,
-        lambda body: classify_503(body, WindowTable.always(), clock.now()),
-    )
+def api_for(session: aiohttp.ClientSession, sim: Simulator, limiter: RequestLimiter) -> CloverApi:
+    """The production client on the simulator."""
+    return CloverApi(session, sim.api_url, limiter, 10.0)
 
 
 async def test_poll_retries_a_refresh_that_failed_transiently(clock: FakeClock) -> None:
@@ -113,7 +103,7 @@ async def test_poll_retries_a_refresh_that_failed_transiently(clock: FakeClock) 
     settings = sim_settings({merchant_id: Account(token=token)})
     async with Simulator(settings, clock, Faults()) as sim, aiohttp.ClientSession() as session:
         limiter = RequestLimiter(clock, 16, 5, 50, 10)
-        api = api_for(session, sim, limiter, clock)
+        api = api_for(session, sim, limiter)
         timing = Timing(backoff_base_s=1.0, backoff_max_s=30.0)
 
         def client(tokens: FlakyTokens) -> MerchantClient:
@@ -170,7 +160,7 @@ async def test_refresh_after_a_401_gets_the_retry_policy_too(clock: FakeClock) -
     settings = sim_settings({merchant_id: Account(token=token)})
     async with Simulator(settings, clock, Faults()) as sim, aiohttp.ClientSession() as session:
         limiter = RequestLimiter(clock, 16, 5, 50, 10)
-        api = api_for(session, sim, limiter, clock)
+        api = api_for(session, sim, limiter)
         timing = Timing(backoff_base_s=1.0, backoff_max_s=30.0)
         good = MerchantClient(
             merchant_id, api, FlakyTokens(token, []), limiter, timing, clock, random.Random(7)

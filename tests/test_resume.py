@@ -15,7 +15,8 @@ import yaml
 from harvester.chunks import ExportType
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator
-from harvester.store import ChunkStatus, read_snapshot
+from harvester.state import ChunkStatus
+from harvester.store import read_snapshot
 from tests.conftest import DATA_START, harvested, ids, merchant_ids, new_token, sim_settings
 
 FROM, TO = "2025-01-01", "2025-03-02"  # two 30-day chunks per merchant and type

@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from harvester.clock import FakeClock
 from harvester.simulator import Account, FaultKind, Faults, Simulator, SimulatorSettings
 from harvester.simulator.command import (
     MERCHANTS_ENV,
@@ -23,6 +22,7 @@ from harvester.simulator.command import (
     serve,
     settings_from_args,
 )
+from tests.fakeclock import FakeClock
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 DATA_START = datetime(2024, 1, 1, tzinfo=UTC)

@@ -10,10 +10,10 @@ import pytest
 
 from harvester import commands
 from harvester.chunks import TimeRange
-from harvester.clock import FakeClock
 from harvester.planning import select
 from harvester.simulator import Account, Faults, Simulator
 from tests.conftest import DATA_START, Scenario, harvested, merchant_ids, new_token, sim_settings
+from tests.fakeclock import FakeClock
 
 SPAN = TimeRange(DATA_START, DATA_START + timedelta(days=10))
 PADDING = 2000

@@ -6,9 +6,9 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from harvester.clock import FakeClock
 from harvester.slots import ExportSlots, Slot
 from tests.conftest import until
+from tests.fakeclock import FakeClock
 
 
 class Exports:

@@ -23,21 +23,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import time as clock_time
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
-from harvester import commands, scheduler
+from harvester import commands
 from harvester.chunks import ExportType, TimeRange
-from harvester.clock import FakeClock
+from harvester.config import Region
+from harvester.hosts import HostFactories, make_slots
 from harvester.planning import select
 from harvester.simulator import Account, Faults, Simulator
 from harvester.simulator.command import DailyWindow
 from harvester.simulator.faults import FaultKind
 from harvester.slots import ExportSlots
-from harvester.store import ChunkRecord, Store
+from harvester.state import ChunkRecord
+from harvester.store import Store
 from harvester.summary import Summary
 from tests.conftest import NOW, Scenario, harvested, ids, merchant_ids, new_token, sim_settings
+from tests.fakeclock import FakeClock
+from tests.statefile import exports_in
 
 SCALE = int(os.environ.get("SOAK_SCALE", "1"))
 MAX_RUNS = 5
@@ -110,14 +113,15 @@ def soak_faults() -> Faults:
     return faults
 
 
-class RecordingSlots(ExportSlots):
-    """ExportSlots that remember every instance the scheduler makes, to read their peaks."""
+class RecordingSlots:
+    """Makes each host's export slots as the harvest would, and keeps them to read their peaks."""
 
-    made: ClassVar[list[ExportSlots]] = []
+    def __init__(self) -> None:
+        self.made: list[ExportSlots] = []
 
-    def __init__(self, maximum: int) -> None:
-        super().__init__(maximum)
-        RecordingSlots.made.append(self)
+    def __call__(self, region: Region) -> ExportSlots:
+        self.made.append(make_slots(region))
+        return self.made[-1]
 
 
 def months_before(end: datetime, months: int) -> datetime:
@@ -155,7 +159,7 @@ def soak_scenario(
 
 
 async def harvest_until_done(
-    scenario: Scenario, requested: TimeRange, clock: FakeClock
+    scenario: Scenario, requested: TimeRange, clock: FakeClock, slots: RecordingSlots
 ) -> list[Summary]:
     """`backfill` again after a run that left chunks failed, as an operator would; bounded."""
     runs: list[Summary] = []
@@ -163,7 +167,12 @@ async def harvest_until_done(
         config = scenario.config()
         runs.append(
             await commands.backfill(
-                config, select(config, [], []), requested, clock, asyncio.Event()
+                config,
+                select(config, [], []),
+                requested,
+                clock,
+                asyncio.Event(),
+                factories=HostFactories(slots=slots),
             )
         )
     return runs
@@ -177,6 +186,7 @@ def print_figures(
     export_days: list[str],
     clock: FakeClock,
     real_s: float,
+    slots: RecordingSlots,
 ) -> None:
     stats = sim.stats
     injected = stats.faults_injected
@@ -197,7 +207,7 @@ def print_figures(
         f"429s: {dict(stats.rate_limited)}; refreshes: {stats.refreshes}; "
         f"401s: {stats.bad_tokens}; peak exports running on the server: {stats.max_running}; "
         f"peak harvester slots in use: "
-        f"{max((s.max_in_use for s in RecordingSlots.made), default=0)}",
+        f"{max((s.max_in_use for s in slots.made), default=0)}",
         f"runs needed: {len(runs)}; exports created on {len(export_days)} days "
         f"({export_days[0]} to {export_days[-1]})",
     ]
@@ -227,13 +237,10 @@ def assert_every_object_once(
 
 @pytest.mark.timeout(120 * SCALE)
 @pytest.mark.parametrize("seed", SIZE.seeds)
-async def test_soak_every_fault_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_buffer: io.StringIO, seed: int
-) -> None:
+async def test_soak_every_fault_at_once(tmp_path: Path, log_buffer: io.StringIO, seed: int) -> None:
     """With every fault on, every object arrives exactly once and no limit is exceeded."""
     started = time.perf_counter()
-    monkeypatch.setattr(RecordingSlots, "made", [])
-    monkeypatch.setattr(scheduler, "ExportSlots", RecordingSlots)
+    slots = RecordingSlots()
     clock = FakeClock(NOW)
     # The data ends before the clock starts: a range still filling up as the harvest goes
     # could never match the simulator's final word.
@@ -260,14 +267,14 @@ async def test_soak_every_fault_at_once(
     )
     async with Simulator(settings, clock, soak_faults()) as sim:
         scenario = soak_scenario(tmp_path, sim, tokens, refreshing)
-        runs = await harvest_until_done(scenario, requested, clock)
+        runs = await harvest_until_done(scenario, requested, clock, slots)
         async with await Store.open(scenario.config().state_path, clock) as store:
-            exports = await store.exports()
             chunks = await store.chunks()
+        exports = exports_in(scenario.config().state_path)
         export_days = sorted({e.created_at.date().isoformat() for e in exports})
         # Before any assertion, so that a failing soak shows them too.
         real_s = time.perf_counter() - started
-        print_figures(seed, sim, runs, chunks, export_days, clock, real_s)
+        print_figures(seed, sim, runs, chunks, export_days, clock, real_s, slots)
 
         stats = sim.stats
         injected = stats.faults_injected
@@ -275,10 +282,10 @@ async def test_soak_every_fault_at_once(
         assert_every_object_once(sim, scenario.output_dir, merchants, requested)
         # No limit exceeded, on either side.
         assert stats.max_running <= SERVER_EXPORTS
-        assert RecordingSlots.made, "the scheduler made no export slots"
-        for slots in RecordingSlots.made:
-            assert slots.maximum == CONFIGURED_EXPORTS
-            assert slots.max_in_use <= CONFIGURED_EXPORTS
+        assert slots.made, "the harvest made no export slots"
+        for made in slots.made:
+            assert made.maximum == CONFIGURED_EXPORTS
+            assert made.max_in_use <= CONFIGURED_EXPORTS
         organic_429 = sum(stats.rate_limited.values()) - injected[FaultKind.API_429]
         assert organic_429 == 0, f"429s not injected: {dict(stats.rate_limited)}"
         assert stats.file_auth_headers == 0

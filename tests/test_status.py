@@ -10,8 +10,9 @@ import pytest
 
 from harvester.chunks import ExportType, TimeRange
 from harvester.cli import main
-from harvester.clock import FakeClock
-from harvester.store import ExportState, Store
+from harvester.state import ExportState
+from harvester.store import Store
+from tests.fakeclock import FakeClock
 
 DAY = timedelta(days=1)
 JAN = datetime(2025, 1, 1, tzinfo=UTC)

@@ -15,7 +15,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from harvester.chunks import TimeRange
-from harvester.clock import FakeClock
 from harvester.clover import TokenGrant
 from harvester.errors import StoreError
 from harvester.scheduler import Harvest
@@ -23,6 +22,7 @@ from harvester.simulator import Account
 from harvester.store import Store
 from harvester.tokens import RefreshingToken
 from tests.conftest import DATA_START, FAST_TIMING, Scenario
+from tests.fakeclock import FakeClock
 from tests.harness import Requests, assert_exactly_once, harvest, log_events, simulated
 
 CLIENT_ID = "harvester-app-id"

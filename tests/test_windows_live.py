@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from harvester.chunks import ExportType, TimeRange
-from harvester.clock import FakeClock
 from tests.conftest import DATA_START, FAST_TIMING, NOW, Scenario
+from tests.fakeclock import FakeClock
 from tests.harness import (
     Run,
     Sent,
@@ -62,7 +62,7 @@ async def test_no_export_is_posted_before_the_window_opens(
         assert run.requests.before(since_start(at(13))) == []
         assert scenario.sim.stats.window_503s == 0
         assert scenario.sim.stats.first_create_at == at(13)
-        recorded = await recorded_exports(scenario, clock)
+        recorded = recorded_exports(scenario)
         assert recorded[0].created_at == at(13)
         assert len(recorded) == 4 * 2
         assert_exactly_once(scenario, MONTH)
@@ -148,7 +148,7 @@ async def test_the_default_margin_grows_to_the_observed_export_duration(
         run = await harvest(scenario, clock)  # four 30-day chunks, one at a time
 
         assert run.summary.exit_code == 0, run.summary.render()
-        created = [export.created_at for export in await recorded_exports(scenario, clock)]
+        created = [export.created_at for export in recorded_exports(scenario)]
         assert len(created) == 4
         # Three fit in the first hour, back to back; the third ends with ~9 min to spare.
         assert created[0] == NOW
@@ -175,7 +175,7 @@ async def test_exports_running_at_the_close_are_followed_and_downloaded(
         run = await harvest(scenario, clock, MONTH)
 
         assert run.summary.exit_code == 0, run.summary.render()
-        (export,) = await recorded_exports(scenario, clock)
+        (export,) = recorded_exports(scenario)
         assert export.created_at == NOW
         close = since_start(at(12, 10))
         assert [s for s in run.requests.of("poll") if s.at > close]
