@@ -223,5 +223,4 @@ def _simulate(args: argparse.Namespace, clock: Clock) -> int:
         )
         return EXIT_OK
 
-    asyncio.run(_run_until_signal(serve, 5.0, clock))
-    return EXIT_OK
+    return asyncio.run(_run_until_signal(serve, 5.0, clock))

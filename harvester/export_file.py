@@ -23,17 +23,24 @@ _WHITESPACE = " \t\n\r"
 _decoder = json.JSONDecoder()
 
 
-def count_elements(path: Path) -> int:
-    """The number of elements of an export file; BadFile if it breaks Clover's format."""
+def count_elements(
+    path: Path, *, read_bytes: int = READ_BYTES, max_value_chars: int = MAX_VALUE_CHARS
+) -> int:
+    """The number of elements of an export file; BadFile if it breaks Clover's format.
+
+    The file is read `read_bytes` at a time; a value longer than `max_value_chars` is refused.
+    """
     with path.open("rb") as file:
-        return _Reader(file).document()
+        return _Reader(file, read_bytes, max_value_chars).document()
 
 
 class _Reader:
     """UTF-8 text of a file through a window that only ever holds the value being read."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, read_bytes: int, max_value_chars: int) -> None:
         self._file = file
+        self._read_bytes = read_bytes
+        self._max_value_chars = max_value_chars
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._text = ""
         self._pos = 0
@@ -125,7 +132,7 @@ class _Reader:
         """Append the next piece of the file; False at its end."""
         if self._eof:
             return False
-        data = self._file.read(READ_BYTES)
+        data = self._file.read(self._read_bytes)
         try:
             text = self._utf8.decode(data, final=not data)
         except UnicodeDecodeError as exc:
@@ -133,6 +140,8 @@ class _Reader:
         self._eof = not data
         self._text = self._text[self._pos :] + text
         self._pos = 0
-        if len(self._text) > MAX_VALUE_CHARS:
-            raise BadFile(f"not an export file: a value longer than {MAX_VALUE_CHARS} characters")
+        if len(self._text) > self._max_value_chars:
+            raise BadFile(
+                f"not an export file: a value longer than {self._max_value_chars} characters"
+            )
         return True

@@ -244,8 +244,17 @@ class ChunkOutput:
     """Where one chunk's files go."""
 
     def __init__(
-        self, output_dir: Path, merchant_id: str, type: ExportType, range: TimeRange
+        self,
+        output_dir: Path,
+        merchant_id: str,
+        type: ExportType,
+        range: TimeRange,
+        *,
+        rename: Rename | None = None,
+        opener: Opener | None = None,
     ) -> None:
+        """`rename` is renameat2(2) and `opener` opens part files (as `open`'s opener):
+        tests pass their own to see what the folder does when the system misbehaves."""
         # The merchant id becomes a folder name: it must not climb out of output_dir.
         if merchant_id in {"", ".", ".."} or merchant_id.startswith(".") or "/" in merchant_id:
             raise ValueError(f"merchant id {merchant_id!r} cannot be a folder name")
@@ -257,6 +266,8 @@ class ChunkOutput:
         self.final_dir = parent / range.name
         self.staging_dir = parent / f"{_STAGING_PREFIX}{range.name}"
         self._old_dir = parent / f"{_OLD_PREFIX}{range.name}"
+        self._rename = rename or renameat2
+        self._opener = opener
 
     def __repr__(self) -> str:
         return f"ChunkOutput({str(self.final_dir)!r})"
@@ -273,7 +284,7 @@ class ChunkOutput:
         name = self.part_name(index)
         await asyncio.to_thread(self.staging_dir.mkdir, parents=True, exist_ok=True)
         temp_path = self.staging_dir / f".{name}.tmp"
-        opening = asyncio.ensure_future(aiofiles.open(temp_path, "wb"))
+        opening = asyncio.ensure_future(aiofiles.open(temp_path, "wb", opener=self._opener))
         try:
             file = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -351,7 +362,7 @@ class ChunkOutput:
 
     def _replace_live(self) -> None:
         _remove_tree(self._old_dir)  # left by a crash `recover` did not see
-        if _exchange(self.staging_dir, self.final_dir):
+        if _exchange(self.staging_dir, self.final_dir, self._rename):
             # The staging path now holds the previous harvest. As `.old-<chunk>`, a crash
             # before it is deleted leaves a leftover that `recover` knows how to clear.
             os.rename(self.staging_dir, self._old_dir)
@@ -418,7 +429,11 @@ def _libc_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
     return function
 
 
-def _renameat2(old: Path, new: Path, flags: int) -> None:
+Rename = Callable[[Path, Path, int], None]  # renameat2(old, new, flags)
+Opener = Callable[[str, int], int]  # (path, flags) -> file descriptor, as for `open`
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
     """renameat2(2) relative to the working directory; OSError with errno on failure."""
     function = _libc_renameat2()
     if function is None:
@@ -428,10 +443,10 @@ def _renameat2(old: Path, new: Path, flags: int) -> None:
         raise OSError(code, os.strerror(code), str(old), None, str(new))
 
 
-def _exchange(first: Path, second: Path) -> bool:
+def _exchange(first: Path, second: Path, rename: Rename) -> bool:
     """Swap two existing paths in one step; False if the system cannot."""
     try:
-        _renameat2(first, second, _RENAME_EXCHANGE)
+        rename(first, second, _RENAME_EXCHANGE)
     except OSError as exc:
         if exc.errno in _EXCHANGE_UNSUPPORTED:
             return False

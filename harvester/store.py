@@ -44,7 +44,7 @@ _ENDED_EXPORT_STATES = frozenset({ExportState.FAILED, ExportState.EXPIRED, Expor
 
 # Applied in order on open, each in the transaction that raises PRAGMA user_version to its
 # 1-based position. Append new migrations; never edit one that has shipped.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
         CREATE TABLE chunks (
@@ -102,7 +102,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
-SCHEMA_VERSION = len(_MIGRATIONS)  # what PRAGMA user_version says once open
+SCHEMA_VERSION = len(MIGRATIONS)  # what PRAGMA user_version says once open
 
 
 def _to_ms(moment: datetime) -> int:
@@ -160,21 +160,23 @@ def _part_from_row(row: sqlite3.Row) -> PartRecord:
     )
 
 
-def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+def _migrate(
+    connection: sqlite3.Connection, path: Path, migrations: Sequence[tuple[str, ...]]
+) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         # Read under the write lock, so two processes opening a new file cannot both migrate.
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(_MIGRATIONS):
+        if version > len(migrations):
             raise StoreError(
                 f"state store {path}: schema version {version} is newer than this harvester "
-                f"knows ({len(_MIGRATIONS)}); use a newer harvester"
+                f"knows ({len(migrations)}); use a newer harvester"
             )
-        for statements in _MIGRATIONS[version:]:
+        for statements in migrations[version:]:
             for statement in statements:
                 connection.execute(statement)
         # PRAGMA takes no bound parameters; the value is our own integer.
-        connection.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
+        connection.execute(f"PRAGMA user_version = {len(migrations)}")
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
@@ -182,7 +184,7 @@ def _migrate(connection: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, migrations: Sequence[tuple[str, ...]]) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -199,7 +201,7 @@ def _connect(path: Path) -> sqlite3.Connection:
             raise StoreError(f"state store {path}: cannot switch to WAL mode (got {mode!r})")
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute("PRAGMA foreign_keys = ON")
-        _migrate(connection, path)
+        _migrate(connection, path, migrations)
     except sqlite3.Error as exc:
         connection.close()
         raise StoreError(f"state store {path}: cannot open: {exc}") from exc
@@ -226,11 +228,18 @@ class Store:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, clock: Clock) -> Store:
-        """Open (creating and migrating if needed) the store at `path`."""
+    async def open(
+        cls, path: Path, clock: Clock, migrations: Sequence[tuple[str, ...]] = MIGRATIONS
+    ) -> Store:
+        """Open (creating and migrating if needed) the store at `path`.
+
+        `migrations` are the schema's, in order (tests add one to see it applied).
+        """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harvester-store")
         try:
-            connection = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
+            connection = await asyncio.get_running_loop().run_in_executor(
+                executor, _connect, path, migrations
+            )
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -704,10 +713,10 @@ def read_snapshot(path: Path) -> Snapshot:
         # One read transaction: chunks and exports come from the same committed state.
         connection.execute("BEGIN")
         version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version != len(_MIGRATIONS):
+        if version != len(MIGRATIONS):
             raise StoreError(
                 f"state store {path}: schema version {version}, this harvester reads "
-                f"{len(_MIGRATIONS)}; run the harvester once to bring it up to date"
+                f"{len(MIGRATIONS)}; run the harvester once to bring it up to date"
             )
         chunk_rows = connection.execute(
             "SELECT * FROM chunks ORDER BY merchant_id, type, start_ms"

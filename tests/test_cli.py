@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator
 from tests.conftest import new_token, sim_settings
 
-GOOD = {
+GOOD: dict[str, Any] = {
     "output_dir": "data",
     "state_path": "state/harvester.sqlite3",
     "regions": {"local": {"base_url": "http://127.0.0.1:9", "windows": "always"}},
@@ -197,3 +198,26 @@ async def test_token_appears_in_no_output(tmp_path: Path) -> None:
     for token in tokens.values():
         assert token not in out + err + status_out
         assert token.encode() not in written
+
+
+async def test_simulate_stopped_by_a_signal_exits_with_its_code() -> None:
+    """`harvester simulate` ended by SIGTERM exits 128 + 15, as a run does."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "harvester",
+        "simulate",
+        "--port",
+        "0",
+        "--merchant",
+        "M1=tok-1",
+        env={**os.environ},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+    assert line.startswith(b"simulator: api http://127.0.0.1:")
+    process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from harvester import export_file
 from harvester.errors import BadFile
 from harvester.export_file import count_elements
 
@@ -29,16 +28,14 @@ def document(rng: random.Random, elements: int) -> str:
 
 
 @pytest.mark.parametrize("read_bytes", [1, 7, 64, 4096])
-def test_counts_match_a_full_parse_whatever_the_read_size(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_bytes: int
-) -> None:
+def test_counts_match_a_full_parse_whatever_the_read_size(tmp_path: Path, read_bytes: int) -> None:
     """Reads that split numbers, strings and multi-byte characters anywhere change nothing."""
-    monkeypatch.setattr(export_file, "READ_BYTES", read_bytes)
     rng = random.Random(read_bytes)
     for elements in (0, 1, 2, 17):
         path = tmp_path / f"part-{elements}.json"
         path.write_text(document(rng, elements), encoding="utf-8")
-        assert count_elements(path) == len(json.loads(path.read_text())["elements"])
+        expected = len(json.loads(path.read_text())["elements"])
+        assert count_elements(path, read_bytes=read_bytes) == expected
 
 
 @pytest.mark.parametrize(
@@ -60,12 +57,9 @@ def test_malformed_files_are_refused(tmp_path: Path, body: bytes, problem: str) 
         count_elements(path)
 
 
-def test_a_value_too_large_to_be_an_object_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_value_too_large_to_be_an_object_is_refused(tmp_path: Path) -> None:
     """One value larger than the ceiling is refused instead of being held in memory."""
-    monkeypatch.setattr(export_file, "MAX_VALUE_CHARS", 1000)
     path = tmp_path / "part.json"
     path.write_text(json.dumps({"elements": [{"note": "x" * 5000}]}))
     with pytest.raises(BadFile, match="longer than 1000"):
-        count_elements(path)
+        count_elements(path, max_value_chars=1000)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harvester import output as output_module
 from harvester.chunks import ExportType, TimeRange
 from harvester.errors import BadFile
-from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo, recover
+from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo, recover, renameat2
 
 MERCHANT = "MERCHANT00001"
 JANUARY = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
@@ -200,19 +199,18 @@ async def test_publish_refuses_another_chunks_manifest(chunk: ChunkOutput) -> No
 
 @pytest.mark.parametrize("exchange_error", [None, errno.EINVAL, errno.ENOSYS])
 async def test_publishing_again_replaces_the_folder(
-    chunk: ChunkOutput, monkeypatch: pytest.MonkeyPatch, exchange_error: int | None
+    tmp_path: Path, exchange_error: int | None
 ) -> None:
     """A second harvest replaces the first whole, by exchange or by the rename fallback."""
     calls: list[int] = []
-    real_renameat2 = output_module._renameat2
 
-    def renameat2(old: Path, new: Path, flags: int) -> None:
+    def rename(old: Path, new: Path, flags: int) -> None:
         calls.append(flags)
         if exchange_error is not None:
             raise OSError(exchange_error, os.strerror(exchange_error))
-        real_renameat2(old, new, flags)
+        renameat2(old, new, flags)
 
-    monkeypatch.setattr(output_module, "_renameat2", renameat2)
+    chunk = ChunkOutput(tmp_path / "out", MERCHANT, ExportType.PAYMENTS, JANUARY, rename=rename)
     await chunk.publish(await stage(chunk, [export_file(3, "old"), export_file(3, "old")], "E1"))
     assert calls == []  # nothing to exchange with the first time
 
@@ -227,16 +225,14 @@ async def test_publishing_again_replaces_the_folder(
     assert listing(chunk.final_dir.parent) == {JANUARY.name}
 
 
-async def test_an_unexpected_exchange_error_is_raised(
-    chunk: ChunkOutput, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_unexpected_exchange_error_is_raised(tmp_path: Path) -> None:
     """Only 'not supported' errors take the fallback; others surface and keep the old folder."""
-    await chunk.publish(await stage(chunk, [export_file(1)], "E1"))
 
-    def renameat2(old: Path, new: Path, flags: int) -> None:
+    def rename(old: Path, new: Path, flags: int) -> None:
         raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(output_module, "_renameat2", renameat2)
+    chunk = ChunkOutput(tmp_path / "out", MERCHANT, ExportType.PAYMENTS, JANUARY, rename=rename)
+    await chunk.publish(await stage(chunk, [export_file(1)], "E1"))
     with pytest.raises(PermissionError):
         await chunk.publish(await stage(chunk, [export_file(2)], "E2"))
     published = chunk.published_manifest()

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
-from harvester import store as store_module
 from harvester.chunks import ExportType, TimeRange
 from harvester.errors import StoreError
 from harvester.state import ChunkRecord, ChunkStatus, ExportState, PartRecord
-from harvester.store import SCHEMA_VERSION, Store, read_snapshot
+from harvester.store import MIGRATIONS, SCHEMA_VERSION, Store, read_snapshot
 from tests.fakeclock import FakeClock
 from tests.statefile import exports_in
 
@@ -83,15 +85,12 @@ async def test_reopening_keeps_data_and_migrates_nothing(db_path: Path, clock: F
     assert user_version(db_path) == SCHEMA_VERSION
 
 
-async def test_a_new_migration_is_applied_on_open(
-    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_new_migration_is_applied_on_open(db_path: Path, clock: FakeClock) -> None:
     """A migration appended later runs once on the next open and raises user_version."""
     async with await Store.open(db_path, clock) as first:
         await add_one(first)
     extra = ("CREATE TABLE notes (id INTEGER PRIMARY KEY)",)
-    monkeypatch.setattr(store_module, "_MIGRATIONS", (*store_module._MIGRATIONS, extra))
-    async with await Store.open(db_path, clock) as second:
+    async with await Store.open(db_path, clock, (*MIGRATIONS, extra)) as second:
         assert len(await second.chunks()) == 1
     assert user_version(db_path) == 2
     connection = sqlite3.connect(db_path)
@@ -101,16 +100,13 @@ async def test_a_new_migration_is_applied_on_open(
         connection.close()
 
 
-async def test_a_failing_migration_changes_nothing(
-    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_failing_migration_changes_nothing(db_path: Path, clock: FakeClock) -> None:
     """A migration that fails is rolled back whole and the open fails with a StoreError."""
     async with await Store.open(db_path, clock):
         pass
     broken = ("CREATE TABLE half (id INTEGER)", "THIS IS NOT SQL")
-    monkeypatch.setattr(store_module, "_MIGRATIONS", (*store_module._MIGRATIONS, broken))
     with pytest.raises(StoreError, match=str(db_path)):
-        await Store.open(db_path, clock)
+        await Store.open(db_path, clock, (*MIGRATIONS, broken))
     assert user_version(db_path) == 1
     connection = sqlite3.connect(db_path)
     try:
@@ -150,21 +146,25 @@ async def test_calls_after_close_fail_and_close_is_idempotent(store: Store) -> N
         await store.chunks()
 
 
-async def test_calls_run_on_the_store_thread_not_the_loop(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_calls_run_on_the_store_thread_not_the_loop(db_path: Path, clock: FakeClock) -> None:
     """SQL runs on the store's own worker thread, never on the event loop's thread."""
     seen: list[str] = []
-    original = store_module._chunk_from_row
 
-    def spy(row: sqlite3.Row) -> ChunkRecord:
-        seen.append(threading.current_thread().name)
-        return original(row)
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call" and getattr(arg, "__qualname__", "") == "Connection.execute":
+            seen.append(threading.current_thread().name)
 
-    monkeypatch.setattr(store_module, "_chunk_from_row", spy)
-    await add_one(store)
-    await store.chunks()
-    assert len(seen) == 2
+    # Threads started from now on (the store's own) and this one report their C calls.
+    threading.setprofile(profile)
+    sys.setprofile(profile)
+    try:
+        async with await Store.open(db_path, clock) as store:
+            await add_one(store)
+            await store.chunks()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    assert seen
     assert all(name.startswith("harvester-store") for name in seen)
     assert threading.current_thread().name not in seen
 
@@ -402,25 +402,23 @@ async def test_end_export_of_a_failed_chunk_keeps_it_failed(store: Store) -> Non
     assert (ended.status, ended.export_id, ended.last_error) == (ChunkStatus.FAILED, None, "404")
 
 
-async def test_a_cancelled_write_still_lands(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_cancelled_write_still_lands(store: Store, db_path: Path) -> None:
     """Cancelling a caller whose write is still queued does not drop the write."""
     chunk = await add_one(store)
-    release = threading.Event()
-    original = store_module._chunk_from_row
-
-    def blocking(row: sqlite3.Row) -> ChunkRecord:
-        release.wait(timeout=10)
-        return original(row)
-
-    monkeypatch.setattr(store_module, "_chunk_from_row", blocking)
-    busy = asyncio.create_task(store.get_chunk(chunk.id))  # holds the store thread
-    await asyncio.sleep(0)
-    write = asyncio.create_task(store.record_export(chunk.id, "E1", "PENDING", 0.0))
-    await asyncio.sleep(0)  # the write is queued behind the busy call
-    write.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await write
-    release.set()
+    # Another connection holds the write lock, so the store thread waits in the first write.
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        busy = asyncio.create_task(store.save_refresh_token(MERCHANT, "r-1", None))
+        await asyncio.sleep(0)
+        write = asyncio.create_task(store.record_export(chunk.id, "E1", "PENDING", 0.0))
+        await asyncio.sleep(0)  # the write is queued behind the busy call
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
     await busy
     assert (await store.get_chunk(chunk.id)).export_id == "E1"
 
