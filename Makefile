@@ -21,10 +21,11 @@ lint: install
 	$(BIN)/ruff format --check harvester tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy --strict harvester
+	$(BIN)/mypy --strict harvester tests benchmarks
 
+# Branch coverage of harvester/ (simulator and demo aside); under 95% fails the run.
 unit: install
-	$(BIN)/pytest
+	$(BIN)/pytest --cov=harvester --cov-report=term-missing:skip-covered --cov-fail-under=95
 
 demo: install
 	$(BIN)/python -m harvester.demo

@@ -69,7 +69,10 @@ async def test_the_harvesters_own_limits_keep_it_under_clovers(
         # The limits were pressed against, not merely never approached.
         assert stats.max_running > 10
         assert run.host.limiter.max_in_flight_seen == 10
-        assert most_in_any_second([s.at for s in run.requests.sent if s.kind != "file"]) > 30
+        # More than one token's 5 in flight at 0.3 s each (~17/s) allow. Not the app's ~33/s
+        # ceiling itself: how close the FakeClock lets a harvest get to it depends on how
+        # fast this machine turns answers into new requests.
+        assert most_in_any_second([s.at for s in run.requests.sent if s.kind != "file"]) > 20
 
 
 async def test_configured_limits_are_the_ones_kept(tmp_path: Path, clock: FakeClock) -> None:
