@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from harvester.errors import ServerBusy, WindowClosed
+from harvester.errors import ServerBusy, Unavailable503, WindowClosed
 from harvester.gate import MIN_MARGIN_S, HostGate, classify_503, p90, window_wait_s
 from harvester.windows import WindowTable
 from tests.fakeclock import FakeClock
@@ -111,6 +111,18 @@ def test_p90_of_durations() -> None:
     assert p90([5.0]) == 5.0
     assert p90([float(n) for n in range(1, 11)]) == 9.0
     assert p90([float(n) for n in range(1, 101)]) == 90.0
+
+
+def test_the_gate_judges_a_503_by_its_table_at_the_clocks_now() -> None:
+    """HostGate.classify_503 reads an Unavailable503's body against its own table, now."""
+    clock = FakeClock(hour(12))
+    gate = gate_for(ONE_TO_TWO, clock, 30.0, None)
+    error = Unavailable503("create export: Clover answered 503", "Too many concurrent exports")
+    closed = gate.classify_503(error)
+    assert isinstance(closed, WindowClosed)
+    assert closed.reopens_at == hour(13)
+    clock.advance(3600 + 60)  # 13:01, inside the window
+    assert type(gate.classify_503(error)) is ServerBusy
 
 
 def test_the_default_margin_follows_observed_durations(clock: FakeClock) -> None:
