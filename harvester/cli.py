@@ -21,6 +21,8 @@ from harvester.clock import Clock, SystemClock
 from harvester.config import Config, load_config
 from harvester.errors import ConfigError, HarvesterError
 from harvester.logs import configure_logging, get_logger
+from harvester.observer import RunObserver
+from harvester.operation import Operation
 from harvester.planning import Selection, select
 from harvester.simulator import command as simulator_command
 from harvester.status import build_status, render_status, status_as_json
@@ -110,7 +112,9 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         if args.command == "run":
             commands.check_nightly_starts(config, selections)
             return _supervise(
-                lambda stop: _report(commands.nightly(config, selections, clock, stop)),
+                lambda stop, observer: _report(
+                    commands.nightly(config, selections, clock, stop, observer=observer)
+                ),
                 config,
                 clock,
             )
@@ -118,7 +122,9 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         if args.command == "plan":
             return _plan(config, selections, requested)
         return _supervise(
-            lambda stop: _report(commands.backfill(config, selections, requested, clock, stop)),
+            lambda stop, observer: _report(
+                commands.backfill(config, selections, requested, clock, stop, observer=observer)
+            ),
             config,
             clock,
         )
@@ -163,9 +169,25 @@ async def _report(summary_coroutine: Awaitable[Summary]) -> int:
 
 
 def _supervise(
-    work: Callable[[asyncio.Event], Awaitable[int]], config: Config, clock: Clock
+    work: Callable[[asyncio.Event, RunObserver], Awaitable[int]], config: Config, clock: Clock
 ) -> int:
-    return asyncio.run(_run_until_signal(work, config.timing.shutdown_grace_s, clock))
+    return asyncio.run(_operated(work, config, clock))
+
+
+async def _operated(
+    work: Callable[[asyncio.Event, RunObserver], Awaitable[int]], config: Config, clock: Clock
+) -> int:
+    """One run with its metrics exported and served, and its health pings."""
+    async with Operation(config, clock) as operation:
+        await operation.started()
+        code = EXIT_FAILED
+        try:
+            code = await _run_until_signal(
+                lambda stop: work(stop, operation.metrics), config.timing.shutdown_grace_s, clock
+            )
+        finally:
+            await operation.finished(code)
+        return code
 
 
 async def _run_until_signal(

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -106,6 +106,18 @@ class Merchant:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    textfile: Path | None = None  # absolute; rewritten atomically every interval_s and at exit
+    interval_s: float = 15.0
+    listen: tuple[str, int] | None = None  # (host, port) serving /metrics and /healthz
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    daily_at: time | None = None  # UTC time of day `harvester serve` starts a run
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # the config file, absolute
     output_dir: Path  # absolute; relative YAML paths resolve against the config file's folder
@@ -119,6 +131,9 @@ class Config:
     regions: Mapping[str, Region]  # built-ins merged with overrides
     merchants: tuple[Merchant, ...]
     log_level: str  # one of LOG_LEVELS
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    healthcheck_url: Secret | None = None  # a ping URL is a credential of sorts: never shown
+    schedule: Schedule = field(default_factory=Schedule)
 
 
 _TOP_KEYS = (
@@ -133,7 +148,12 @@ _TOP_KEYS = (
     "log_level",
     "regions",
     "merchants",
+    "metrics",
+    "healthcheck_url",
+    "schedule",
 )
+_METRICS_KEYS = ("textfile", "interval_s", "listen")
+_SCHEDULE_KEYS = ("daily_at",)
 _TIMING_KEYS = tuple(item.name for item in fields(Timing))
 _RATE_LIMIT_KEYS = tuple(item.name for item in fields(RateLimits))
 _REGION_KEYS = ("base_url", "windows", "max_concurrent_exports", "client_id", "rate_limits")
@@ -163,7 +183,83 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         regions=MappingProxyType(regions),
         merchants=_read_merchants(top, regions),
         log_level=_log_level(top.text("log_level")),
+        metrics=_read_metrics(top.section("metrics", _METRICS_KEYS), folder),
+        healthcheck_url=_healthcheck_url(top),
+        schedule=_read_schedule(top.section("schedule", _SCHEDULE_KEYS)),
     )
+
+
+def _read_metrics(section: _Section, folder: Path) -> MetricsSettings:
+    textfile = section.env_text("textfile")
+    return MetricsSettings(
+        textfile=_path(textfile, folder) if textfile is not None else None,
+        interval_s=section.duration("interval_s", MetricsSettings().interval_s),
+        listen=_listen(section),
+    )
+
+
+def _listen(section: _Section) -> tuple[str, int] | None:
+    """ "HOST:PORT", "[::1]:PORT", or ":PORT" / a bare port (loopback, 127.0.0.1)."""
+    where = section.path("listen")
+    value = section.get("listen")
+    if value is None:
+        return None
+    text = str(value).strip() if isinstance(value, int | str) else None
+    if text is None or isinstance(value, bool):
+        raise ConfigError(f"{where}: expected HOST:PORT, got {_show(value)}")
+    host, colon, port_text = text.rpartition(":")
+    if not colon:
+        host, port_text = "", text
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{where}: expected HOST:PORT with a port 1..65535, got {text!r}")
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host.lower() != "localhost":
+                raise ConfigError(
+                    f"{where}: the host must be an IP address or localhost, got {host!r}"
+                ) from None
+    return (host or "127.0.0.1", int(port_text))
+
+
+def _healthcheck_url(top: _Section) -> Secret | None:
+    where = top.path("healthcheck_url")
+    text = top.env_text("healthcheck_url")
+    if text is None:
+        return None
+    # The URL itself is not shown: its path is what lets anyone ping the check.
+    try:
+        parts = urlsplit(text.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 -- reading it is what checks the port
+    except ValueError:
+        raise ConfigError(f"{where}: cannot read it as a URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not host:
+        raise ConfigError(f"{where}: expected an https:// URL with a host")
+    if scheme == "http" and not _is_loopback(host):
+        raise ConfigError(f"{where}: http:// is only allowed to a loopback host")
+    if parts.query or parts.fragment or parts.username is not None:
+        raise ConfigError(f"{where}: expected no query, fragment or user name")
+    return Secret(text.strip().rstrip("/"))
+
+
+def _read_schedule(section: _Section) -> Schedule:
+    where = section.path("daily_at")
+    value = section.get("daily_at")
+    if value is None:
+        return Schedule()
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 00:30 as the sexagesimal number 30.
+        raise ConfigError(f'{where}: quote the time of day, like "00:30" (YAML read a number)')
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip()) if isinstance(value, str) else None
+    if match is None or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ConfigError(f'{where}: expected a UTC time of day like "00:30", got {_show(value)}')
+    return Schedule(time(int(match[1]), int(match[2])))
 
 
 def _read_yaml(path: Path) -> object:

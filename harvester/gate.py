@@ -111,6 +111,11 @@ class HostGate:
             return self._margin_override_s
         return max(MIN_MARGIN_S, p90(self._durations) or 0.0)
 
+    def is_open(self, now: datetime) -> bool:
+        """True if the table says open and the host has not said "closed" since."""
+        said_closed = self._closed_until is not None and now < self._closed_until
+        return self.table.is_open(now) and not said_closed
+
     def wait_s(self, now: datetime) -> float:
         """Seconds before an export may start at `now`, counting what the host itself said.
 

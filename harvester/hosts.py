@@ -19,6 +19,7 @@ from harvester.clover import CloverApi, TokenGrant
 from harvester.config import Config, Merchant, Region, Timing
 from harvester.gate import HostGate
 from harvester.merchant import MerchantClient
+from harvester.observer import RunObserver
 from harvester.ratelimit import RequestLimiter
 from harvester.slots import ExportSlots
 from harvester.state import StateStore
@@ -75,8 +76,10 @@ class Hosts:
         clock: Clock,
         rng: random.Random,
         factories: HostFactories | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self._config = config
+        self._observer = observer or RunObserver()
         self._session = session
         self._store = store
         self._clock = clock
@@ -119,6 +122,7 @@ class Hosts:
             self._config.timing,
             self._clock,
             self._rng,
+            on_rate_limited=lambda scope: self._observer.rate_limited(merchant.region.name, scope),
         )
 
     def _tokens(self, merchant: Merchant, host: Host) -> TokenSource:

@@ -40,8 +40,10 @@ class MerchantClient:
         timing: Timing,
         clock: Clock,
         rng: random.Random,
+        on_rate_limited: Callable[[str], None] = lambda scope: None,
     ) -> None:
         self.merchant_id = merchant_id
+        self._on_rate_limited = on_rate_limited
         self._api = api
         self._tokens = tokens
         self._limiter = limiter
@@ -97,6 +99,7 @@ class MerchantClient:
                 # The limiter holds back every later request of the token (or host) too.
                 self._limiter.pause(Scope(exc.scope), self.merchant_id, delay)
                 log.warning("request.rate_limited", scope=exc.scope, wait_s=round(delay, 3))
+                self._on_rate_limited(exc.scope)
             except TokenRejected as exc:
                 if token is None or refreshed:
                     raise

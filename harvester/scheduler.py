@@ -39,6 +39,7 @@ from harvester.errors import (
 from harvester.hosts import Host, Hosts
 from harvester.logs import get_logger
 from harvester.merchant import MerchantClient
+from harvester.observer import RunObserver
 from harvester.output import ChunkOutput
 from harvester.polling import next_poll_delay, progress_elapsed_s
 from harvester.state import ChunkRecord, ExportRecord, ExportState, StateStore
@@ -79,8 +80,11 @@ class Harvest:
         clock: Clock,
         stop: asyncio.Event,
         rng: random.Random | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self._config = config
+        self._observer = observer or RunObserver()
+        self._announced: set[str] = set()  # regions whose host the observer was shown
         self._store = store
         self._hosts = hosts
         self._downloader = downloader
@@ -93,6 +97,7 @@ class Harvest:
         for item in work:
             for chunk in item.chunks:
                 self.summary.tally(item.merchant.id, ExportType(chunk.type)).chunks_planned += 1
+        self._observer.chunks_planned(sum(len(item.chunks) for item in work))
         async with asyncio.TaskGroup() as group:
             for item in work:
                 if item.chunks:
@@ -105,6 +110,9 @@ class Harvest:
     async def _merchant_worker(self, work: MerchantWork) -> None:
         merchant = work.merchant
         host = self._hosts.host(merchant.region)
+        if merchant.region.name not in self._announced:
+            self._announced.add(merchant.region.name)
+            self._observer.host_added(merchant.region.name, host.slots, host.gate)
         client = self._hosts.client(merchant)
         # Chunks already in flight go first: their exports hold server slots right now.
         ordered = sorted(work.chunks, key=lambda c: (c.export_id is None, c.range.start, c.type))
@@ -124,6 +132,7 @@ class Harvest:
             if state.refusal is not None:
                 await self._store.fail_chunk(chunk.id, state.refusal)
                 tally.chunks_failed += 1
+                self._observer.chunk_failed(ExportType(chunk.type))
                 continue
             with structlog.contextvars.bound_contextvars(
                 type=str(chunk.type), range=str(chunk.range)
@@ -140,6 +149,7 @@ class Harvest:
         await self._store.fail_chunk(chunk.id, error)
         tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
         tally.chunks_failed += 1
+        self._observer.chunk_failed(ExportType(chunk.type))
         tally.errors.append(f"{chunk.range.name}: {error}")
         get_logger().error("chunk.failed", error=error)
 
@@ -159,6 +169,9 @@ class Harvest:
                 tally.objects += objects
                 tally.parts += len(manifest.parts)
                 tally.bytes += sum(part.size for part in manifest.parts)
+                self._observer.chunk_completed(
+                    ExportType(chunk.type), objects, sum(part.size for part in manifest.parts)
+                )
                 log.info(
                     "chunk.completed",
                     export_id=export.id,
@@ -250,6 +263,7 @@ class Harvest:
                         # for the backoff, so that no other lane retries into the same wall.
                         host.slots.busy()
                         self.summary.events["busy_503"] += 1
+                        self._observer.busy_503(host.region.name)
                         log.info(
                             "export.busy",
                             limit=host.slots.limit,
@@ -286,6 +300,7 @@ class Harvest:
                         self.summary.tally(
                             chunk.merchant_id, ExportType(chunk.type)
                         ).exports_created += 1
+                        self._observer.export_created(host.region.name)
                         log.info("export.created", export_id=info.id)
                         return await self._follow(state, record, info)
             if pause_s > 0 and not await self._nap(pause_s):
@@ -338,7 +353,9 @@ class Harvest:
                 if info.urls is None:
                     raise ExportFailed(f"export {record.id} is DONE without exportUrls")
                 if timed:
-                    state.host.gate.observe_duration((now - record.created_at).total_seconds())
+                    seconds = (now - record.created_at).total_seconds()
+                    state.host.gate.observe_duration(seconds)
+                    self._observer.export_done(state.host.region.name, seconds)
                 await asyncio.shield(
                     self._store.export_done(record.id, info.available_until, info.urls)
                 )

@@ -71,6 +71,25 @@ class Summary:
             ],
         }
 
+    def totals(self) -> dict[str, Any]:
+        """The run in a few numbers, summed over merchants and types."""
+        tallies = self.tallies.values()
+        return {
+            "all_done": self.all_done,
+            "stopped": self.stopped,
+            "merchants": len({merchant_id for merchant_id, _ in self.tallies}),
+            "chunks_planned": sum(t.chunks_planned for t in tallies),
+            "chunks_done": sum(t.chunks_done for t in tallies),
+            "chunks_failed": sum(t.chunks_failed for t in tallies),
+            "chunks_left": sum(t.chunks_left for t in tallies),
+            "objects": sum(t.objects for t in tallies),
+            "parts": sum(t.parts for t in tallies),
+            "bytes": sum(t.bytes for t in tallies),
+            "exports_created": sum(t.exports_created for t in tallies),
+            "merchants_refused": len(self.refusals),
+            "events": dict(self.events),
+        }
+
     def render(self) -> str:
         header = ("merchant", "type", "done", "failed", "left", "objects", "MB", "exports")
         rows = [header]
