@@ -20,6 +20,7 @@ from harvester.chunks import ExportType, TimeRange, parse_instant
 from harvester.clock import Clock, SystemClock
 from harvester.config import Config, load_config
 from harvester.errors import ConfigError, HarvesterError
+from harvester.estimate import estimate_as_json, render_estimate
 from harvester.logs import configure_logging, get_logger
 from harvester.observer import RunObserver
 from harvester.operation import Operation
@@ -84,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     words = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     words.add_parser("backfill", parents=[ranged], help="harvest a date range")
-    words.add_parser("plan", parents=[ranged], help="print the exports backfill would make")
+    plan = words.add_parser("plan", parents=[ranged], help="print the exports backfill would make")
+    plan.add_argument("--json", action="store_true", help="print JSON")
     words.add_parser("run", parents=[selecting], help="the nightly job: up to today, then lookback")
     status = words.add_parser("status", parents=[with_config], help="what the state store says")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -120,7 +122,7 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
             )
         requested = _requested(args)
         if args.command == "plan":
-            return _plan(config, selections, requested)
+            return _plan(config, selections, requested, as_json=args.json)
         return _supervise(
             lambda stop, observer: _report(
                 commands.backfill(config, selections, requested, clock, stop, observer=observer)
@@ -144,12 +146,33 @@ def _requested(args: argparse.Namespace) -> TimeRange:
     return TimeRange(start, end)
 
 
-def _plan(config: Config, selections: Sequence[Selection], requested: TimeRange) -> int:
+def _plan(
+    config: Config, selections: Sequence[Selection], requested: TimeRange, *, as_json: bool
+) -> int:
     planned = commands.plan_backfill(config, selections, requested)
+    found = commands.plan_estimate(config, planned)
+    if as_json:
+        document = {
+            "exports": [
+                {
+                    "merchant": chunk.merchant_id,
+                    "type": str(chunk.type),
+                    "range": chunk.range.name,
+                    "start": chunk.range.start.isoformat().replace("+00:00", "Z"),
+                    "end": chunk.range.end.isoformat().replace("+00:00", "Z"),
+                    "resume": chunk.resume,
+                }
+                for chunk in planned
+            ],
+            "estimate": estimate_as_json(found),
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
     for chunk in planned:
         note = "  (resume)" if chunk.resume else ""
         print(f"{chunk.merchant_id}  {chunk.type}  {chunk.range}{note}")
     print(f"{len(planned)} exports")
+    print("\n".join(render_estimate(found)))
     return EXIT_OK
 
 

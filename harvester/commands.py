@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from harvester.chunks import ExportType, TimeRange, start_of_utc_day
 from harvester.clock import Clock
 from harvester.config import Config
 from harvester.downloader import Downloader
+from harvester.estimate import Estimate, estimate
 from harvester.hosts import HostFactories, Hosts
 from harvester.logs import get_logger
 from harvester.observer import RunObserver
@@ -26,7 +28,7 @@ from harvester.planning import (
 )
 from harvester.scheduler import Harvest, MerchantWork
 from harvester.state import ChunkRecord, ChunkStatus, Snapshot, StateStore
-from harvester.store import Store, read_snapshot
+from harvester.store import Store, read_export_durations, read_snapshot
 from harvester.summary import Summary
 
 USER_AGENT = "clover-harvester/0.1"
@@ -57,6 +59,13 @@ def plan_backfill(
                 PlannedChunk(selection.merchant.id, export_type, r, False) for r in chunk_plan.new
             ]
     return planned
+
+
+def plan_estimate(config: Config, planned: Sequence[PlannedChunk]) -> Estimate:
+    """How long the planned exports take, from the durations the state store has seen."""
+    regions = {m.id: m.region.name for m in config.merchants}
+    by_region = Counter(regions[chunk.merchant_id] for chunk in planned)
+    return estimate(by_region, config.regions, read_export_durations(config.state_path))
 
 
 def check_nightly_starts(config: Config, selections: Sequence[Selection]) -> None:

@@ -736,3 +736,30 @@ def read_snapshot(path: Path) -> Snapshot:
         chunks=[_chunk_from_row(row) for row in chunk_rows],
         running=[_export_from_row(row) for row in export_rows],
     )
+
+
+def read_export_durations(path: Path, latest: int = 1000) -> list[float]:
+    """Seconds from creation to DONE of the latest `latest` DONE exports; read-only, for `plan`.
+
+    An export picked up again after a crash counts the time nobody watched it: rare, and
+    the p50 barely moves. No file yet: none seen.
+    """
+    if not path.is_file():
+        return []
+    try:
+        connection = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"state store {path}: cannot open read-only: {exc}") from exc
+    try:
+        rows = connection.execute(
+            "SELECT updated_at_ms - created_at_ms FROM exports WHERE state = ?"
+            " ORDER BY created_at_ms DESC LIMIT ?",
+            (ExportState.DONE.value, latest),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"state store {path}: cannot read: {exc}") from exc
+    finally:
+        connection.close()
+    return [row[0] / 1000 for row in rows]
