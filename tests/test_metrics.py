@@ -32,6 +32,7 @@ from tests.conftest import Scenario, new_token, sim_settings
 from tests.fakeclock import FakeClock
 from tests.harness import FULL, log_events
 from tests.test_cli import GOOD, write
+from tests.test_health import ping_server
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -228,8 +229,8 @@ async def test_metrics_and_healthz_are_served(scenario: Scenario, clock: FakeClo
 async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
     tmp_path: Path,
 ) -> None:
-    """A real `backfill` with metrics set: /metrics answers while it runs, and the textfile's
-    exports_created_total equals the exports the simulator counted."""
+    """A real `backfill` with metrics and pings set: /metrics answers while it runs, the
+    textfile's exports_created_total equals the simulator's count, and start and success pinged."""
     merchants = ["METRICS00001", "METRICS00002"]
     tokens = {m: new_token(m) for m in merchants}
     settings = sim_settings(
@@ -239,7 +240,7 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
         export_per_object_s=0.0,
     )
     textfile = tmp_path / "harvester.prom"
-    async with Simulator(settings, SystemClock(), Faults()) as sim:
+    async with Simulator(settings, SystemClock(), Faults()) as sim, ping_server() as pings:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -248,6 +249,7 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
             "state_path": "state/h.sqlite3",
             "timing": {"poll_min_s": 0.1, "poll_max_s": 0.3, "backoff_base_s": 0.1},
             "metrics": {"textfile": str(textfile), "interval_s": 0.5, "listen": f":{port}"},
+            "healthcheck_url": pings.url,
             "regions": {"local": {"base_url": sim.api_url, "windows": "always"}},
             "merchants": [{"id": m, "region": "local", "token": f"${{T_{m}}}"} for m in merchants],
         }
@@ -286,6 +288,7 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
         )
         assert value(text, "harvester_run_in_progress") == 0
         assert value(text, "harvester_last_success_timestamp_seconds") > 0
+        assert [path for path, _ in pings.pings] == ["/ping/abc-123/start", "/ping/abc-123"]
     finished = [json.loads(line) for line in err.decode().splitlines() if "run.finished" in line]
     assert finished[0]["exports_created"] == sim.stats.exports_created
     assert "merchants" in finished[0]
