@@ -25,6 +25,7 @@ from harvester.logs import configure_logging, get_logger
 from harvester.observer import RunObserver
 from harvester.operation import Operation
 from harvester.planning import Selection, select
+from harvester.serve import Server
 from harvester.simulator import command as simulator_command
 from harvester.status import build_status, render_status, status_as_json
 from harvester.store import read_snapshot
@@ -88,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     plan = words.add_parser("plan", parents=[ranged], help="print the exports backfill would make")
     plan.add_argument("--json", action="store_true", help="print JSON")
     words.add_parser("run", parents=[selecting], help="the nightly job: up to today, then lookback")
+    words.add_parser(
+        "serve", parents=[with_config], help="run `run` every day at schedule.daily_at, for good"
+    )
     status = words.add_parser("status", parents=[with_config], help="what the state store says")
     status.add_argument("--json", action="store_true", help="print JSON")
     words.add_parser("check-config", parents=[with_config], help="validate the config and exit")
@@ -110,6 +114,9 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
             return EXIT_OK
         if args.command == "status":
             return _status(config, as_json=args.json)
+        if args.command == "serve":
+            server = Server(args.config, config, clock)
+            return asyncio.run(_run_until_signal(server.run, config.timing.shutdown_grace_s, clock))
         selections = select(config, args.merchant, [ExportType(t) for t in args.type])
         if args.command == "run":
             commands.check_nightly_starts(config, selections)
