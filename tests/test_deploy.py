@@ -1,0 +1,159 @@
+"""deploy/: each example is valid for its tool and runs only words the harvester knows."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harvester.cli import _parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+UNITS = sorted((DEPLOY / "systemd").iterdir())
+INSTALLED = "/usr/local/bin/harvester"
+
+
+def directives(unit: Path) -> dict[str, list[str]]:
+    """Every `Key=value` of a unit file, by key, in order."""
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def assert_harvester_words(args: list[str]) -> None:
+    """The arguments parse with the harvester's own command line."""
+    _parser().parse_args(args)
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify finds nothing to say about the units (the harvester's path
+    replaced by a stand-in that exists here)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here")
+    stand_in = tmp_path / "bin" / "harvester"
+    stand_in.parent.mkdir()
+    stand_in.write_text("#!/bin/sh\n")
+    stand_in.chmod(0o755)
+    copies = []
+    for unit in UNITS:
+        copy = tmp_path / unit.name
+        copy.write_text(unit.read_text().replace(INSTALLED, str(stand_in)))
+        copies.append(str(copy))
+    result = subprocess.run(
+        [analyze, "verify", *copies], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+
+
+def test_systemd_units_run_real_commands_and_never_overlap() -> None:
+    """The timer is persistent and starts the run unit; run and serve conflict; ExecStart
+    lines are harvester commands that parse."""
+    by_name = {unit.name: directives(unit) for unit in UNITS}
+    assert set(by_name) == {
+        "harvester-run.service",
+        "harvester-run.timer",
+        "harvester-serve.service",
+    }
+    timer = by_name["harvester-run.timer"]
+    assert timer["Persistent"] == ["true"]
+    assert timer["Unit"] == ["harvester-run.service"]
+    assert "harvester-serve.service" in by_name["harvester-run.service"]["Conflicts"][0]
+    assert "harvester-run.service" in by_name["harvester-serve.service"]["Conflicts"][0]
+    for name, word in (("harvester-run.service", "run"), ("harvester-serve.service", "serve")):
+        program, *args = shlex.split(by_name[name]["ExecStart"][0])
+        assert program == INSTALLED
+        assert args[0] == word
+        assert_harvester_words(args)
+        assert by_name[name]["SuccessExitStatus"] == ["130 143"]
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+        (document,) = yaml.safe_load_all(path.read_text())
+        found[document["kind"]] = document
+    return found
+
+
+def containers(document: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = document["spec"]
+    pod = spec["jobTemplate"]["spec"]["template"] if "jobTemplate" in spec else spec["template"]
+    result: list[dict[str, Any]] = pod["spec"]["containers"]
+    return result
+
+
+def test_kubernetes_manifests_parse_and_forbid_overlap() -> None:
+    """The CronJob forbids concurrent jobs, the Deployment is one pod replaced by Recreate, and
+    each container runs a harvester command that parses."""
+    found = manifests()
+    assert set(found) == {"CronJob", "Deployment"}
+    cron, deployment = found["CronJob"], found["Deployment"]
+    assert cron["apiVersion"] == "batch/v1"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["schedule"] == "30 0 * * *"
+    assert deployment["apiVersion"] == "apps/v1"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    for document, word in ((cron, "run"), (deployment, "serve")):
+        (container,) = containers(document)
+        assert container["args"][0] == word
+        assert_harvester_words(container["args"])
+        mounted = {m["mountPath"] for m in container["volumeMounts"]}
+        assert "/etc/harvester" in mounted
+
+
+def container_paths(text: str) -> tuple[dict[str, Path], list[list[str]]]:
+    """What the container file's COPYs put where (container path -> repository path), and
+    the words of each `pip install` its RUNs do."""
+    workdir = "/"
+    copied: dict[str, Path] = {}
+    installs: list[list[str]] = []
+    for word, rest in re.findall(r"^(COPY|RUN|WORKDIR)\s+((?:.*\\\n)*.*)$", text, re.M):
+        rest = rest.replace("\\\n", " ")
+        if word == "WORKDIR":
+            workdir = posixpath.join(workdir, rest.strip())
+        elif word == "COPY":
+            *sources, destination = rest.split()
+            target = posixpath.normpath(posixpath.join(workdir, destination))
+            for source in sources:
+                into = len(sources) > 1 or destination.endswith("/")
+                where = posixpath.join(target, Path(source).name) if into else target
+                copied[where] = ROOT / source
+        else:
+            for command in rest.split("&&"):
+                words = shlex.split(command)
+                if words[:2] == ["pip", "install"]:
+                    installs.append(words[2:])
+    return copied, installs
+
+
+def test_container_file_copies_real_paths_and_installs_what_it_copied() -> None:
+    """Every COPY source exists from the repository's root, pip installs the folder they were
+    copied to, and the entry point is the project's script."""
+    text = (DEPLOY / "Containerfile").read_text()
+    copied, installs = container_paths(text)
+    for where, source in copied.items():
+        assert source.exists(), f"COPY to {where}: {source} is not in the repository"
+    (install,) = installs
+    (folder,) = [word for word in install if not word.startswith("-")]
+    for needed in ("pyproject.toml", "README.md", "harvester"):  # what building the folder reads
+        assert copied[posixpath.join(folder, needed)] == ROOT / needed
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert re.search(r'^ENTRYPOINT \["harvester"\]$', text, re.M)
+    assert "harvester" in scripts
