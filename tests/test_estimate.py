@@ -138,7 +138,7 @@ def test_plan_prints_the_estimate_and_json_says_the_same(
 ) -> None:
     """plan ends with the estimate; plan --json carries the same numbers and the exports."""
     monkeypatch.setenv("TOKEN_ABC", "secret-token-value")
-    config = write(tmp_path, {**GOOD, "regions": {"local": {**GOOD["regions"]["local"]}}})
+    config = write(tmp_path, GOOD)
     args = ["plan", "--config", str(config), "--from", "2025-01-01", "--to", "2025-03-15"]
     assert main(args) == 0
     text = capsys.readouterr().out
