@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from harvester import commands
 from harvester.chunks import ExportType, TimeRange, parse_instant
@@ -22,7 +24,7 @@ from harvester.config import Config, load_config
 from harvester.errors import ConfigError, HarvesterError
 from harvester.estimate import estimate_as_json, render_estimate
 from harvester.logs import configure_logging, get_logger
-from harvester.observer import RunObserver
+from harvester.observer import Observers, RunObserver
 from harvester.operation import Operation
 from harvester.planning import Selection, select
 from harvester.serve import Server
@@ -68,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         help="only this type (repeat)",
     )
 
+    selecting.add_argument(
+        "--no-live",
+        action="store_true",
+        help="no live progress view, even on a terminal (off a terminal there is none)",
+    )
+
     ranged = _Parser(add_help=False, parents=[selecting])
     ranged.add_argument(
         "--from",
@@ -108,7 +116,13 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
             configure_logging(args.log_format, args.log_level or "info")
             return _simulate(args, clock)
         config = load_config(args.config)
-        configure_logging(args.log_format, args.log_level or config.log_level)
+        level = args.log_level or config.log_level
+        configure_logging(args.log_format, level)
+
+        def relog(stream: TextIO) -> None:
+            configure_logging(args.log_format, level, stream=stream)
+
+        live = None if getattr(args, "no_live", True) else relog
         if args.command == "check-config":
             print(f"{args.config}: ok ({len(config.merchants)} merchants)")
             return EXIT_OK
@@ -126,6 +140,7 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
                 ),
                 config,
                 clock,
+                live,
             )
         requested = _requested(args)
         if args.command == "plan":
@@ -136,6 +151,7 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
             ),
             config,
             clock,
+            live,
         )
     except ConfigError as exc:
         print(f"harvester: error: {exc}", file=sys.stderr)
@@ -199,23 +215,38 @@ async def _report(summary_coroutine: Awaitable[Summary]) -> int:
 
 
 def _supervise(
-    work: Callable[[asyncio.Event, RunObserver], Awaitable[int]], config: Config, clock: Clock
+    work: Callable[[asyncio.Event, RunObserver], Awaitable[int]],
+    config: Config,
+    clock: Clock,
+    live: Callable[[TextIO], None] | None = None,
 ) -> int:
-    return asyncio.run(_operated(work, config, clock))
+    return asyncio.run(_operated(work, config, clock, live))
 
 
 async def _operated(
-    work: Callable[[asyncio.Event, RunObserver], Awaitable[int]], config: Config, clock: Clock
+    work: Callable[[asyncio.Event, RunObserver], Awaitable[int]],
+    config: Config,
+    clock: Clock,
+    live: Callable[[TextIO], None] | None,
 ) -> int:
-    """One run with its metrics exported and served, and its health pings."""
-    async with Operation(config, clock) as operation:
+    """One run with its metrics exported and served, its health pings, and on a terminal
+    (unless `live` is None) the live view; `live` points the logs at a stream."""
+    async with Operation(config, clock) as operation, contextlib.AsyncExitStack() as view:
+        observer: RunObserver = operation.metrics
+        if live is not None and sys.stderr.isatty():
+            from harvester.live import LiveView, live_progress  # rich only on a terminal
+
+            shown = LiveView(clock)
+            observer = Observers([operation.metrics, shown])
+            await view.enter_async_context(live_progress(shown, sys.stderr, live))
         await operation.started()
         code = EXIT_FAILED
         try:
             code = await _run_until_signal(
-                lambda stop: work(stop, operation.metrics), config.timing.shutdown_grace_s, clock
+                lambda stop: work(stop, observer), config.timing.shutdown_grace_s, clock
             )
         finally:
+            await view.aclose()
             await operation.finished(code)
         return code
 

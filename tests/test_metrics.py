@@ -230,7 +230,8 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
     tmp_path: Path,
 ) -> None:
     """A real `backfill` with metrics and pings set: /metrics answers while it runs, the
-    textfile's exports_created_total equals the simulator's count, and start and success pinged."""
+    textfile's exports_created_total equals the simulator's count, start and success are
+    pinged, and (stderr being no terminal) the live view is not even imported."""
     merchants = ["METRICS00001", "METRICS00002"]
     tokens = {m: new_token(m) for m in merchants}
     settings = sim_settings(
@@ -257,6 +258,8 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
         config.write_text(yaml.safe_dump(document))
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-X",
+            "importtime",  # lists every module imported, on stderr
             "-m",
             "harvester",
             "backfill",
@@ -289,6 +292,11 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
         assert value(text, "harvester_run_in_progress") == 0
         assert value(text, "harvester_last_success_timestamp_seconds") > 0
         assert [path for path, _ in pings.pings] == ["/ping/abc-123/start", "/ping/abc-123"]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines()]
+    assert "harvester.scheduler" in imported
+    # Off a terminal the live view is never imported. (structlog imports rich by itself
+    # whenever it is installed, for its console tracebacks: the JSON path does not use it.)
+    assert "harvester.live" not in imported
     finished = [json.loads(line) for line in err.decode().splitlines() if "run.finished" in line]
     assert finished[0]["exports_created"] == sim.stats.exports_created
     assert "merchants" in finished[0]

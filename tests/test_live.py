@@ -1,0 +1,119 @@
+"""The live view: its figures, window states and ETA, drawn on a terminal and ended cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import re
+import sys
+from datetime import timedelta
+from typing import TextIO
+
+import pytest
+from rich.console import Console
+
+from harvester.chunks import ExportType
+from harvester.gate import HostGate
+from harvester.live import LiveView, duration, live_progress, window_state
+from harvester.slots import ExportSlots
+from harvester.windows import WindowTable
+from tests.fakeclock import FakeClock
+
+
+def gate(clock: FakeClock, windows: object) -> HostGate:
+    table = WindowTable.parse(windows, "test")
+    return HostGate("https://h.invalid", table, clock, 1.0, 30.0, None, random.Random(0))
+
+
+def text_of(view: LiveView, width: int = 120) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(view.render())
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (45.4, "45s"), (725, "12m05s"), (12000, "3h20m"), (3 * 86400 + 7200, "3d02h")],
+)
+def test_duration(seconds: float, shown: str) -> None:
+    """Durations are short and human."""
+    assert duration(seconds) == shown
+
+
+def test_window_states_name_the_next_change(clock: FakeClock) -> None:
+    """Open with its close, closed with its opening, inside the margin with the next start."""
+    # The clock says Tuesday 2025-07-01 12:00 UTC.
+    assert window_state(gate(clock, ["every day 10:00-15:00"]), clock.now()) == (
+        "open, closes in 3h00m"
+    )
+    assert window_state(gate(clock, ["Mon-Fri 01:00-05:00"]), clock.now()) == (
+        "closed, opens in 13h00m"
+    )
+    assert window_state(gate(clock, "always"), clock.now()) == "open"
+    late = gate(clock, ["every day 10:00-15:00"])
+    clock.advance(timedelta(hours=2, minutes=57).total_seconds())
+    assert window_state(late, clock.now()) == "open, next export in 19h03m"
+
+
+def test_view_shows_chunks_objects_mb_exports_and_eta(clock: FakeClock) -> None:
+    """The figures add up from the run's events; the ETA follows the pace so far."""
+    view = LiveView(clock)
+    us_slots = ExportSlots(3)
+    view.host_added("us", us_slots, gate(clock, ["every day 10:00-15:00"]))
+    view.host_added("eu", ExportSlots(2), gate(clock, ["Mon-Fri 01:00-05:00"]))
+    view.chunks_planned(4)
+    assert view.eta() == "waiting for a window, 13h00m"  # nothing runs yet, eu is closed
+    us_slots.busy()  # the limit drops to 1 of 3
+    view.export_created("us")
+    clock.advance(600)
+    view.chunk_completed(ExportType.PAYMENTS, 1500, 2_500_000)
+    view.chunk_failed(ExportType.ORDERS)
+    shown = text_of(view)
+    assert "chunks 1/4 done, 1 failed" in shown
+    assert "objects 1,500" in shown
+    assert "MB 2.5" in shown
+    assert "ETA waiting for a window, 12h50m" in shown  # nothing runs; eu opens at 01:00
+    assert "us      0/1 (max 3)" in shown
+    assert "closed, opens in 12h50m" in shown
+
+    async def hold() -> None:
+        async with us_slots.hold("M1"):
+            assert view.eta() == "10m00s"  # 2 chunks left at 5 minutes each
+
+    asyncio.run(hold())
+    view.chunk_completed(ExportType.ORDERS, 1, 1)
+    view.chunk_completed(ExportType.ORDERS, 1, 1)
+    assert view.eta() == "done"
+
+
+def plain(text: str) -> str:
+    """`text` without terminal escape sequences."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_live_view_draws_on_a_terminal_and_ends_with_its_last_frame(
+    clock: FakeClock,
+) -> None:
+    """While the block runs the view is drawn, logs go through its stream, and at the end its
+    last frame stays, the logs pointing back at the terminal."""
+    screen = Terminal()
+    logs_to: list[TextIO] = []
+    view = LiveView(clock)
+    view.chunks_planned(2)
+    async with live_progress(view, screen, logs_to.append):
+        assert logs_to == [sys.stderr]
+        view.chunk_completed(ExportType.PAYMENTS, 7, 1000)
+        await asyncio.sleep(0.6)  # one refresh of the screen, at its real-time pace
+        assert "chunks 1/2 done" in plain(screen.getvalue())
+    assert logs_to == [logs_to[0], screen]
+    last_line = text_of(view, 80).rstrip().splitlines()[-1]
+    assert plain(screen.getvalue()).rstrip().endswith(last_line.rstrip())
+    assert "\x1b[?25h" in screen.getvalue()  # the cursor is shown again
