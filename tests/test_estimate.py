@@ -40,6 +40,7 @@ def region(name: str, windows: object, slots: int = 3) -> Region:
         (["every day 10:00-15:00"], 35.0),
         (["Mon-Fri 01:00-05:00", "Sat 02:00-05:00", "Sun 02:00-06:00"], 27.0),
         (["every day 10:00-15:00", "Mon 12:00-16:00"], 36.0),  # overlap counted once
+        (["every day 10:00-15:00", "Mon 11:00-12:00"], 35.0),  # inside another: nothing more
         (["Mon 22:00-24:00", "Tue 00:00-02:00"], 4.0),
     ],
 )
@@ -85,6 +86,15 @@ def test_days_of_windows_at_the_slot_limit(
     assert us.days_p90 == pytest.approx(days_p90)
     assert found.exports == exports
     assert found.durations_seen == len(durations)
+
+
+def test_long_and_impossible_backfills_read_plainly() -> None:
+    """Ten days or more round to whole days; a table that never opens says so."""
+    never = Region("x", "https://example.invalid", WindowTable(rules=()), 3)
+    regions = {"us": region("us", ["every day 10:00-15:00"]), "x": never}
+    lines = render_estimate(estimate({"us": 1300, "x": 1}, regions, [600.0]))
+    assert any("us: 1300 exports, about 14 days" in line for line in lines)
+    assert any("x: 1 exports, never (the window never opens)" in line for line in lines)
 
 
 def test_rendering_states_the_basis_and_each_window() -> None:

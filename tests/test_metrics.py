@@ -224,6 +224,11 @@ async def test_metrics_and_healthz_are_served(scenario: Scenario, clock: FakeClo
             async with session.get(f"{base}/healthz") as answer:
                 assert answer.status == 503
                 assert (await answer.json())["detail"] == "the last run failed"
+    async with Operation(config, clock) as plain, aiohttp.ClientSession() as session:
+        assert plain.address is not None
+        async with session.get(f"http://127.0.0.1:{plain.address[1]}/healthz") as answer:
+            assert answer.status == 200  # `run` and `backfill`: healthy while they run
+            assert (await answer.json())["detail"] == "running"
 
 
 async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
@@ -277,6 +282,8 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
         async with aiohttp.ClientSession() as session:
             while process.returncode is None and not scraped:
                 try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as answer:
+                        healthz = answer.status
                     async with session.get(f"http://127.0.0.1:{port}/metrics") as answer:
                         scraped.append(await answer.text())
                 except aiohttp.ClientConnectionError:
@@ -284,6 +291,7 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
         _out, err = await process.communicate()
         assert process.returncode == 0, err.decode()
         assert scraped, "the metrics endpoint never answered while the run went on"
+        assert healthz == 200
         assert value(scraped[0], "harvester_run_in_progress") == 1
         text = textfile.read_text()
         assert value(text, "harvester_exports_created_total", region="local") == (

@@ -127,6 +127,33 @@ async def test_a_stopped_run_leaves_the_night_owed(
     assert read_last_run(last_run_path(config)) is None
 
 
+async def test_a_night_that_cannot_start_is_a_failed_night(
+    tmp_path: Path, clock: FakeClock, log_buffer: Any
+) -> None:
+    """A merchant with no start refuses the night (exit 2); a state store that cannot open
+    fails it (exit 1); either way serve goes on and /healthz names the exit code."""
+    async with simulated(tmp_path, clock, merchants=1, top={"schedule": TOP["schedule"]}) as sc:
+        server = Server(sc.config_path(), sc.config(), clock, sc.environ)
+        stop = asyncio.Event()
+        serving = asyncio.create_task(server.run(stop))
+        await logged(log_buffer, "serve.run_ended", 1)
+        refused = server.health()
+        sc.top = {**TOP, "state_path": "a-folder"}
+        (tmp_path / "a-folder").mkdir()
+        sc.config_path()
+        server.request_reload()
+        await logged(log_buffer, "serve.run_ended", 2)
+        broken = server.health()
+        stop.set()
+        await serving
+    assert [e["exit_code"] for e in log_events(log_buffer, "serve.run_ended")] == [2, 1]
+    assert "merchants[0].start" in log_events(log_buffer, "serve.run_refused")[0]["error"]
+    assert log_events(log_buffer, "serve.run_failed")
+    assert "exit code 2" in refused.detail
+    assert not broken.healthy
+    assert "exit code 1" in broken.detail
+
+
 def test_serve_needs_a_daily_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
