@@ -110,12 +110,23 @@ def estimate(
     )
 
 
-def _days(days: float | None) -> str:
+def _days(days: float | None, hours_per_day: float) -> str:
     if days is None:
         return "never (the window never opens)"
+    hours = days * hours_per_day
+    if hours < 1 / 60:
+        return "under a minute"
+    if hours < 1:
+        return f"about {round(hours * 60)} minutes"
+    if days < 1:
+        return f"about {hours:.1f} hours"
     if days < 10:
         return f"about {days:.1f} days"
     return f"about {round(days)} days"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def render_estimate(found: Estimate) -> list[str]:
@@ -125,14 +136,16 @@ def render_estimate(found: Estimate) -> list[str]:
     else:
         basis = "a default: no export has finished yet in the state store"
     lines = [
-        f"estimate: {found.exports} exports; one export takes {found.p50_s / 60:.1f} min (p50), "
-        f"{found.p90_s / 60:.1f} min (p90), {basis}",
+        f"estimate: {found.exports} exports; one export takes {_seconds(found.p50_s)} (p50), "
+        f"{_seconds(found.p90_s)} (p90), {basis}",
         f"  slot-hours: {found.slot_hours_p50:.1f} (p50), {found.slot_hours_p90:.1f} (p90)",
     ]
     for region in found.regions:
         lines.append(
-            f"  {region.region}: {region.exports} exports, {_days(region.days_p50)} "
-            f"({_days(region.days_p90)} at p90) of the {region.region} window "
+            f"  {region.region}: {region.exports} exports, "
+            f"{_days(region.days_p50, region.window_hours_per_day)} "
+            f"({_days(region.days_p90, region.window_hours_per_day)} at p90) "
+            f"of the {region.region} window "
             f"({region.windows} UTC, {region.window_hours_per_day:.1f} h a day) "
             f"at {region.slots} slots"
         )
