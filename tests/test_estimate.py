@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from harvester import commands
 from harvester.chunks import TimeRange
 from harvester.cli import main
 from harvester.config import Region
+from harvester.errors import StoreError
 from harvester.estimate import (
     DEFAULT_EXPORT_S,
     estimate,
@@ -174,3 +176,12 @@ def test_plan_prints_the_estimate_and_json_says_the_same(
     assert document["estimate"]["export_seconds_p50"] == DEFAULT_EXPORT_S
     assert document["estimate"]["regions"][0]["region"] == "local"
     assert not (tmp_path / "state").exists()
+
+
+def test_durations_of_no_store_are_none_and_of_a_damaged_one_an_error(tmp_path: Path) -> None:
+    """No state file yet: no durations; a file that is not SQLite: a StoreError naming it."""
+    assert read_export_durations(tmp_path / "missing.sqlite3") == []
+    damaged = tmp_path / "h.sqlite3"
+    damaged.write_bytes(b"not a database, but long enough to look like a header" * 40)
+    with pytest.raises(StoreError, match=re.escape(str(damaged))):
+        read_export_durations(damaged)

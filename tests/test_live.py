@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import pty
 import random
 import re
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import TextIO
 
 import pytest
+import yaml
 from rich.console import Console
 
 from harvester.chunks import ExportType
+from harvester.clock import SystemClock
 from harvester.gate import HostGate
 from harvester.live import LiveView, duration, live_progress, window_state
+from harvester.simulator import Account, Faults, Simulator
 from harvester.slots import ExportSlots
 from harvester.windows import WindowTable
+from tests.conftest import new_token, sim_settings
 from tests.fakeclock import FakeClock
 
 
@@ -117,3 +124,65 @@ async def test_live_view_draws_on_a_terminal_and_ends_with_its_last_frame(
     last_line = text_of(view, 80).rstrip().splitlines()[-1]
     assert plain(screen.getvalue()).rstrip().endswith(last_line.rstrip())
     assert "\x1b[?25h" in screen.getvalue()  # the cursor is shown again
+
+
+async def test_a_backfill_on_a_terminal_draws_the_view_and_ends_cleanly(tmp_path: Path) -> None:
+    """The real CLI, its stderr a pseudo-terminal: the view is drawn, its last frame shows every
+    chunk done, the cursor comes back, and stdout (a pipe) holds the summary alone."""
+    merchant = "LIVEVIEW0001"
+    token = new_token(merchant)
+    settings = sim_settings(
+        {merchant: Account(token=token)}, pending_s=0.2, export_base_s=0.5, export_per_object_s=0
+    )
+    async with Simulator(settings, SystemClock(), Faults()) as sim:
+        document = {
+            "output_dir": "data",
+            "state_path": "state/h.sqlite3",
+            "timing": {"poll_min_s": 0.1, "poll_max_s": 0.3},
+            "regions": {"local": {"base_url": sim.api_url, "windows": "always"}},
+            "merchants": [{"id": merchant, "region": "local", "token": "${T}"}],
+        }
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(document))
+        leader, follower = pty.openpty()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "harvester",
+            "backfill",
+            "--config",
+            str(config),
+            "--from",
+            "2025-01-01",
+            "--to",
+            "2025-02-15",
+            env={**os.environ, "T": token, "COLUMNS": "120", "TERM": "xterm"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        screen = await asyncio.to_thread(read_all, leader)
+        out, _ = await process.communicate()
+    assert process.returncode == 0, screen
+    shown = plain(screen)
+    assert "chunks 4/4 done" in shown
+    assert "exports running/limit" in shown
+    assert "ETA done" in shown
+    assert "\x1b[?25h" in screen  # the cursor is shown again
+    assert out.decode().startswith("merchant")  # the summary, with no drawing in it
+    assert "\x1b[" not in out.decode()
+
+
+def read_all(fd: int) -> str:
+    """Everything written to a pseudo-terminal until its writer closes it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode(errors="replace")

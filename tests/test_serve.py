@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from datetime import UTC, datetime
+import socket
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import yaml
 
 from harvester.cli import main
+from harvester.clock import SystemClock
 from harvester.schedule import LastRun, read_last_run, write_last_run
 from harvester.serve import Server, last_run_path
-from harvester.simulator import Account
+from harvester.simulator import Account, Faults, Simulator
+from tests.conftest import new_token, sim_settings
 from tests.fakeclock import FakeClock
 from tests.harness import log_events, simulated
 from tests.test_cli import GOOD, write
@@ -165,3 +171,73 @@ def test_serve_needs_a_daily_at(
         path = write(tmp_path, {**GOOD, "schedule": {"daily_at": bad}})
         assert main(["serve", "--config", str(path)]) == 2
         assert "schedule.daily_at" in capsys.readouterr().err
+
+
+async def test_serve_from_the_command_line_runs_serves_health_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """The real `harvester serve`, never run before: it runs at once, /healthz turns to "did
+    all its work", /metrics stays up after the run, and SIGTERM ends it with 143."""
+    merchant = "SERVECLI0001"
+    token = new_token(merchant)
+    settings = sim_settings(
+        {merchant: Account(token=token)}, pending_s=0.05, export_base_s=0.1, export_per_object_s=0
+    )
+    port = free_port()
+    async with Simulator(settings, SystemClock(), Faults()) as sim:
+        document = {
+            "output_dir": "data",
+            "state_path": "state/h.sqlite3",
+            # Two chunks back from today, whatever today is: the real clock runs this one.
+            "default_start": (datetime.now(UTC) - timedelta(days=45)).date().isoformat(),
+            "schedule": {"daily_at": "00:30"},
+            "metrics": {"listen": f"127.0.0.1:{port}"},
+            "timing": {"poll_min_s": 0.05, "poll_max_s": 0.2},
+            "regions": {"local": {"base_url": sim.api_url, "windows": "always"}},
+            "merchants": [
+                {"id": merchant, "region": "local", "token": "${T}", "types": ["ORDERS"]}
+            ],
+        }
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(document))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "harvester",
+            "serve",
+            "--config",
+            str(config),
+            env={**os.environ, "T": token},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        health: dict[str, Any] = {}
+        async with aiohttp.ClientSession() as session:
+            for _ in range(1000):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as answer:
+                        health = await answer.json()
+                except aiohttp.ClientConnectionError:
+                    pass
+                if "did all its work" in health.get("detail", ""):
+                    break
+                await asyncio.sleep(0.02)
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as answer:
+                metrics = await answer.text()
+        process.send_signal(signal.SIGTERM)
+        out, err = await process.communicate()
+    assert health["healthy"] is True, err.decode()
+    assert "harvester_last_success_timestamp_seconds" in metrics
+    assert "harvester_run_in_progress 0.0" in metrics
+    assert process.returncode == 143
+    assert "all requested work done" in out.decode()
+    last = read_last_run(tmp_path / "state" / "h.sqlite3.last-run.json")
+    assert last is not None
+    assert last.exit_code == 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
