@@ -59,3 +59,11 @@ def _check(attempt: int, base_s: float, max_s: float) -> None:
         raise ValueError(f"base_s must be > 0, got {base_s}")
     if not max_s >= base_s:
         raise ValueError(f"max_s must be >= base_s, got max_s={max_s} base_s={base_s}")
+
+
+def capped_backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Full-jitter backoff from `base_s` under a ceiling `cap_s`, which may be below the base;
+    no wait at all when the cap is zero or less."""
+    if cap_s <= 0:
+        return 0.0
+    return backoff_delay(attempt, min(base_s, cap_s), cap_s, rng)

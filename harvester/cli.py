@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -189,23 +190,36 @@ def _plan(
             ],
             "estimate": estimate_as_json(found),
         }
-        print(json.dumps(document, indent=2))
+        _print_to_reader(json.dumps(document, indent=2))
         return EXIT_OK
+    lines = []
     for chunk in planned:
         note = "  (resume)" if chunk.resume else ""
-        print(f"{chunk.merchant_id}  {chunk.type}  {chunk.range}{note}")
-    print(f"{len(planned)} exports")
-    print("\n".join(render_estimate(found)))
+        lines.append(f"{chunk.merchant_id}  {chunk.type}  {chunk.range}{note}")
+    lines.append(f"{len(planned)} exports")
+    lines += render_estimate(found)
+    _print_to_reader("\n".join(lines))
     return EXIT_OK
 
 
 def _status(config: Config, *, as_json: bool) -> int:
     rows = build_status(config, read_snapshot(config.state_path))
     if as_json:
-        print(json.dumps(status_as_json(rows), indent=2))
+        _print_to_reader(json.dumps(status_as_json(rows), indent=2))
     else:
-        print(render_status(rows))
+        _print_to_reader(render_status(rows))
     return EXIT_OK
+
+
+def _print_to_reader(text: str) -> None:
+    """Print, and stop quietly if the reader went away (`harvester plan ... | head`)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Whatever is still buffered would fail again when Python flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 async def _report(summary_coroutine: Awaitable[Summary]) -> int:

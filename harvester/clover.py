@@ -15,16 +15,19 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from harvester.chunks import ExportType, TimeRange
+from harvester.encoding import ACCEPT_ENCODING, BodyDecoder
 from harvester.errors import (
+    AnswerLost,
     BadFile,
     CloverError,
     CloverRefused,
     CloverUnavailable,
+    CreateDenied,
     ExportNotFound,
     FileExpired,
-    PermissionMissing,
     RateLimited,
     TokenRejected,
     Unavailable503,
@@ -39,6 +42,12 @@ class ExportStatus(StrEnum):
     PENDING = "PENDING"  # queued behind other exports
     IN_PROGRESS = "IN_PROGRESS"
     DONE = "DONE"  # files are listed in exportUrls
+    COMPLETE = "COMPLETE"  # DONE's name in Clover's 2016 docs: read as DONE
+
+
+# Any other status is a failed export.
+DONE_STATUSES = frozenset({ExportStatus.DONE, ExportStatus.COMPLETE})
+RUNNING_STATUSES = frozenset({ExportStatus.PENDING, ExportStatus.IN_PROGRESS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +146,7 @@ def parse_grant(body: Any) -> TokenGrant:
     )
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
     try:
         return max(0.0, float(headers["Retry-After"]))
     except (KeyError, ValueError):
@@ -147,7 +156,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 @dataclass(frozen=True, slots=True)
 class _Answer:
     status: int
-    headers: Mapping[str, str]
+    headers: CIMultiDictProxy[str]  # names in any case: Clover prints them lower-case
     text: str
 
     def json(self, what: str) -> Any:
@@ -190,10 +199,10 @@ class CloverApi:
             token,
             {"type": str(export_type), "startTime": span.start_ms, "endTime": span.end_ms - 1},
         )
-        if answer.status == 403:
-            raise PermissionMissing(
-                f"export permission missing: Clover answered 403 to {what} "
-                f"({answer.text[:_BODY_IN_ERRORS]})"
+        if answer.status in (401, 403):
+            raise CreateDenied(
+                f"{what}: Clover answered {answer.status} ({answer.text[:_BODY_IN_ERRORS]})",
+                answer.status,
             )
         if answer.status == 503:
             # Window closed or server full: that depends on the host's window table, which
@@ -201,8 +210,27 @@ class CloverApi:
             raise Unavailable503(
                 f"{what}: Clover answered 503 {answer.text[:_BODY_IN_ERRORS]}", answer.text
             )
+        if answer.status >= 500:
+            # The POST arrived: the export may have been made before the server failed.
+            raise AnswerLost(f"{what}: Clover answered {answer.status}")
         self._raise_for_status(answer, what)
         return parse_export(answer.json(what))
+
+    async def token_reads_merchant(self, merchant_id: str, token: str) -> bool:
+        """One cheap authenticated read, `GET /v3/merchants/{mId}`: does Clover take the token?
+
+        False for a 401; True for an answer (a 403 too: the token was recognised).
+        """
+        what = f"read merchant {merchant_id}"
+        answer = await self._request(
+            "GET", f"/v3/merchants/{merchant_id}", merchant_id, token, None
+        )
+        if answer.status == 401:
+            return False
+        if answer.status == 403:
+            return True
+        self._raise_for_status(answer, what)
+        return True
 
     async def get_export(self, merchant_id: str, token: str, export_id: str) -> ExportInfo:
         what = f"poll export {export_id}"
@@ -251,9 +279,14 @@ class CloverApi:
                 ) as response,
             ):
                 text = await response.text(errors="replace")
-                return _Answer(response.status, dict(response.headers), text)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                return _Answer(
+                    response.status, CIMultiDictProxy(CIMultiDict(response.headers)), text
+                )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Never connected: the request did not go out.
             raise CloverUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AnswerLost(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
 
     def _raise_for_status(self, answer: _Answer, what: str) -> None:
         if answer.status < 300:
@@ -274,26 +307,44 @@ class CloverApi:
 
 async def download_file(
     session: aiohttp.ClientSession, url: str, writer: Writer, stall_timeout_s: float
-) -> int | None:
-    """Stream one export file into `writer`; return the announced Content-Length.
+) -> int:
+    """Stream one export file, decoded, into `writer`; return the decoded size.
 
-    No credentials: export file URLs are pre-signed and may be on another host.
+    No credentials: export file URLs are pre-signed and may be on another host. The body
+    may come compressed (see encoding.py): Content-Length is checked against the bytes as
+    sent, and `writer` gets the decoded JSON.
     """
     # A slow but moving body is fine; a body that stops moving is not.
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=stall_timeout_s, sock_read=stall_timeout_s
     )
     try:
-        async with session.get(url, timeout=timeout) as response:
+        async with session.get(
+            url,
+            timeout=timeout,
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
+            auto_decompress=False,
+        ) as response:
             if response.status in (403, 404, 410):
                 raise FileExpired(f"file host answered {response.status}: the file has expired")
             if response.status >= 500 or response.status == 429:
                 raise CloverUnavailable(f"file host answered {response.status}")
             if response.status != 200:
                 raise BadFile(f"file host answered {response.status}")
+            decoder = BodyDecoder(response.headers.get("Content-Encoding"))
+            decoded = 0
             async for piece in response.content.iter_chunked(DOWNLOAD_PIECE_BYTES):
-                await writer.write(piece)
-            return response.content_length
+                for data in decoder.feed(piece):
+                    decoded += len(data)
+                    await writer.write(data)
+            announced = response.content_length
+            if announced is not None and decoder.sent_bytes != announced:
+                problem = "truncated" if decoder.sent_bytes < announced else "too long"
+                raise BadFile(f"{problem}: got {decoder.sent_bytes} of {announced} bytes")
+            for data in decoder.finish():
+                decoded += len(data)
+                await writer.write(data)
+            return decoded
     except aiohttp.ClientPayloadError as exc:
         raise BadFile(f"body cut short: {exc}") from exc
     except (TimeoutError, aiohttp.ClientError) as exc:

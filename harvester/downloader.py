@@ -1,4 +1,8 @@
-"""A finished export's files: downloaded in parallel, checked, staged, published as a chunk."""
+"""A finished export's files: downloaded in parallel, checked, staged, published as a chunk.
+
+A chunk whose export listed no files, or only files without an object, is published as an
+empty chunk: a folder whose manifest lists no parts and says why (`empty_reason`).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from harvester.clover import download_file
 from harvester.config import Timing
 from harvester.errors import BadFile, CloverUnavailable, FileExpired, HarvesterError
 from harvester.logs import get_logger
-from harvester.output import ChunkOutput, Manifest, PartInfo
+from harvester.output import ChunkOutput, EmptyReason, Manifest, PartInfo
 from harvester.state import ChunkRecord, ExportRecord, PartRecord, StateStore
 
 
@@ -66,13 +70,21 @@ class Downloader:
         for task in tasks:
             info = task.result()
             saved[info.index] = info
+        parts = tuple(saved[index] for index in sorted(saved))
+        empty_reason = None
+        if not export.urls:
+            empty_reason = EmptyReason.NO_FILES
+        elif not any(part.objects for part in parts):
+            # Files without one object say nothing a reader needs: an empty chunk, no parts.
+            empty_reason, parts = EmptyReason.EMPTY_FILES, ()
         manifest = Manifest(
             merchant_id=chunk.merchant_id,
             type=ExportType(chunk.type),
             range=chunk.range,
             export_id=export.id,
             harvested_at=self._clock.now(),
-            parts=tuple(saved[index] for index in sorted(saved)),
+            parts=parts,
+            empty_reason=empty_reason,
         )
         await output.publish(manifest)
         return manifest

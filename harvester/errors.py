@@ -59,12 +59,31 @@ class RateLimited(CloverError):
         self.retry_after_s = retry_after_s
 
 
+class AnswerLost(CloverUnavailable):
+    """The request went out but no usable answer came back (a timeout, a reset, a 5xx).
+
+    On a create, Clover may have made the export anyway: an orphan that holds a server slot.
+    """
+
+
 class CloverRefused(CloverError):
     """Clover refused the request in a way that retrying will not fix."""
 
 
 class PermissionMissing(CloverRefused):
-    """403 on creating an export: the app lacks Clover's export permission for the merchant."""
+    """The app lacks Clover's export permission for the merchant (its token works)."""
+
+
+class CreateDenied(CloverRefused):
+    """401 or 403 on creating an export: a rejected token or a missing export permission.
+
+    Clover answers 401 for both, and a 403 is reported too; a cheap read with the same token
+    tells them apart (see MerchantClient).
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TokenRejected(CloverRefused):

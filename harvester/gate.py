@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import statistics
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -21,6 +22,8 @@ from harvester.windows import WindowTable, hours_from_message, is_window_message
 
 MIN_MARGIN_S = 300.0  # never start an export with less than five minutes of window left
 LONGEST_NAP_S = 900.0  # a long wait is a loop of naps, so that news (a stop, a probe) is seen
+# How long an export is assumed to run before any on the host has been seen to end.
+UNKNOWN_DURATION_S = 300.0
 
 
 def classify_503(body: str, table: WindowTable, now: datetime) -> CloverError:
@@ -130,6 +133,10 @@ class HostGate:
     def classify_503(self, error: Unavailable503) -> CloverError:
         """What a 503 on creating an export means on this host now: WindowClosed or ServerBusy."""
         return classify_503(error.body, self.table, self._clock.now())
+
+    def expected_duration_s(self) -> float:
+        """How long an export started now is expected to run: the median seen so far."""
+        return statistics.median(self._durations) if self._durations else UNKNOWN_DURATION_S
 
     def observe_duration(self, seconds: float) -> None:
         """An export took this long from creation to DONE; it feeds the default margin."""

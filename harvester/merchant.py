@@ -5,6 +5,11 @@ backoff and full jitter, a bounded number of times. A 429 pauses the token or th
 host, as its header says, for Retry-After (or a backoff). A 401 is answered by one token
 refresh. Window and busy 503s are not retried here: the scheduler owns export slots and
 windows, so they go straight up.
+
+A 401 or 403 on creating an export is ambiguous: Clover answers 401 for a rejected token
+and for a missing export permission alike. One cheap read with the same token tells them
+apart: if Clover takes the token, the permission is missing (no refresh spent); if not, the
+token is refreshed, at most once per merchant and run for this, and the create tried again.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from harvester.chunks import ExportType, TimeRange
 from harvester.clock import Clock
 from harvester.clover import CloverApi, ExportInfo
 from harvester.config import Timing
-from harvester.errors import CloverUnavailable, RateLimited, TokenRejected, Unavailable503
+from harvester.errors import (
+    AnswerLost,
+    CloverUnavailable,
+    CreateDenied,
+    PermissionMissing,
+    RateLimited,
+    TokenRejected,
+    Unavailable503,
+)
 from harvester.logs import get_logger
 from harvester.ratelimit import RequestLimiter, Scope
 from harvester.tokens import TokenSource
@@ -50,15 +63,31 @@ class MerchantClient:
         self._timing = timing
         self._clock = clock
         self._rng = rng
+        self._create_refresh_spent = False  # the one refresh a denied create may cost per run
 
     async def create_export(self, export_type: ExportType, span: TimeRange) -> ExportInfo:
         """One POST (after any 429 or 401 handling). Transient failures go to the caller,
-        which re-checks the window and its slot before trying again."""
+        which re-checks the window and its slot before trying again.
+
+        PermissionMissing or TokenRejected when Clover denies the create (see above).
+        """
 
         async def call(token: str) -> ExportInfo:
-            return await self._api.create_export(self.merchant_id, token, export_type, span)
+            try:
+                return await self._api.create_export(self.merchant_id, token, export_type, span)
+            except CreateDenied as exc:
+                try:
+                    token_works = await self._api.token_reads_merchant(self.merchant_id, token)
+                except AnswerLost as lost:
+                    # A lost read created nothing: retried like any failed request.
+                    raise CloverUnavailable(str(lost)) from lost
+                if token_works:
+                    raise PermissionMissing(
+                        f"export permission missing: {exc} while the same token reads the merchant"
+                    ) from exc
+                raise TokenRejected(f"token rejected: {exc}, and so is a read") from exc
 
-        return await self._call(call, retry_transient=False)
+        return await self._call(call, retry_transient=False, create=True)
 
     async def get_export(self, export_id: str) -> ExportInfo:
         async def call(token: str) -> ExportInfo:
@@ -66,7 +95,9 @@ class MerchantClient:
 
         return await self._call(call, retry_transient=True)
 
-    async def _call(self, call: Callable[[str], Awaitable[T]], *, retry_transient: bool) -> T:
+    async def _call(
+        self, call: Callable[[str], Awaitable[T]], *, retry_transient: bool, create: bool = False
+    ) -> T:
         failures = 0
         rate_limited = 0
         refreshed = False
@@ -101,9 +132,10 @@ class MerchantClient:
                 log.warning("request.rate_limited", scope=exc.scope, wait_s=round(delay, 3))
                 self._on_rate_limited(exc.scope)
             except TokenRejected as exc:
-                if token is None or refreshed:
+                if token is None or refreshed or (create and self._create_refresh_spent):
                     raise
                 refreshed = True
+                self._create_refresh_spent |= create
                 stale = (token, exc)
             except Unavailable503:
                 raise

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -59,6 +60,16 @@ class PartInfo:
     objects: int
 
 
+class EmptyReason(StrEnum):
+    """Why a published chunk holds no parts (`empty_reason` in its manifest)."""
+
+    # The export listed files, and none of them held an object.
+    EMPTY_FILES = "empty_files"
+    # The export was DONE listing no files (no exportUrls, or an empty list), and a second
+    # export of the same range said the same.
+    NO_FILES = "no_files"
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """What `_manifest.json` says about a published chunk."""
@@ -69,6 +80,7 @@ class Manifest:
     export_id: str
     harvested_at: datetime
     parts: tuple[PartInfo, ...]
+    empty_reason: EmptyReason | None = None  # set when the chunk holds no object (no parts)
 
     @property
     def objects(self) -> int:
@@ -98,6 +110,8 @@ class Manifest:
                 }
                 for part in self.parts
             ],
+            # Added by issue 7, so after the keys readers knew before.
+            "empty_reason": None if self.empty_reason is None else self.empty_reason.value,
         }
         return json.dumps(document, indent=2) + "\n"
 
@@ -116,6 +130,8 @@ class Manifest:
                 export_id=_field(document, "export_id", str),
                 harvested_at=_parse_iso(_field(document, "harvested_at", str)),
                 parts=tuple(_part_from_json(part) for part in _field(document, "parts", list)),
+                # Manifests written before issue 7 have no such field.
+                empty_reason=_empty_reason(document.get("empty_reason")),
             )
         except (ValueError, TypeError) as exc:
             raise ValueError(f"not a harvester manifest: {exc}") from exc
@@ -131,6 +147,14 @@ def _field(document: object, key: str, kind: type[Any]) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"{key!r} is not a {kind.__name__}")
     return value
+
+
+def _empty_reason(value: object) -> EmptyReason | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("'empty_reason' is not a string")
+    return EmptyReason(value)
 
 
 def _part_from_json(document: object) -> PartInfo:

@@ -5,6 +5,11 @@ merchants), POST the export and record its id at once, poll it until DONE while 
 the slot, give the slot back, then download its files and swap its folder into place.
 A chunk already in flight when a run starts (the last one died) picks up where it was:
 polling its stored export, or downloading the parts not saved yet.
+
+A failed export is created again after a jittered exponential backoff (at most
+`export_cooldown_s`); one whose files expired, at once. An export DONE that lists no files
+is believed (an empty chunk) only once a second export of the range says the same. A create
+whose answer was lost leaves an orphan that holds a slot of its host for a while (orphans.py).
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from datetime import timedelta
 
 import structlog
 
-from harvester.backoff import backoff_delay
+from harvester.backoff import backoff_delay, capped_backoff_delay
 from harvester.chunks import ExportType
 from harvester.clock import Clock, nap
-from harvester.clover import ExportInfo, ExportStatus
+from harvester.clover import DONE_STATUSES, RUNNING_STATUSES, ExportInfo
 from harvester.config import Config, Merchant
 from harvester.downloader import Downloader
 from harvester.errors import (
+    AnswerLost,
     CloverUnavailable,
     ExportFailed,
     ExportNotFound,
@@ -40,6 +46,7 @@ from harvester.hosts import Host, Hosts
 from harvester.logs import get_logger
 from harvester.merchant import MerchantClient
 from harvester.observer import RunObserver
+from harvester.orphans import OrphanHolds
 from harvester.output import ChunkOutput
 from harvester.polling import next_poll_delay, progress_elapsed_s
 from harvester.state import ChunkRecord, ExportRecord, ExportState, StateStore
@@ -68,6 +75,10 @@ class _Stopped(Exception):
     """The run is shutting down; the chunk stays as it is for the next run."""
 
 
+class _NoFilesListed(ExportFailed):
+    """An export ended DONE listing no files: an empty range, or a glitch. Not believed yet."""
+
+
 class Harvest:
     """One run's harvest of the given work, on the hosts and downloader it is handed."""
 
@@ -91,6 +102,7 @@ class Harvest:
         self._clock = clock
         self._stop = stop
         self._rng = rng or random.Random()
+        self._orphans = OrphanHolds(clock)
         self.summary = Summary()
 
     async def run(self, work: Sequence[MerchantWork]) -> Summary:
@@ -98,12 +110,15 @@ class Harvest:
             for chunk in item.chunks:
                 self.summary.tally(item.merchant.id, ExportType(chunk.type)).chunks_planned += 1
         self._observer.chunks_planned(sum(len(item.chunks) for item in work))
-        async with asyncio.TaskGroup() as group:
-            for item in work:
-                if item.chunks:
-                    group.create_task(
-                        self._merchant_worker(item), name=f"merchant-{item.merchant.id}"
-                    )
+        try:
+            async with asyncio.TaskGroup() as group:
+                for item in work:
+                    if item.chunks:
+                        group.create_task(
+                            self._merchant_worker(item), name=f"merchant-{item.merchant.id}"
+                        )
+        finally:
+            await self._orphans.close()
         self.summary.stopped = self._stop.is_set() and not self.summary.all_done
         return self.summary
 
@@ -157,15 +172,17 @@ class Harvest:
         log = get_logger()
         tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
         failed_exports = 0
+        no_files_once = False  # the last export ended DONE listing no files
         while True:
             try:
-                export = await self._finished_export(state, chunk)
+                export = await self._finished_export(state, chunk, no_files_once)
                 if self._stop.is_set():
                     raise _Stopped
                 manifest = await self._downloader.publish_chunk(self._output(chunk), chunk, export)
                 await asyncio.shield(self._store.complete_chunk(chunk.id))
                 objects = sum(part.objects for part in manifest.parts)
                 tally.chunks_done += 1
+                tally.chunks_empty += manifest.empty_reason is not None
                 tally.objects += objects
                 tally.parts += len(manifest.parts)
                 tally.bytes += sum(part.size for part in manifest.parts)
@@ -177,6 +194,7 @@ class Harvest:
                     export_id=export.id,
                     parts=len(manifest.parts),
                     objects=objects,
+                    empty=manifest.empty_reason,
                 )
                 return
             except (ExportFailed, ExportNotFound, FileExpired) as exc:
@@ -192,18 +210,27 @@ class Harvest:
                     await self._store.end_export(current.export_id, ended, str(exc))
                 # Parts of a dead export must never be published with the next export's.
                 await self._output(chunk).discard_staging()
+                no_files_once = isinstance(exc, _NoFilesListed)
+                if no_files_once:
+                    # Not a failure (yet): a second export of the range is asked at once.
+                    self.summary.events["export_no_files_unconfirmed"] += 1
+                    log.info("export.no_files", export_id=current.export_id, error=str(exc))
+                    chunk = await self._store.get_chunk(chunk.id)
+                    continue
                 failed_exports += 1
                 self.summary.events[f"export_{type(exc).__name__}"] += 1
+                wait_s = self._recreate_wait_s(exc, failed_exports)
                 log.warning(
                     "export.failed",
                     export_id=current.export_id,
                     error=str(exc),
                     attempt=failed_exports,
+                    wait_s=round(wait_s, 3),
                 )
                 if failed_exports >= self._config.max_export_attempts:
                     await self._fail(chunk, f"{failed_exports} exports failed, the last: {exc}")
                     return
-                if not await self._nap(self._config.timing.export_cooldown_s):
+                if wait_s > 0 and not await self._nap(wait_s):
                     raise _Stopped from exc
                 chunk = await self._store.get_chunk(chunk.id)
             except PermissionMissing as exc:
@@ -215,6 +242,16 @@ class Harvest:
             except HarvesterError as exc:
                 await self._fail(chunk, str(exc))
                 return
+
+    def _recreate_wait_s(self, exc: Exception, failed_exports: int) -> float:
+        """Expired files are no server failure: export again at once. Else a jittered
+        exponential backoff from backoff_base_s, at most export_cooldown_s."""
+        if isinstance(exc, FileExpired):
+            return 0.0
+        timing = self._config.timing
+        return capped_backoff_delay(
+            failed_exports - 1, timing.backoff_base_s, timing.export_cooldown_s, self._rng
+        )
 
     def _output(self, chunk: ChunkRecord) -> ChunkOutput:
         return ChunkOutput(
@@ -229,8 +266,13 @@ class Harvest:
         get_logger().error("merchant.refused", reason=why, error=str(exc))
         await self._fail(chunk, why)
 
-    async def _finished_export(self, state: _Merchant, chunk: ChunkRecord) -> ExportRecord:
-        """The chunk's export once DONE: the stored one, a re-attached one, or a new one."""
+    async def _finished_export(
+        self, state: _Merchant, chunk: ChunkRecord, confirming: bool
+    ) -> ExportRecord:
+        """The chunk's export once DONE: the stored one, a re-attached one, or a new one.
+
+        `confirming`: the last export listed no files; if this one says the same, believe it.
+        """
         record = (
             await self._store.get_export(chunk.export_id) if chunk.export_id is not None else None
         )
@@ -238,11 +280,14 @@ class Harvest:
             return record
         if record is not None and record.state is ExportState.RUNNING:
             get_logger().info("export.reattached", export_id=record.id, percent=record.percent)
-            async with state.host.slots.hold(state.merchant.id):
-                return await self._follow(state, record, None)
-        return await self._create_and_follow(state, chunk)
+            async with state.host.slots.hold(state.merchant.id) as slot:
+                state.host.slots.runs(slot)
+                return await self._follow(state, record, None, confirming)
+        return await self._create_and_follow(state, chunk, confirming)
 
-    async def _create_and_follow(self, state: _Merchant, chunk: ChunkRecord) -> ExportRecord:
+    async def _create_and_follow(
+        self, state: _Merchant, chunk: ChunkRecord, confirming: bool
+    ) -> ExportRecord:
         host = state.host
         log = get_logger()
         transient_failures = 0
@@ -251,7 +296,7 @@ class Harvest:
             async with host.gate.admission(self._stop) as admitted:
                 if not admitted:
                     raise _Stopped
-                async with host.slots.hold(state.merchant.id):
+                async with host.slots.hold(state.merchant.id) as slot:
                     # The wait for a slot may have outlasted the window (or its margin), or
                     # the host may have said "closed" to another lane meanwhile.
                     if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
@@ -274,6 +319,32 @@ class Harvest:
                         host.gate.closed(exc)
                         self.summary.events["window_503"] += 1
                         log.info("export.window_closed", error=str(exc))
+                    except AnswerLost as exc:
+                        # The export may exist: an orphan holding a server slot for a while.
+                        self._orphans.hold(
+                            host.region.name, host.slots, slot, host.gate.expected_duration_s
+                        )
+                        await asyncio.shield(self._store.note_lost_create(chunk.id))
+                        self.summary.tally(
+                            chunk.merchant_id, ExportType(chunk.type)
+                        ).lost_creates += 1
+                        self.summary.events["lost_create"] += 1
+                        transient_failures += 1
+                        if transient_failures >= self._config.timing.max_attempts:
+                            raise
+                        pause_s = backoff_delay(
+                            transient_failures - 1,
+                            self._config.timing.backoff_base_s,
+                            self._config.timing.backoff_max_s,
+                            self._rng,
+                        )
+                        log.warning(
+                            "export.create_lost",
+                            error=str(exc),
+                            attempt=transient_failures,
+                            wait_s=round(pause_s, 3),
+                            orphans_held=host.slots.orphans,
+                        )
                     except CloverUnavailable as exc:
                         transient_failures += 1
                         if transient_failures >= self._config.timing.max_attempts:
@@ -292,7 +363,7 @@ class Harvest:
                         )
                     else:
                         host.gate.created()
-                        host.slots.went_through()
+                        host.slots.went_through(slot)
                         # Shielded: an export whose id is lost is a slot wasted until it ends.
                         record = await asyncio.shield(
                             self._store.record_export(chunk.id, info.id, info.status, info.percent)
@@ -302,7 +373,7 @@ class Harvest:
                         ).exports_created += 1
                         self._observer.export_created(host.region.name)
                         log.info("export.created", export_id=info.id)
-                        return await self._follow(state, record, info)
+                        return await self._follow(state, record, info, confirming)
             if pause_s > 0 and not await self._nap(pause_s):
                 raise _Stopped
 
@@ -314,9 +385,13 @@ class Harvest:
             raise state.host.gate.classify_503(exc) from exc
 
     async def _follow(
-        self, state: _Merchant, record: ExportRecord, info: ExportInfo | None
+        self, state: _Merchant, record: ExportRecord, info: ExportInfo | None, confirming: bool
     ) -> ExportRecord:
-        """Poll an export (whose slot the caller holds) until DONE."""
+        """Poll an export (whose slot the caller holds) until DONE.
+
+        DONE listing no files raises _NoFilesListed, unless `confirming` (the export before
+        said the same): then the export is DONE with no files, an empty chunk.
+        """
         timing = self._config.timing
         last_percent = record.percent
         last_progress = self._clock.now()
@@ -326,7 +401,7 @@ class Harvest:
         # the window and keep every export out for good.
         timed = info is not None
         while True:
-            if info is None or info.status != ExportStatus.DONE:
+            if info is None or info.status not in DONE_STATUSES:
                 now = self._clock.now()
                 percent = info.percent if info is not None else record.percent
                 if first_progress is None and percent > 0:
@@ -349,21 +424,22 @@ class Harvest:
                     waited_s=round(delay, 3),
                 )
             now = self._clock.now()
-            if info.status == ExportStatus.DONE:
-                if info.urls is None:
-                    raise ExportFailed(f"export {record.id} is DONE without exportUrls")
+            if info.status in DONE_STATUSES:
+                if not info.urls and not confirming:
+                    listed = "no exportUrls" if info.urls is None else "an empty exportUrls"
+                    raise _NoFilesListed(f"export {record.id} is {info.status} with {listed}")
                 if timed:
                     seconds = (now - record.created_at).total_seconds()
                     state.host.gate.observe_duration(seconds)
                     self._observer.export_done(state.host.region.name, seconds)
                 await asyncio.shield(
-                    self._store.export_done(record.id, info.available_until, info.urls)
+                    self._store.export_done(record.id, info.available_until, info.urls or ())
                 )
-                get_logger().info("export.done", export_id=record.id, files=len(info.urls))
+                get_logger().info("export.done", export_id=record.id, files=len(info.urls or ()))
                 done = await self._store.get_export(record.id)
                 assert done is not None
                 return done
-            if info.status not in (ExportStatus.PENDING, ExportStatus.IN_PROGRESS):
+            if info.status not in RUNNING_STATUSES:
                 raise ExportFailed(f"export {record.id} ended with status {info.status}")
             if info.percent != last_percent:
                 last_percent, last_progress = info.percent, now

@@ -1,9 +1,14 @@
 """Export slots per Clover host: shared fairly between merchants, sized by what the server takes.
 
 Clover runs only a few exports at once per host and answers 503 past that; how many is not
-published. A slot is taken before POSTing an export and held until the export ends. The limit
-adapts like TCP's congestion window (AIMD): a busy 503 halves it, and a run of as many exports
-as the limit that went through without one raises it by one, up to the configured maximum.
+published. A slot is taken before POSTing an export and held until the export ends.
+
+The limit adapts. A busy 503 says how many exports the server runs: as many as this host has
+running when the answer comes (its own, and orphans: creates whose answer was lost). The
+first busy answer of a burst sets the limit to that number (never below 1, never up); the
+others of the burst, answers to POSTs already on their way, change nothing. A run of as
+many exports as the limit that went through without a busy answer raises it by one, up to
+the configured maximum: the probe for room that may have come free.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
@@ -44,6 +49,11 @@ class ExportSlots:
         self._maximum = maximum
         self._limit = maximum
         self._run = 0  # exports that went through since the last change of the limit
+        self._in_burst = False  # a busy answer came, and no create went through since
+        self._running: set[int] = set()  # grant orders of held slots whose export runs
+        self._orphans = 0  # slots held for exports that may exist without a known id
+        self._orphaned_held: set[int] = set()  # orphan slots their lane has not left yet
+        self._orphaned_left: set[int] = set()  # orphan slots their lane has left
         self._in_use = 0
         self._max_in_use = 0
         self._grants = itertools.count(1)
@@ -72,6 +82,16 @@ class ExportSlots:
         return self._max_in_use
 
     @property
+    def running(self) -> int:
+        """Exports this host runs as far as we know: created ones still held, and orphans."""
+        return len(self._running) + self._orphans
+
+    @property
+    def orphans(self) -> int:
+        """Slots held now for creates whose answer was lost."""
+        return self._orphans
+
+    @property
     def waiting(self) -> int:
         """Callers waiting for a slot."""
         return sum(len(queue) for queue in self._waiters.values())
@@ -81,17 +101,49 @@ class ExportSlots:
         return self._hold(merchant_id)
 
     def busy(self) -> None:
-        """A busy 503 was seen: halve the limit (never below 1) and start the run over."""
-        self._limit = max(1, self._limit // 2)
+        """A busy 503 came: the first of a burst sets the limit to the exports running now."""
         self._run = 0
+        if self._in_burst:
+            return
+        self._in_burst = True
+        self._limit = min(self._limit, max(1, self.running))
 
-    def went_through(self) -> None:
-        """An export was created without a busy 503: after `limit` in a row, raise the limit."""
+    def went_through(self, slot: Slot) -> None:
+        """The export of `slot` was created: it runs until the slot goes back. After `limit`
+        in a row without a busy answer, raise the limit."""
+        self.runs(slot)
+        self._in_burst = False
         self._run += 1
         if self._run >= self._limit:
             self._run = 0
             self._limit = min(self._maximum, self._limit + 1)
             self._grant()
+
+    def runs(self, slot: Slot) -> None:
+        """The export of `slot` runs (re-attached to, or just created)."""
+        self._running.add(slot.order)
+
+    def hold_orphan(self, slot: Slot) -> Callable[[], None]:
+        """The create `slot` was held for lost its answer: the export may exist. The slot
+        stays taken after its holder leaves it, until the returned function is called."""
+        self._orphans += 1
+        self._running.discard(slot.order)
+        self._orphaned_held.add(slot.order)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._orphans -= 1
+            if slot.order in self._orphaned_held:
+                self._orphaned_held.discard(slot.order)  # its holder gives it back on leaving
+            else:
+                self._orphaned_left.discard(slot.order)
+                self._release()
+
+        return release
 
     @asynccontextmanager
     async def _hold(self, merchant_id: str) -> AsyncIterator[Slot]:
@@ -99,7 +151,12 @@ class ExportSlots:
         try:
             yield slot
         finally:
-            self._release()
+            self._running.discard(slot.order)
+            if slot.order in self._orphaned_held:
+                self._orphaned_held.discard(slot.order)
+                self._orphaned_left.add(slot.order)  # now the orphan's until it is released
+            else:
+                self._release()
 
     async def _acquire(self, merchant_id: str) -> Slot:
         waiter = _Waiter(next(self._tickets), asyncio.get_running_loop().create_future())

@@ -46,6 +46,7 @@ class ChunkRecord:
     last_error: str | None
     last_error_at: datetime | None
     updated_at: datetime
+    lost_creates: int = 0  # creates whose answer was lost: exports that may exist, unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,8 @@ class StateStore(Protocol):
     async def complete_chunk(self, chunk_id: int) -> None: ...
 
     async def fail_chunk(self, chunk_id: int, error: str) -> None: ...
+
+    async def note_lost_create(self, chunk_id: int) -> None: ...
 
     async def start_run(self) -> None: ...
 

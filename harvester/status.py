@@ -31,6 +31,7 @@ class TypeStatus:
     in_flight: tuple[InFlight, ...]
     last_error: str | None
     last_error_at: datetime | None
+    orphans: int = 0  # creates whose answer was lost: exports that may exist, ids unknown
 
 
 def build_status(config: Config, snapshot: Snapshot) -> list[TypeStatus]:
@@ -63,6 +64,7 @@ def build_status(config: Config, snapshot: Snapshot) -> list[TypeStatus]:
                 ),
                 last_error=latest.last_error if latest else None,
                 last_error_at=latest.last_error_at if latest else None,
+                orphans=sum(c.lost_creates for c in mine),
             )
         )
     return rows
@@ -88,6 +90,7 @@ def status_as_json(rows: list[TypeStatus]) -> list[dict[str, Any]]:
             ],
             "last_error": row.last_error,
             "last_error_at": iso(row.last_error_at),
+            "orphans": row.orphans,
         }
         for row in rows
     ]
@@ -111,6 +114,10 @@ def render_status(rows: list[TypeStatus]) -> str:
             lines.append(
                 f"  in flight: export {flight.export_id} {flight.status} "
                 f"{flight.percent:g}% for {flight.range}"
+            )
+        if row.orphans:
+            lines.append(
+                f"  orphans: {row.orphans} create(s) lost their answer (the exports may exist)"
             )
         if row.last_error:
             lines.append(f"  last error at {iso(row.last_error_at)}: {row.last_error}")

@@ -100,6 +100,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # Issue 7: creates whose answer was lost (orphans), counted per chunk.
+    ("ALTER TABLE chunks ADD COLUMN lost_creates INTEGER NOT NULL DEFAULT 0",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)  # what PRAGMA user_version says once open
@@ -132,6 +134,7 @@ def _chunk_from_row(row: sqlite3.Row) -> ChunkRecord:
         last_error=row["last_error"],
         last_error_at=_maybe_from_ms(row["last_error_at_ms"]),
         updated_at=_from_ms(row["updated_at_ms"]),
+        lost_creates=row["lost_creates"],
     )
 
 
@@ -481,6 +484,18 @@ class Store:
                 raise self._missing(f"chunk {chunk_id}")
 
         await self._write("fail_chunk", work)
+
+    async def note_lost_create(self, chunk_id: int) -> None:
+        """A create for the chunk lost its answer: an export may exist that we know no id of."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            cursor = connection.execute(
+                "UPDATE chunks SET lost_creates = lost_creates + 1 WHERE id = ?", (chunk_id,)
+            )
+            if cursor.rowcount == 0:
+                raise self._missing(f"chunk {chunk_id}")
+
+        await self._write("note_lost_create", work)
 
     async def start_run(self) -> None:
         """A new run retries what the last one gave up on.

@@ -16,10 +16,12 @@ class Tally:
     chunks_planned: int = 0
     chunks_done: int = 0
     chunks_failed: int = 0
+    chunks_empty: int = 0  # done, and the range held no object (counted in chunks_done)
     objects: int = 0
     parts: int = 0
     bytes: int = 0
     exports_created: int = 0
+    lost_creates: int = 0  # creates whose answer was lost: orphans that may hold a slot
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -33,6 +35,11 @@ class Summary:
     refusals: dict[str, str] = field(default_factory=dict)  # merchant id -> why it was flagged
     events: Counter[str] = field(default_factory=Counter)  # busy_503, window_503, ...
     stopped: bool = False
+
+    @property
+    def orphans(self) -> int:
+        """Creates whose answer was lost this run, every merchant and type."""
+        return sum(t.lost_creates for t in self.tallies.values())
 
     def tally(self, merchant_id: str, export_type: ExportType) -> Tally:
         return self.tallies.setdefault((merchant_id, export_type), Tally())
@@ -53,6 +60,7 @@ class Summary:
             "stopped": self.stopped,
             "refusals": dict(self.refusals),
             "events": dict(self.events),
+            "orphans": self.orphans,
             "merchants": [
                 {
                     "merchant": merchant_id,
@@ -61,10 +69,12 @@ class Summary:
                     "chunks_done": t.chunks_done,
                     "chunks_failed": t.chunks_failed,
                     "chunks_left": t.chunks_left,
+                    "chunks_empty": t.chunks_empty,
                     "objects": t.objects,
                     "parts": t.parts,
                     "bytes": t.bytes,
                     "exports_created": t.exports_created,
+                    "lost_creates": t.lost_creates,
                     "errors": list(t.errors),
                 }
                 for (merchant_id, export_type), t in sorted(self.tallies.items())
@@ -116,6 +126,11 @@ class Summary:
         for (merchant_id, export_type), t in sorted(self.tallies.items()):
             for error in t.errors:
                 lines.append(f"{merchant_id} {export_type}: {error}")
+        if self.orphans:
+            lines.append(
+                f"orphans: {self.orphans} create(s) lost their answer; the exports may exist "
+                "(a slot was held for each)"
+            )
         if self.events:
             lines.append("events: " + ", ".join(f"{k}={v}" for k, v in sorted(self.events.items())))
         verdict = "all requested work done" if self.all_done else "some work is not done"

@@ -14,7 +14,15 @@ import pytest
 
 from harvester.chunks import ExportType, TimeRange
 from harvester.errors import BadFile
-from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo, recover, renameat2
+from harvester.output import (
+    MANIFEST_NAME,
+    ChunkOutput,
+    EmptyReason,
+    Manifest,
+    PartInfo,
+    recover,
+    renameat2,
+)
 
 MERCHANT = "MERCHANT00001"
 JANUARY = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
@@ -292,7 +300,9 @@ def test_manifest_round_trips_in_a_stable_layout() -> None:
         "harvested_at",
         "objects",
         "parts",
+        "empty_reason",
     ]
+    assert document["empty_reason"] is None
     assert document["type"] == "ORDERS"
     assert document["range"] == {
         "start": "2025-01-01T00:00:00Z",
@@ -311,6 +321,19 @@ def test_manifest_round_trips_in_a_stable_layout() -> None:
     }
     assert Manifest.from_json(text) == manifest
     assert Manifest.from_json(text).to_json() == text
+
+
+def test_an_empty_chunk_says_why_and_older_manifests_still_read() -> None:
+    """A manifest without parts carries its empty_reason; one written before that field
+    existed reads back with none."""
+    empty = Manifest(
+        MERCHANT, ExportType.ORDERS, JANUARY, "EXP1", HARVESTED_AT, (), EmptyReason.NO_FILES
+    )
+    document = json.loads(empty.to_json())
+    assert (document["parts"], document["objects"], document["empty_reason"]) == ([], 0, "no_files")
+    assert Manifest.from_json(empty.to_json()) == empty
+    del document["empty_reason"]
+    assert Manifest.from_json(json.dumps(document)).empty_reason is None
 
 
 @pytest.mark.parametrize(

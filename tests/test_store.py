@@ -66,7 +66,7 @@ async def test_open_creates_the_folder_and_the_schema(db_path: Path, clock: Fake
     """Opening a path in a missing folder creates it and a WAL database at the latest schema."""
     async with await Store.open(db_path, clock):
         pass
-    assert user_version(db_path) == SCHEMA_VERSION == 1
+    assert user_version(db_path) == SCHEMA_VERSION == 2
     connection = sqlite3.connect(db_path)
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -92,12 +92,32 @@ async def test_a_new_migration_is_applied_on_open(db_path: Path, clock: FakeCloc
     extra = ("CREATE TABLE notes (id INTEGER PRIMARY KEY)",)
     async with await Store.open(db_path, clock, (*MIGRATIONS, extra)) as second:
         assert len(await second.chunks()) == 1
-    assert user_version(db_path) == 2
+    assert user_version(db_path) == SCHEMA_VERSION + 1
     connection = sqlite3.connect(db_path)
     try:
         assert connection.execute("SELECT count(*) FROM notes").fetchone()[0] == 0
     finally:
         connection.close()
+
+
+async def test_a_first_version_store_gains_the_lost_create_count(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """A store written before lost creates were counted opens with its chunks at 0 of them,
+    and counts them from then on."""
+    async with await Store.open(db_path, clock, MIGRATIONS[:1]) as first:
+        await add_one(first)
+    assert user_version(db_path) == 1
+    async with await Store.open(db_path, clock) as store:
+        [chunk] = await store.chunks()
+        assert chunk.lost_creates == 0
+        await store.note_lost_create(chunk.id)
+        await store.note_lost_create(chunk.id)
+        assert (await store.get_chunk(chunk.id)).lost_creates == 2
+        with pytest.raises(StoreError, match="no chunk 999"):
+            await store.note_lost_create(999)
+    assert user_version(db_path) == SCHEMA_VERSION
+    assert read_snapshot(db_path).chunks[0].lost_creates == 2
 
 
 async def test_a_failing_migration_changes_nothing(db_path: Path, clock: FakeClock) -> None:
@@ -107,7 +127,7 @@ async def test_a_failing_migration_changes_nothing(db_path: Path, clock: FakeClo
     broken = ("CREATE TABLE half (id INTEGER)", "THIS IS NOT SQL")
     with pytest.raises(StoreError, match=str(db_path)):
         await Store.open(db_path, clock, (*MIGRATIONS, broken))
-    assert user_version(db_path) == 1
+    assert user_version(db_path) == SCHEMA_VERSION
     connection = sqlite3.connect(db_path)
     try:
         names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}

@@ -1,5 +1,12 @@
 """The fake Clover: the Export API and a separate file host on loopback.
 
+Where Clover's behaviour is unknown (or shown only by its docs and samples), a setting
+picks the way it is played (see SimulatorSettings): how files are encoded, what an empty
+export returns, which status a missing export permission gets, the case of header names,
+which host serves the files, and the name of the DONE status. Requests as Clover's Python
+sample sends them (a trailing slash on `/exports/`, `?access_token=`, times as strings)
+are always accepted.
+
 All time comes from the injected Clock and every state is computed from `clock.now()`
 when a request arrives, so a test with a FakeClock sees the same thing every run. All
 randomness comes from `random.Random`s seeded from the settings: one for faults and
@@ -8,14 +15,17 @@ fates, one for ids and tokens, and one per merchant and type for the objects (da
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import random
 import uuid
+import zlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from email.utils import formatdate
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -37,6 +47,14 @@ from harvester.simulator.faults import API_FAULTS, EXPORT_FATES, FILE_FAULTS, Fa
 
 MAX_OBJECTS_PER_FILE = 1000
 WINDOW_BODIES = ("hours", "bare")
+FILE_ENCODINGS = ("identity", "gzip", "deflate")
+# What an export of a range without objects returns: one file of `{"elements": []}`, an
+# empty `exportUrls.elements`, or no `exportUrls` at all.
+EMPTY_EXPORTS = ("file", "no_elements", "no_urls")
+PERMISSION_STATUSES = (401, 403)  # Clover's docs say 401; a 403 has been reported too
+HEADER_CASES = ("canonical", "lower")  # lower: as Clover's docs print them, and HTTP/2 hops
+FILE_HOSTS = ("separate", "api")  # files on their own host, or on the API host
+DONE_STATUSES = ("DONE", "COMPLETE")  # COMPLETE: the name in Clover's 2016 docs
 BUSY_MESSAGE = "Too many concurrent exports, please retry later"
 # A 429's header names the limit broken: per token first, then for the whole app.
 RATE_HEADER = "X-RateLimit-tokenLimit"
@@ -62,7 +80,7 @@ class Account:
     token: str | None = field(default=None, repr=False)  # static bearer token
     refresh_token: str | None = field(default=None, repr=False)  # for expiring-token merchants
     client_id: str | None = None  # required with refresh_token
-    export_permission: bool = True  # False: creating an export answers 403
+    export_permission: bool = True  # False: creating an export answers permission_status
 
     def __post_init__(self) -> None:
         if self.refresh_token is not None and self.client_id is None:
@@ -100,6 +118,13 @@ class SimulatorSettings:
     # Each object in a file gets a "padding" field this many characters long: bigger files
     # with the same objects, for the memory benchmark. 0: objects as generated.
     object_padding_bytes: int = 0
+    # The unknowns, each played one way or another (see the module docstring).
+    file_encoding: str = "identity"  # one of FILE_ENCODINGS
+    empty_exports: str = "file"  # one of EMPTY_EXPORTS
+    permission_status: int = 403  # one of PERMISSION_STATUSES
+    header_case: str = "canonical"  # one of HEADER_CASES
+    file_host: str = "separate"  # one of FILE_HOSTS
+    done_status: str = "DONE"  # one of DONE_STATUSES
 
     def __post_init__(self) -> None:
         if self.data_start.tzinfo is None or self.data_end.tzinfo is None:
@@ -112,6 +137,16 @@ class SimulatorSettings:
             raise ValueError(f"filter_field must be one of {FILTER_FIELDS}")
         if self.object_padding_bytes < 0:
             raise ValueError("object_padding_bytes must not be negative")
+        for name, choices in (
+            ("file_encoding", FILE_ENCODINGS),
+            ("empty_exports", EMPTY_EXPORTS),
+            ("permission_status", PERMISSION_STATUSES),
+            ("header_case", HEADER_CASES),
+            ("file_host", FILE_HOSTS),
+            ("done_status", DONE_STATUSES),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 
 
 @dataclass(slots=True)
@@ -132,7 +167,9 @@ class SimulatorStats:
     file_auth_headers: int = 0  # file-host requests that carried an Authorization header
     refreshes: int = 0
     refresh_reuse: int = 0  # used refresh tokens presented again
-    bad_tokens: int = 0  # 401s
+    bad_tokens: int = 0  # 401s for a token not accepted
+    permission_denied: int = 0  # creates refused for want of the export permission
+    sample_requests: Counter[str] = field(default_factory=Counter)  # trailing_slash, ...
     faults_injected: Counter[str] = field(default_factory=Counter)  # by fault kind
 
     def as_dict(self) -> dict[str, Any]:
@@ -230,10 +267,12 @@ def _epoch_ms(value: object, name: str) -> int:
 
 
 def _bearer(request: web.Request) -> str | None:
+    """The access token: the Bearer header, or `?access_token=` as Clover's sample sends it."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    in_query = request.query.get("access_token", "").strip()
+    return in_query or None
 
 
 def _message(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -297,16 +336,23 @@ class Simulator:
 
     async def start(self, host: str = "127.0.0.1", api_port: int = 0, file_port: int = 0) -> None:
         api = web.Application()
-        api.router.add_post(
-            "/v3/merchants/{merchant_id}/exports", self._api("create", self._create_export)
-        )
+        create = self._api("create", self._create_export)
+        api.router.add_post("/v3/merchants/{merchant_id}/exports", create)
+        # Clover's Python sample POSTs with a trailing slash, and Clover takes it.
+        api.router.add_post("/v3/merchants/{merchant_id}/exports/", create)
         api.router.add_get(
             "/v3/merchants/{merchant_id}/exports/{export_id}", self._api("poll", self._get_export)
         )
+        api.router.add_get("/v3/merchants/{merchant_id}", self._api("merchant", self._merchant))
         api.router.add_post("/oauth/v2/refresh", self._api("refresh", self._refresh))
         api.router.add_get("/_simulator/stats", self._serve_stats)
         files = web.Application()
-        files.router.add_get(r"/exports/{file_key}/{export_id}-{index:\d+}.json", self._serve_file)
+        for app in (api, files):
+            # Both hosts serve files; `file_host` decides which one the URLs name.
+            app.router.add_get(
+                r"/exports/{file_key}/{export_id}-{index:\d+}.json", self._serve_file
+            )
+            app.on_response_prepare.append(self._set_header_case)
         try:
             self._api_url = await self._listen(api, host, api_port)
             self._file_url = await self._listen(files, host, file_port)
@@ -349,6 +395,23 @@ class Simulator:
         if self._file_url is None:
             raise RuntimeError("the simulator has not been started")
         return self._file_url
+
+    @property
+    def file_base_url(self) -> str:
+        """Where the file URLs handed out point: the file host, or the API host itself."""
+        return self.api_url if self.settings.file_host == "api" else self.file_url
+
+    async def _set_header_case(self, request: web.Request, response: web.StreamResponse) -> None:
+        """With header_case "lower", every name goes out lower-case, as over HTTP/2."""
+        if self.settings.header_case != "lower":
+            return
+        items = list(response.headers.items())
+        response.headers.clear()
+        for name, value in items:
+            response.headers.add(name.lower(), value)
+        # Added after this hook unless present: present them lower-case already.
+        response.headers.setdefault("date", formatdate(usegmt=True))
+        response.headers.setdefault("server", "clover-simulator")
 
     # -- inspection, for tests and the demo ---------------------------------------------
 
@@ -462,13 +525,16 @@ class Simulator:
             "merchantRef": {"id": export.merchant_id},
         }
         if status is ExportStatus.DONE:
+            view["status"] = self.settings.done_status
             view["availableUntil"] = export.available_until_ms
-            if export.fate is not FaultKind.DONE_WITHOUT_URLS:
-                folder = f"{self.file_url}/exports/{export.file_key}"
+            files = self._files(export)
+            no_urls = not files and self.settings.empty_exports == "no_urls"
+            if export.fate is not FaultKind.DONE_WITHOUT_URLS and not no_urls:
+                folder = f"{self.file_base_url}/exports/{export.file_key}"
                 view["exportUrls"] = {
                     "elements": [
                         {"url": f"{folder}/{export.id}-{n}.json", "export": {"id": export.id}}
-                        for n in range(len(self._files(export)))
+                        for n in range(len(files))
                     ]
                 }
         return view
@@ -484,7 +550,9 @@ class Simulator:
                 round(export.ends_s * 1000),
             )
             size = self.settings.objects_per_file
-            chunks = [found[i : i + size] for i in range(0, len(found), size)] or [[]]
+            chunks = [found[i : i + size] for i in range(0, len(found), size)]
+            if not chunks and self.settings.empty_exports == "file":
+                chunks = [[]]
             padding = self.settings.object_padding_bytes
             if padding:
                 filler = "x" * padding
@@ -586,13 +654,19 @@ class Simulator:
         if isinstance(account, web.Response):
             return account
         if not account.export_permission:
-            return _message(403, "The app does not have permission to export this merchant's data")
-        try:
-            export_type, start_ms, end_ms = parse_export_request(
-                await request.json(), self.settings.max_range_days
+            self._stats.permission_denied += 1
+            status = self.settings.permission_status
+            if status == 401:
+                return _message(401, "401 Unauthorized")
+            return _message(
+                status, "The app does not have permission to export this merchant's data"
             )
+        try:
+            body = await request.json()
+            export_type, start_ms, end_ms = parse_export_request(body, self.settings.max_range_days)
         except ValueError as exc:  # json.JSONDecodeError is a ValueError too
             return _message(400, str(exc))
+        self._note_sample_ways(request, body)
         now_s = self._now_s()
         self._settle(now_s)
         window = self.settings.window
@@ -608,7 +682,30 @@ class Simulator:
             self._stats.busy_503s += 1
             return _message(503, BUSY_MESSAGE)
         export = self._new_export(merchant_id, export_type, start_ms, end_ms, now_s)
+        if self._inject((FaultKind.CREATE_LOST,)):
+            # Made, and then the answer is lost on its way back.
+            lost = self._rng.choice(("reset", 502, 504))
+            if lost == "reset":
+                return _drop_connection(request)
+            return _message(int(lost), "Gateway error")
         return web.json_response(self._describe(export, now_s))
+
+    def _note_sample_ways(self, request: web.Request, body: object) -> None:
+        """Count what Clover's sample does differently, for tests to see it was taken."""
+        if request.path.endswith("/"):
+            self._stats.sample_requests["trailing_slash"] += 1
+        if "access_token" in request.query:
+            self._stats.sample_requests["access_token_query"] += 1
+        if isinstance(body, dict) and isinstance(body.get("startTime"), str):
+            self._stats.sample_requests["string_times"] += 1
+
+    async def _merchant(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v3/merchants/{mId}`: the cheap read that tells whether a token is taken."""
+        merchant_id = request.match_info["merchant_id"]
+        account = self._authorize(request, merchant_id)
+        if isinstance(account, web.Response):
+            return account
+        return web.json_response({"id": merchant_id, "name": f"Simulated shop {merchant_id}"})
 
     async def _get_export(self, request: web.Request) -> web.StreamResponse:
         merchant_id = request.match_info["merchant_id"]
@@ -683,7 +780,8 @@ class Simulator:
             return web.Response(status=404, text="Not Found")
         if self._now_ms() > export.available_until_ms:
             return self._expired()
-        body = export.files[index]
+        plain = export.files[index]
+        body, headers = self._encode(plain)
         fault = self._inject(FILE_FAULTS)
         if fault is FaultKind.FILE_EXPIRED_EARLY:
             return self._expired()
@@ -692,18 +790,20 @@ class Simulator:
         if fault is FaultKind.FILE_5XX:
             return web.Response(status=self._rng.choice((500, 502, 503, 504)), text="Server Error")
         if fault is FaultKind.FILE_TRUNCATED:
-            response = await self._start_body(request, len(body))
+            response = await self._start_body(request, len(body), headers)
             await response.write(body[: len(body) // 2])
             request.protocol.force_close()
             return response
         if fault is FaultKind.FILE_BAD_JSON:
+            # A proxy's page: never encoded.
             garbage = (_GARBAGE * (len(body) // len(_GARBAGE) + 1))[: len(body)]
             return web.Response(body=garbage, content_type="application/json")
         if fault is FaultKind.FILE_OVERSIZE:
-            return web.Response(body=self._oversize(export, body), content_type="application/json")
+            oversize, headers = self._encode(self._oversize(export, plain))
+            return web.Response(body=oversize, content_type="application/json", headers=headers)
         self._stats.file_downloads += 1
         if fault is FaultKind.FILE_SLOW:
-            response = await self._start_body(request, len(body))
+            response = await self._start_body(request, len(body), headers)
             piece = math.ceil(len(body) / _SLOW_FILE_PIECES)
             for offset in range(0, len(body), piece):
                 if offset:
@@ -711,10 +811,24 @@ class Simulator:
                 await response.write(body[offset : offset + piece])
             await response.write_eof()
             return response
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=body, content_type="application/json", headers=headers)
 
-    async def _start_body(self, request: web.Request, length: int) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    def _encode(self, body: bytes) -> tuple[bytes, dict[str, str]]:
+        """The body as the file host sends it, and its Content-Encoding header if any.
+
+        Whatever the client asked for, as S3 does with an object stored compressed.
+        """
+        encoding = self.settings.file_encoding
+        if encoding == "gzip":
+            return gzip.compress(body, mtime=0), {"Content-Encoding": "gzip"}
+        if encoding == "deflate":
+            return zlib.compress(body), {"Content-Encoding": "deflate"}
+        return body, {}
+
+    async def _start_body(
+        self, request: web.Request, length: int, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json", **headers})
         response.content_length = length
         await response.prepare(request)
         return response

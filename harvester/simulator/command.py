@@ -11,7 +11,18 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
 from harvester.clock import Clock
-from harvester.simulator.app import MAX_OBJECTS_PER_FILE, Account, Simulator, SimulatorSettings
+from harvester.simulator.app import (
+    DONE_STATUSES,
+    EMPTY_EXPORTS,
+    FILE_ENCODINGS,
+    FILE_HOSTS,
+    HEADER_CASES,
+    MAX_OBJECTS_PER_FILE,
+    PERMISSION_STATUSES,
+    Account,
+    Simulator,
+    SimulatorSettings,
+)
 from harvester.simulator.faults import Faults
 
 MERCHANTS_ENV = "SIMULATOR_MERCHANTS"
@@ -56,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ID",
-        help="this merchant's exports answer 403 (repeat)",
+        help="this merchant's creates are refused: no export permission (repeat)",
     )
     parser.add_argument("--max-concurrent-exports", type=int, default=3)
     parser.add_argument("--data-from", default="2024-01-01", metavar="YYYY-MM-DD")
@@ -86,6 +97,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="inject a fault with this probability (repeat)",
     )
     parser.add_argument("--latency-s", type=float, default=0.0, help="each API response waits")
+    # Clover's unknowns, each played one way or the other.
+    parser.add_argument(
+        "--file-encoding",
+        choices=FILE_ENCODINGS,
+        default="identity",
+        help="how the file host encodes files, whatever the client asks for",
+    )
+    parser.add_argument(
+        "--empty-exports",
+        choices=EMPTY_EXPORTS,
+        default="file",
+        help='an export of a range without objects: one file of {"elements": []}, '
+        "exportUrls.elements: [], or no exportUrls",
+    )
+    parser.add_argument(
+        "--permission-status",
+        type=int,
+        choices=PERMISSION_STATUSES,
+        default=403,
+        help="the answer to a create without the export permission (--no-permission)",
+    )
+    parser.add_argument(
+        "--header-case",
+        choices=HEADER_CASES,
+        default="canonical",
+        help="response header names as usual, or all lower case (as over HTTP/2)",
+    )
+    parser.add_argument(
+        "--file-host",
+        choices=FILE_HOSTS,
+        default="separate",
+        help="file URLs on the file host's port, or on the API host itself",
+    )
+    parser.add_argument(
+        "--done-status",
+        choices=DONE_STATUSES,
+        default="DONE",
+        help="the status of a finished export (COMPLETE: Clover's 2016 name)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Faults]:
@@ -127,6 +177,12 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Fau
         export_per_object_s=args.export_seconds_per_object,
         file_ttl_s=args.file_ttl_s,
         api_latency_s=args.latency_s,
+        file_encoding=args.file_encoding,
+        empty_exports=args.empty_exports,
+        permission_status=args.permission_status,
+        header_case=args.header_case,
+        file_host=args.file_host,
+        done_status=args.done_status,
     )
     if args.window_open_hours is not None:
         window = _parse_window(args.window_open_hours)

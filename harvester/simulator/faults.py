@@ -16,6 +16,7 @@ class FaultKind(StrEnum):
     # Creating an export, when it would otherwise be accepted.
     BUSY_503 = "busy_503"  # refused as busy although under the limit
     WINDOW_503 = "window_503"  # refused as outside the window although inside it
+    CREATE_LOST = "create_lost"  # the export is made, then its answer is lost: reset, 502, 504
     # An export's fate, decided when it is created.
     EXPORT_FAILED = "export_failed"  # ends FAILED partway
     EXPORT_STUCK = "export_stuck"  # progress stops; FAILED after stuck_fail_after_s
@@ -62,6 +63,7 @@ class Faults:
     api_slow: float = 0.0
     busy_503: float = 0.0
     window_503: float = 0.0
+    create_lost: float = 0.0
     export_failed: float = 0.0
     export_stuck: float = 0.0
     done_without_urls: float = 0.0
