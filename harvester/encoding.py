@@ -64,9 +64,7 @@ class BodyDecoder:
             return
         if self._deflate_pending:
             yield from self._inflate(self._start_deflate())
-        if self._inflater is None:
-            if self.sent_bytes:
-                raise BadFile(f"{self.encoding} body too short to decode")
+        if self._inflater is None:  # nothing was sent
             return
         try:
             tail = self._inflater.flush()

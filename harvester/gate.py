@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import statistics
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -24,6 +23,7 @@ MIN_MARGIN_S = 300.0  # never start an export with less than five minutes of win
 LONGEST_NAP_S = 900.0  # a long wait is a loop of naps, so that news (a stop, a probe) is seen
 # How long an export is assumed to run before any on the host has been seen to end.
 UNKNOWN_DURATION_S = 300.0
+DURATION_SAFETY = 1.2
 
 
 def classify_503(body: str, table: WindowTable, now: datetime) -> CloverError:
@@ -135,8 +135,10 @@ class HostGate:
         return classify_503(error.body, self.table, self._clock.now())
 
     def expected_duration_s(self) -> float:
-        """How long an export started now is expected to run: the median seen so far."""
-        return statistics.median(self._durations) if self._durations else UNKNOWN_DURATION_S
+        """How long an export started now may run: the p90 of those seen, and a fifth more
+        (durations grow with the objects a range holds); a default before any was seen."""
+        seen = p90(self._durations)
+        return UNKNOWN_DURATION_S if seen is None else seen * DURATION_SAFETY
 
     def observe_duration(self, seconds: float) -> None:
         """An export took this long from creation to DONE; it feeds the default margin."""

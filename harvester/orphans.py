@@ -2,9 +2,10 @@
 
 A POST that timed out, lost its connection or got a 5xx after it was sent may have created
 an export anyway; Clover documents no way to list or cancel one. Such an orphan runs, and
-holds one of the server's few slots, for about as long as exports take. So its host keeps a
-slot taken for that long (HostGate.expected_duration_s, re-read as durations are
-learned), and the next create does not walk into a busy 503 it could have foreseen.
+holds one of the server's few slots, for about as long as exports take. So its host keeps
+the slot taken for that long (HostGate.expected_duration_s: the p90 of the durations seen,
+and some, re-read as they are learned), and the next create does not walk into a busy 503
+it could have foreseen.
 """
 
 from __future__ import annotations

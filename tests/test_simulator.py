@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import re
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -866,6 +868,181 @@ def test_faults_reject_unknown_kinds_and_bad_probabilities() -> None:
     assert faults.api_5xx == 0.25
 
 
+# -- the unknowns, each played every way ----------------------------------------------------
+
+EMPTY_RANGE = (JAN_10 - 40 * DAY_MS, JAN_10 - 20 * DAY_MS - 1)  # in December: before the data
+
+
+@pytest.mark.parametrize(
+    ("empty_exports", "export_urls"),
+    [
+        ("file", {"elements": ["one"]}),
+        ("no_elements", {"elements": []}),
+        ("no_urls", None),
+    ],
+)
+async def test_an_empty_export_answers_as_set(
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    empty_exports: str,
+    export_urls: dict[str, Any] | None,
+) -> None:
+    """A range without objects ends DONE with one empty file, an empty exportUrls, or none."""
+    async with Simulator(make_settings(empty_exports=empty_exports), clock) as sim:
+        body = {"type": "ORDERS", "startTime": EMPTY_RANGE[0], "endTime": EMPTY_RANGE[1]}
+        done = await finished(session, sim, clock, body=body)
+        assert done["status"] == "DONE"
+        if export_urls is None:
+            assert "exportUrls" not in done
+        elif export_urls["elements"]:
+            (url,) = urls(done)
+            assert (await call(session, "GET", url)).data == {"elements": []}
+        else:
+            assert done["exportUrls"] == {"elements": []}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_files_can_come_compressed_whatever_was_asked(
+    clock: FakeClock, session: aiohttp.ClientSession, encoding: str
+) -> None:
+    """With a file encoding set, the body is compressed, Content-Length counts the compressed
+    bytes, and it decodes to the same JSON as an identity file (asked for or not)."""
+    async with (
+        Simulator(make_settings(file_encoding=encoding), clock) as packed,
+        Simulator(make_settings(), clock) as plain,
+    ):
+        packed_url = urls(await finished(session, packed, clock))[0]
+        plain_url = urls(await finished(session, plain, clock))[0]
+        headers = {"Accept-Encoding": "identity"}
+        async with session.get(packed_url, auto_decompress=False, headers=headers) as response:
+            assert response.headers["Content-Encoding"] == encoding
+            raw = await response.read()
+            assert response.content_length == len(raw)
+        decoded = gzip.decompress(raw) if encoding == "gzip" else zlib.decompress(raw)
+        assert decoded == (await call(session, "GET", plain_url)).raw
+        assert json.loads(decoded)["elements"]
+
+
+async def test_header_names_can_go_out_lower_case(
+    clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    """With header_case "lower", every header name on the wire is lower case, a 429's
+    retry-after and x-ratelimit-* and a file's content-length included."""
+    faults = Faults(rate_limit_header="X-RateLimit-tokenConcurrentLimit")
+    settings = make_settings(header_case="lower", retry_after_s=7)
+    async with Simulator(settings, clock, faults) as sim:
+        url = urls(await finished(session, sim, clock))[0]
+        faults.script(FaultKind.API_429)
+        async with session.get(f"{sim.api_url}/v3/merchants/M1", headers=bearer()) as response:
+            assert response.status == 429
+            names = [name for name, _ in response.raw_headers]
+            assert b"retry-after" in names
+            assert b"x-ratelimit-tokenconcurrentlimit" in names
+            assert response.headers["Retry-After"] == "7"
+        async with session.get(url) as response:
+            file_names = [name for name, _ in response.raw_headers]
+            assert b"content-length" in file_names
+        assert all(name == name.lower() for name in names + file_names)
+
+
+async def test_file_urls_can_point_at_the_api_host(
+    clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    """With file_host "api", the URLs name the API host, and it serves the files."""
+    async with Simulator(make_settings(file_host="api"), clock) as sim:
+        file_urls = urls(await finished(session, sim, clock))
+        assert all(u.startswith(f"{sim.api_url}/exports/") for u in file_urls)
+        assert (await call(session, "GET", file_urls[0])).data["elements"]
+
+
+async def test_a_missing_permission_can_answer_401_and_the_merchant_still_reads(
+    clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    """With permission_status 401, a create without the permission answers 401 like a bad
+    token, while GET /v3/merchants/{mId} with the same token answers 200."""
+    async with Simulator(make_settings(permission_status=401), clock) as sim:
+        refused = await create(session, sim, merchant="M2", token="tok-2")
+        assert refused.status == 401
+        read = await call(session, "GET", f"{sim.api_url}/v3/merchants/M2", "tok-2")
+        assert (read.status, read.data["id"]) == (200, "M2")
+        unknown = await call(session, "GET", f"{sim.api_url}/v3/merchants/M2", "not-a-token")
+        assert unknown.status == 401
+        assert sim.stats.permission_denied == 1
+        assert sim.stats.bad_tokens == 1
+
+
+async def test_a_lost_create_answer_still_made_the_export(
+    clock: FakeClock, fresh_session: aiohttp.ClientSession
+) -> None:
+    """The create_lost fault makes the export, then drops the connection or answers 502/504."""
+    faults = Faults()
+    faults.script(FaultKind.CREATE_LOST, times=6)
+    async with Simulator(make_settings(max_concurrent_exports=10), clock, faults) as sim:
+        outcomes: set[str] = set()
+        for _ in range(6):
+            try:
+                outcomes.add(str((await create(fresh_session, sim)).status))
+            except aiohttp.ClientError:
+                outcomes.add("reset")
+        assert outcomes <= {"reset", "502", "504"}
+        assert len(outcomes) >= 2
+        assert sim.stats.exports_created == 6
+        assert sim.running_exports() == 6
+
+
+async def test_done_can_be_called_complete(
+    clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    """With done_status COMPLETE, a finished export says so, with its files."""
+    async with Simulator(make_settings(done_status="COMPLETE"), clock) as sim:
+        done = await finished(session, sim, clock)
+        assert done["status"] == "COMPLETE"
+        assert urls(done)
+
+
+async def test_requests_as_clovers_sample_sends_them_are_accepted(
+    clock: FakeClock, session: aiohttp.ClientSession, sim: Simulator
+) -> None:
+    """Clover's Python sample POSTs to `/exports/` with `?access_token=` and string times;
+    the simulator takes it, and the poll with the token in the query too."""
+    body = {"type": "PAYMENTS", "startTime": str(RANGE[0]), "endTime": str(RANGE[1])}
+    query = {"access_token": M1_TOKEN}
+    url = f"{sim.api_url}/v3/merchants/M1/exports/"
+    created = await call(session, "POST", url, json=body, params=query)
+    assert created.status == 200, created.raw
+    clock.advance(LONG_S)
+    polled = await call(session, "GET", url + created.data["id"], params=query)
+    assert polled.data["status"] == "DONE"
+    assert sim.stats.sample_requests == {
+        "trailing_slash": 1,
+        "access_token_query": 1,
+        "string_times": 1,
+    }
+    wrong = await call(session, "POST", url, json=body, params={"access_token": "nope"})
+    assert wrong.status == 401
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("file_encoding", "brotli"),
+        ("empty_exports", "nothing"),
+        ("permission_status", 404),
+        ("header_case", "upper"),
+        ("file_host", "cdn"),
+        ("done_status", "FINISHED"),
+    ],
+)
+def test_an_unknown_way_of_playing_is_refused(setting: str, value: object) -> None:
+    """A switch set to a value it does not know is a ValueError naming the setting."""
+    with pytest.raises(ValueError, match=setting):
+        make_settings(**{setting: value})
+
+
+def bearer(token: str = M1_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 # -- `harvester simulate` -------------------------------------------------------------------
 
 
@@ -883,7 +1060,9 @@ def test_flags_become_settings_and_faults(monkeypatch: pytest.MonkeyPatch) -> No
         " --no-permission M2 --max-concurrent-exports 2 --data-from 2024-02-01"
         " --data-to 2024-03-01 --objects-per-day 7.5 --objects-per-file 10 --export-seconds 2"
         " --file-ttl-s 60 --window-open-hours 10:00-15:30 --fault api_5xx=0.1"
-        " --fault file_slow=1 --latency-s 0.25"
+        " --fault file_slow=1 --latency-s 0.25 --file-encoding gzip --empty-exports no_urls"
+        " --permission-status 401 --header-case lower --file-host api --done-status COMPLETE"
+        " --fault create_lost=0.08"
     )
     settings, faults = settings_from_args(parse(*argv.split()))
     assert settings.accounts["M1"].token == "tok-1"
@@ -903,6 +1082,10 @@ def test_flags_become_settings_and_faults(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.window(datetime(2024, 1, 1, 15, 29, tzinfo=UTC))
     assert not settings.window(datetime(2024, 1, 1, 15, 30, tzinfo=UTC))
     assert (faults.api_5xx, faults.file_slow, faults.api_reset) == (0.1, 1.0, 0.0)
+    assert faults.create_lost == 0.08
+    assert (settings.file_encoding, settings.empty_exports) == ("gzip", "no_urls")
+    assert (settings.permission_status, settings.header_case) == (401, "lower")
+    assert (settings.file_host, settings.done_status) == ("api", "COMPLETE")
 
 
 def test_merchants_come_from_the_environment_without_merchant_flags(
