@@ -15,6 +15,7 @@ import yaml
 from harvester.cli import main
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator
+from harvester.store import Store
 from tests.conftest import new_token, sim_settings
 
 GOOD: dict[str, Any] = {
@@ -221,3 +222,33 @@ async def test_simulate_stopped_by_a_signal_exits_with_its_code() -> None:
     process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("command", ["plan", "status"])
+async def test_plan_and_status_piped_into_head_stop_quietly(tmp_path: Path, command: str) -> None:
+    """`harvester plan ... | head` and `harvester status | head`: the reader goes away after
+    two lines, and the harvester exits 0 with nothing on stderr (no BrokenPipeError)."""
+    merchants = [
+        {"id": f"M{n:05d}", "region": "local", "token": "${TOKEN_ABC}"} for n in range(800)
+    ]
+    config = write(tmp_path, {**GOOD, "chunk_days": 1, "merchants": merchants})
+    if command == "status":
+        async with await Store.open(tmp_path / "state" / "harvester.sqlite3", SystemClock()):
+            pass
+        args = f"status --config {config}"
+    else:
+        args = f"plan --config {config} --from 2024-01-01 --to 2024-04-01"
+    errors = tmp_path / "stderr.txt"
+    # Far more than a pipe holds, so that the harvester writes into a closed pipe.
+    pipeline = f"set -o pipefail; {sys.executable} -m harvester {args} 2>{errors} | head -n 2"
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        pipeline,
+        env={**os.environ, "TOKEN_ABC": "secret-token-value"},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert errors.read_text() == ""
+    assert process.returncode == 0
+    assert len(out.decode().splitlines()) == 2

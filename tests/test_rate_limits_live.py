@@ -106,6 +106,7 @@ async def test_configured_limits_are_the_ones_kept(tmp_path: Path, clock: FakeCl
         pytest.param(APP_CONCURRENT_HEADER, "app", 3.0, id="crossTokenConcurrentLimit"),
     ],
 )
+@pytest.mark.parametrize("header_case", ["canonical", "lower"])
 async def test_a_429_pauses_the_token_or_the_host_as_its_header_says(
     tmp_path: Path,
     clock: FakeClock,
@@ -113,13 +114,21 @@ async def test_a_429_pauses_the_token_or_the_host_as_its_header_says(
     header: str,
     scope: str,
     retry_after_s: float | None,
+    header_case: str,
 ) -> None:
     """A token limit holds back only the merchant whose request was refused; a cross-token
     (app) limit holds back every merchant on the host. The pause lasts Retry-After (plus at
-    most 10% jitter), or 1 s when the 429 has none."""
+    most 10% jitter), or 1 s when the 429 has none. Header names are read in any case (as
+    Clover's docs print them, and HTTP/2 sends them: all lower case)."""
     faults = Faults(rate_limit_header=header)
     async with simulated(
-        tmp_path, clock, merchants=3, faults=faults, retry_after_s=3, export_base_s=8
+        tmp_path,
+        clock,
+        merchants=3,
+        faults=faults,
+        retry_after_s=3,
+        export_base_s=8,
+        header_case=header_case,
     ) as scenario:
         scenario.region["max_concurrent_exports"] = 3
         for merchant_id in scenario.tokens:
