@@ -34,9 +34,11 @@ demo: install
 soak: install
 	SOAK_SCALE=5 $(BIN)/pytest tests/test_soak.py -s
 
-# Figures, not pass/fail: download memory with ~1 MB files against ~20 MB files.
+# Figures, not pass/fail: download memory with ~1 MB files against ~20 MB files, and how busy
+# a server that takes 2 exports is kept when the config says 6.
 bench: install
 	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_busy.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-output

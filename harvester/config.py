@@ -71,7 +71,7 @@ class Timing:
     window_margin_s: float | None = None  # None: the observed p90 export duration, at least 300 s
     request_timeout_s: float = 60.0  # every HTTP request
     max_attempts: int = 8  # per operation, for transient errors
-    export_cooldown_s: float = 60.0  # before creating a failed export again
+    export_cooldown_s: float = 60.0  # the longest backoff before creating a failed export again
     token_refresh_margin_s: float = 300.0
 
 
