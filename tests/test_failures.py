@@ -322,10 +322,14 @@ async def test_a_403_on_post_flags_the_merchant_and_the_others_finish(
         assert run.summary.exit_code == 1
         assert run.summary.refusals == {lacking: "export permission missing"}
         assert f"{lacking}: export permission missing" in run.summary.render()
-        refused = run.requests.of(merchant=lacking)
-        # Only its two lanes' first POSTs, which may have gone out at the same instant.
+        refused = run.requests.of("create", merchant=lacking)
+        # Only its two lanes' first POSTs, which may have gone out at the same instant, each
+        # followed by one read of the merchant (which works: the token is good).
         assert 1 <= len(refused) <= 2
-        assert all(s.kind == "create" and s.status == 403 for s in refused)
+        assert all(s.status == 403 for s in refused)
+        reads = run.requests.of("merchant", merchant=lacking)
+        assert [s.status for s in reads] == [200] * len(refused)
+        assert len(run.requests.of(merchant=lacking)) == 2 * len(refused)
         for export_type in ExportType:
             tally = run.summary.tally(lacking, export_type)
             assert tally.chunks_failed == tally.chunks_planned == 4
@@ -351,7 +355,10 @@ async def test_a_rejected_static_token_flags_the_merchant(tmp_path: Path, clock:
 
         assert run.summary.exit_code == 1
         assert run.summary.refusals == {wrong: "token rejected"}
-        assert 1 <= len(run.requests.of(merchant=wrong)) <= 2
+        creates = run.requests.of("create", merchant=wrong)
+        assert 1 <= len(creates) <= 2
+        # Each 401 on a create is checked with a read of the merchant, refused too.
+        assert len(run.requests.of("merchant", merchant=wrong)) == len(creates)
         assert all(s.status == 401 for s in run.requests.of(merchant=wrong))
         assert scenario.sim.stats.refreshes == 0
         other = "M001TESTSHOP1"
