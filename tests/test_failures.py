@@ -255,10 +255,10 @@ async def test_a_bad_download_is_fetched_again_from_the_same_export(
 
 @pytest.mark.parametrize("status", [403, 404, 410])
 async def test_a_file_host_saying_gone_has_the_chunk_exported_again(
-    tmp_path: Path, clock: FakeClock, status: int
+    tmp_path: Path, clock: FakeClock, log_buffer: io.StringIO, status: int
 ) -> None:
-    """A 403, 404 or 410 from the file host means the files are gone: a new export, not a
-    retry of the old URL."""
+    """A 403, 404 or 410 from the file host means the files are gone: a new export at once
+    (no server failed: no backoff), not a retry of the old URL."""
     faults = Faults()
     faults.script(FaultKind.FILE_EXPIRED_EARLY)
     async with simulated(
@@ -274,6 +274,9 @@ async def test_a_file_host_saying_gone_has_the_chunk_exported_again(
         gone = run.requests.of("file", status=status)
         assert len(gone) == 1
         assert all(s.url != gone[0].url for s in run.requests.of("file", status=200))
+        (line,) = log_events(log_buffer, "export.failed")
+        assert line["wait_s"] == 0
+        assert done.created_at - expired.updated_at < timedelta(seconds=0.5)
 
 
 async def test_files_past_available_until_are_not_fetched_but_exported_again(
