@@ -49,6 +49,7 @@ from harvester.observer import RunObserver
 from harvester.orphans import OrphanHolds
 from harvester.output import ChunkOutput
 from harvester.polling import next_poll_delay, progress_elapsed_s
+from harvester.slots import Slot
 from harvester.state import ChunkRecord, ExportRecord, ExportState, StateStore
 from harvester.summary import Summary
 
@@ -319,33 +320,10 @@ class Harvest:
                         host.gate.closed(exc)
                         self.summary.events["window_503"] += 1
                         log.info("export.window_closed", error=str(exc))
-                    except AnswerLost as exc:
-                        # The export may exist: an orphan holding a server slot for a while.
-                        self._orphans.hold(
-                            host.region.name, host.slots, slot, host.gate.expected_duration_s
-                        )
-                        await asyncio.shield(self._store.note_lost_create(chunk.id))
-                        self.summary.tally(
-                            chunk.merchant_id, ExportType(chunk.type)
-                        ).lost_creates += 1
-                        self.summary.events["lost_create"] += 1
-                        transient_failures += 1
-                        if transient_failures >= self._config.timing.max_attempts:
-                            raise
-                        pause_s = backoff_delay(
-                            transient_failures - 1,
-                            self._config.timing.backoff_base_s,
-                            self._config.timing.backoff_max_s,
-                            self._rng,
-                        )
-                        log.warning(
-                            "export.create_lost",
-                            error=str(exc),
-                            attempt=transient_failures,
-                            wait_s=round(pause_s, 3),
-                            orphans_held=host.slots.orphans,
-                        )
                     except CloverUnavailable as exc:
+                        lost = isinstance(exc, AnswerLost)
+                        if lost:
+                            await self._hold_orphan(host, slot, chunk)
                         transient_failures += 1
                         if transient_failures >= self._config.timing.max_attempts:
                             raise
@@ -356,7 +334,7 @@ class Harvest:
                             self._rng,
                         )
                         log.warning(
-                            "export.create_retry",
+                            "export.create_lost" if lost else "export.create_retry",
                             error=str(exc),
                             attempt=transient_failures,
                             wait_s=round(pause_s, 3),
@@ -383,6 +361,13 @@ class Harvest:
             return await state.client.create_export(ExportType(chunk.type), chunk.range)
         except Unavailable503 as exc:
             raise state.host.gate.classify_503(exc) from exc
+
+    async def _hold_orphan(self, host: Host, slot: Slot, chunk: ChunkRecord) -> None:
+        """A create lost its answer: the export may exist, an orphan holding a server slot."""
+        self._orphans.hold(host.region.name, host.slots, slot, host.gate.expected_duration_s)
+        await asyncio.shield(self._store.note_lost_create(chunk.id))
+        self.summary.tally(chunk.merchant_id, ExportType(chunk.type)).lost_creates += 1
+        self.summary.events["lost_create"] += 1
 
     async def _follow(
         self, state: _Merchant, record: ExportRecord, info: ExportInfo | None, confirming: bool
