@@ -311,8 +311,9 @@ async def download_file(
     """Stream one export file, decoded, into `writer`; return the decoded size.
 
     No credentials: export file URLs are pre-signed and may be on another host. The body
-    may come compressed (see encoding.py): Content-Length is checked against the bytes as
-    sent, and `writer` gets the decoded JSON.
+    may come compressed (see encoding.py), and then Content-Length counts the bytes as sent:
+    aiohttp reads exactly that many, undecoded, and a body that ends sooner is BadFile (cut
+    short); `writer` gets the decoded JSON.
     """
     # A slow but moving body is fine; a body that stops moving is not.
     timeout = aiohttp.ClientTimeout(
@@ -337,10 +338,6 @@ async def download_file(
                 for data in decoder.feed(piece):
                     decoded += len(data)
                     await writer.write(data)
-            announced = response.content_length
-            if announced is not None and decoder.sent_bytes != announced:
-                problem = "truncated" if decoder.sent_bytes < announced else "too long"
-                raise BadFile(f"{problem}: got {decoder.sent_bytes} of {announced} bytes")
             for data in decoder.finish():
                 decoded += len(data)
                 await writer.write(data)

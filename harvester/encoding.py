@@ -1,9 +1,9 @@
 """A file body as the file host sent it (maybe compressed) turned into the bytes we store.
 
 S3 and CDNs serve an object stored compressed with `Content-Encoding: gzip`, whatever the
-client asked for, and then `Content-Length` counts the compressed bytes. So the length is
-checked against the bytes that came over the wire, and the decoded JSON is what is stored
-(and hashed). Decoding streams: one piece in, bounded pieces out, so that a small
+client asked for, and then `Content-Length` counts the compressed bytes. So the body is read
+as sent (its length framed by Content-Length) and decoded here; the decoded JSON is what is
+stored (and hashed). Decoding streams: one piece in, bounded pieces out, so that a small
 compressed body that inflates to gigabytes never sits in memory at once.
 """
 
@@ -25,7 +25,7 @@ _RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
 
 
 class BodyDecoder:
-    """Undoes one response's Content-Encoding, counting the bytes as sent.
+    """Undoes one response's Content-Encoding.
 
     `feed` each piece as it arrives, then `finish`; both yield decoded bytes. BadFile for an
     encoding it does not know or a body that does not decode.
@@ -37,7 +37,6 @@ class BodyDecoder:
         if len(codings) > 1:
             raise BadFile(f"file host used several encodings at once: {content_encoding!r}")
         self.encoding = codings[0] if codings else "identity"
-        self.sent_bytes = 0  # as they came over the wire: what Content-Length counts
         self._inflater: zlib._Decompress | None = None
         self._deflate_pending = b""  # "deflate" is zlib-wrapped or raw: decided on its start
         if self.encoding in ("gzip", "x-gzip"):
@@ -46,7 +45,6 @@ class BodyDecoder:
             raise BadFile(f"file host used an encoding the harvester cannot read: {self.encoding}")
 
     def feed(self, piece: bytes) -> Iterator[bytes]:
-        self.sent_bytes += len(piece)
         if self.encoding == "identity":
             if piece:
                 yield piece
