@@ -38,7 +38,7 @@ soak: install
 # a server that takes 2 exports is kept when the config says 6.
 bench: install
 	$(BIN)/python benchmarks/bench_memory.py
-	$(BIN)/python benchmarks/bench_busy.py
+	$(BIN)/python -m benchmarks.bench_busy
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-output

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,13 +18,14 @@ from aiohttp import web
 from harvester.chunks import ExportType, TimeRange
 from harvester.clover import CloverApi, download_file, parse_export, parse_grant
 from harvester.errors import (
+    AnswerLost,
     BadFile,
     CloverError,
     CloverRefused,
     CloverUnavailable,
+    CreateDenied,
     ExportNotFound,
     FileExpired,
-    PermissionMissing,
     RateLimited,
     TokenRejected,
     Unavailable503,
@@ -32,6 +36,7 @@ from tests.fakeclock import FakeClock
 SPAN = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
 JAN_1 = datetime(2025, 1, 1, tzinfo=UTC)
 JAN_1_MS = 1735689600000
+FILE_BODY = json.dumps({"elements": [{"id": f"O{n}"} for n in range(200)]}).encode()
 
 
 # -- parse_export -------------------------------------------------------------------------
@@ -241,9 +246,9 @@ async def test_create_sends_the_half_open_range_with_the_token(host: Host, api: 
 @pytest.mark.parametrize(
     ("reply", "error", "message"),
     [
-        pytest.param(Reply(403, "no export scope"), PermissionMissing, "no export scope", id="403"),
-        pytest.param(Reply(401, ""), TokenRejected, "401", id="401"),
-        pytest.param(Reply(500, "oops"), CloverUnavailable, "500 oops", id="500"),
+        pytest.param(Reply(403, "no export scope"), CreateDenied, "no export scope", id="403"),
+        pytest.param(Reply(401, ""), CreateDenied, "401", id="401"),
+        pytest.param(Reply(500, "oops"), AnswerLost, "500", id="500"),
         pytest.param(Reply(400, "bad range"), CloverRefused, "400 bad range", id="400"),
         pytest.param(Reply(200, "<html>"), CloverUnavailable, "not JSON", id="not-json"),
         pytest.param(Reply(200, '{"id": "E1"}'), CloverError, "no status", id="no-status"),
@@ -399,6 +404,135 @@ async def test_a_body_cut_short_is_a_bad_file() -> None:
     try:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(BadFile, match="cut short"):
+                await download_file(session, f"http://127.0.0.1:{port}/f", MemoryWriter(), 10.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# -- issue 7: Clover as documented --------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_denied_create_carries_its_status_for_the_merchant_check(
+    host: Host, api: CloverApi, status: int
+) -> None:
+    """401 and 403 to a create are both CreateDenied (token or permission: the merchant
+    client tells which), with the status and Clover's words."""
+    host.reply = Reply(status, "not for you")
+    with pytest.raises(CreateDenied, match="not for you") as raised:
+        await api.create_export("M1", "tok-1", ExportType.PAYMENTS, SPAN)
+    assert raised.value.status == status
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_a_5xx_to_a_create_is_a_lost_answer(host: Host, api: CloverApi, status: int) -> None:
+    """A create answered 5xx (but 503) reached Clover, which may have made the export."""
+    host.reply = Reply(status, "gateway")
+    with pytest.raises(AnswerLost, match=str(status)):
+        await api.create_export("M1", "tok-1", ExportType.PAYMENTS, SPAN)
+
+
+async def test_a_create_that_never_connected_is_not_lost(clock: FakeClock) -> None:
+    """A refused connection sent nothing: CloverUnavailable, but no lost answer."""
+    limiter = RequestLimiter(clock, 100, 10, 100, 10)
+    async with aiohttp.ClientSession() as session:
+        api = CloverApi(session, "http://127.0.0.1:9", limiter, 10.0)
+        with pytest.raises(CloverUnavailable) as raised:
+            await api.create_export("M1", "tok-1", ExportType.PAYMENTS, SPAN)
+    assert not isinstance(raised.value, AnswerLost)
+
+
+async def test_a_create_whose_connection_drops_is_a_lost_answer(clock: FakeClock) -> None:
+    """A POST sent on a connection that then closes without an answer: AnswerLost."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RequestLimiter(clock, 100, 10, 100, 10)
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = CloverApi(session, f"http://127.0.0.1:{port}", limiter, 10.0)
+            with pytest.raises(AnswerLost, match="POST"):
+                await api.create_export("M1", "tok-1", ExportType.PAYMENTS, SPAN)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(("status", "works"), [(200, True), (403, True), (401, False)])
+async def test_the_merchant_read_says_whether_clover_takes_the_token(
+    host: Host, api: CloverApi, status: int, works: bool
+) -> None:
+    """GET /v3/merchants/{mId} with the token: an answer (403 too) means the token is taken,
+    a 401 that it is not."""
+    host.reply = Reply(status, '{"id": "M1"}')
+    assert await api.token_reads_merchant("M1", "tok-1") is works
+    (request,) = host.seen
+    assert (request.method, request.path) == ("GET", "/v3/merchants/M1")
+    assert request.headers["Authorization"] == "Bearer tok-1"
+
+
+async def test_a_merchant_read_refused_otherwise_is_a_refusal(host: Host, api: CloverApi) -> None:
+    """A 404 to the merchant read is CloverRefused, naming what was asked."""
+    host.reply = Reply(404, "no such merchant")
+    with pytest.raises(CloverRefused, match="read merchant M1"):
+        await api.token_reads_merchant("M1", "tok-1")
+
+
+async def test_rate_limit_headers_are_read_in_any_case(host: Host, api: CloverApi) -> None:
+    """Lower-case retry-after and x-ratelimit-* names (as over HTTP/2) are read all the same."""
+    host.reply = Reply(429, "", {"retry-after": "7", "x-ratelimit-crosstokenlimit": "50"})
+    with pytest.raises(RateLimited) as raised:
+        await api.get_export("M1", "tok-1", "E1")
+    assert (raised.value.scope, raised.value.retry_after_s) == ("app", 7.0)
+
+
+async def serve_once(head: bytes, body: bytes) -> tuple[asyncio.Server, list[bytes]]:
+    """A raw HTTP server answering every request with `head` (a Content-Length is added)."""
+    requests: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        length = f"Content-Length: {len(body)}\r\n\r\n".encode()
+        writer.write(b"HTTP/1.1 200 OK\r\n" + head + length + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0), requests
+
+
+@pytest.mark.parametrize(
+    ("encoding", "packed"),
+    [("gzip", gzip.compress(FILE_BODY)), ("deflate", zlib.compress(FILE_BODY))],
+)
+async def test_a_compressed_file_is_written_decoded(encoding: str, packed: bytes) -> None:
+    """A file sent compressed (Content-Length counting the compressed bytes) lands decoded in
+    the writer, and its decoded size comes back; the download said what it can read."""
+    server, requests = await serve_once(f"Content-Encoding: {encoding}\r\n".encode(), packed)
+    port = server.sockets[0].getsockname()[1]
+    writer = MemoryWriter()
+    try:
+        async with aiohttp.ClientSession() as session:
+            size = await download_file(session, f"http://127.0.0.1:{port}/f", writer, 10.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert bytes(writer.data) == FILE_BODY
+    assert size == len(FILE_BODY) != len(packed)
+    assert b"accept-encoding: gzip, deflate" in requests[0].lower()
+
+
+async def test_a_file_in_an_unknown_encoding_is_a_bad_file() -> None:
+    """A Content-Encoding the harvester cannot read is BadFile, naming it."""
+    server, _ = await serve_once(b"Content-Encoding: br\r\n", b"\x1b\x00")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(BadFile, match="br"):
                 await download_file(session, f"http://127.0.0.1:{port}/f", MemoryWriter(), 10.0)
     finally:
         server.close()
