@@ -46,8 +46,7 @@ class BodyDecoder:
 
     def feed(self, piece: bytes) -> Iterator[bytes]:
         if self.encoding == "identity":
-            if piece:
-                yield piece
+            yield piece
             return
         if self.encoding == "deflate" and self._inflater is None:
             self._deflate_pending += piece
@@ -64,12 +63,7 @@ class BodyDecoder:
             yield from self._inflate(self._start_deflate())
         if self._inflater is None:  # nothing was sent
             return
-        try:
-            tail = self._inflater.flush()
-        except zlib.error as exc:
-            raise BadFile(f"{self.encoding} body does not decode: {exc}") from None
-        if tail:
-            yield tail
+        yield self._inflater.flush()  # what it held back, if anything
         if not self._inflater.eof:
             raise BadFile(f"{self.encoding} body cut short")
         if self._inflater.unused_data:

@@ -84,6 +84,14 @@ def test_a_body_that_does_not_decode_is_a_bad_file(
         decode(encoding, sent, 4096)
 
 
+def test_data_after_the_end_in_a_later_piece_is_a_bad_file() -> None:
+    """Bytes that come after a complete gzip body, in a piece of their own, are refused."""
+    decoder = BodyDecoder("gzip")
+    assert b"".join(decoder.feed(gzip.compress(PLAIN))) == PLAIN
+    with pytest.raises(BadFile, match="after its end"):
+        list(decoder.feed(b"more"))
+
+
 def test_an_empty_body_decodes_to_nothing() -> None:
     """No bytes sent, none stored: the file check then says an empty body is no JSON."""
     for encoding in (None, "deflate"):

@@ -6,10 +6,12 @@ client over loopback, gets everything exactly once whichever way it is played.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import random
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,9 +19,9 @@ import aiohttp
 import pytest
 
 from harvester.chunks import ExportType, TimeRange, split
-from harvester.clover import CloverApi
+from harvester.clover import CloverApi, TokenGrant
 from harvester.config import Timing
-from harvester.errors import PermissionMissing, TokenRejected
+from harvester.errors import AnswerLost, CloverUnavailable, PermissionMissing, TokenRejected
 from harvester.gate import UNKNOWN_DURATION_S
 from harvester.merchant import MerchantClient
 from harvester.ratelimit import RequestLimiter
@@ -30,7 +32,7 @@ from harvester.simulator.faults import FaultKind
 from harvester.state import ChunkStatus
 from harvester.status import build_status, render_status, status_as_json
 from harvester.store import Store, read_snapshot
-from harvester.tokens import RefreshingToken
+from harvester.tokens import RefreshingToken, StaticToken
 from tests.conftest import DATA_START, Scenario, merchant_ids, new_token, sim_settings
 from tests.fakeclock import FakeClock
 from tests.harness import assert_exactly_once, harvest, log_events, simulated
@@ -244,6 +246,15 @@ async def test_an_orphan_is_held_as_long_as_exports_are_seen_to_take(
 # -- a create refused with 401 or 403 --------------------------------------------------------
 
 
+def refreshing_tokens(
+    api: CloverApi, store: Store, clock: FakeClock, merchant_id: str, refresh_token: str
+) -> RefreshingToken:
+    async def refresher(token: str) -> TokenGrant:
+        return await api.refresh(merchant_id, CLIENT_ID, token)
+
+    return RefreshingToken(merchant_id, refresh_token, refresher, store, clock, 300.0)
+
+
 @pytest.mark.parametrize("status", PERMISSION_STATUSES)
 @pytest.mark.parametrize("kind", ["static", "refreshing"])
 async def test_a_missing_export_permission_is_told_from_a_rejected_token(
@@ -307,10 +318,7 @@ async def test_a_denied_create_spends_at_most_one_refresh_per_run(
     ):
         limiter = RequestLimiter(clock, 16, 5, 50, 10)
         api = CloverApi(session, sim.api_url, limiter, 10.0)
-        tokens = RefreshingToken(
-            merchant_id, refresh_token, lambda r: api.refresh(merchant_id, CLIENT_ID, r), store,
-            clock, 300.0,
-        )  # fmt: skip
+        tokens = refreshing_tokens(api, store, clock, merchant_id, refresh_token)
         client = MerchantClient(
             merchant_id, api, tokens, limiter, Timing(), clock, random.Random(7)
         )
@@ -343,10 +351,7 @@ async def test_a_permission_answer_never_costs_a_refresh(tmp_path: Path, clock: 
     ):
         limiter = RequestLimiter(clock, 16, 5, 50, 10)
         api = CloverApi(session, sim.api_url, limiter, 10.0)
-        tokens = RefreshingToken(
-            merchant_id, refresh_token, lambda r: api.refresh(merchant_id, CLIENT_ID, r), store,
-            clock, 300.0,
-        )  # fmt: skip
+        tokens = refreshing_tokens(api, store, clock, merchant_id, refresh_token)
         client = MerchantClient(
             merchant_id, api, tokens, limiter, Timing(), clock, random.Random(7)
         )
@@ -402,3 +407,34 @@ async def test_the_harvester_sends_its_token_in_the_bearer_header_only(
         assert all(token not in s.url and "access_token" not in s.url for s in run.requests.sent)
         assert all(s.url.endswith("/exports") for s in run.requests.of("create"))
         assert scenario.sim.stats.sample_requests == {}
+
+
+async def test_a_lost_answer_to_the_merchant_read_is_no_lost_create(clock: FakeClock) -> None:
+    """A create denied, then the merchant read loses its answer: a plain transient failure
+    (a read creates nothing), never counted as a lost create."""
+
+    async def deny_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"POST"):
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            assert length is not None
+            await reader.readexactly(int(length.group(1)))
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(deny_then_hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RequestLimiter(clock, 16, 5, 50, 10)
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = CloverApi(session, f"http://127.0.0.1:{port}", limiter, 10.0)
+            client = MerchantClient(
+                "M1", api, StaticToken("tok-1"), limiter, Timing(), clock, random.Random(7)
+            )
+            with pytest.raises(CloverUnavailable, match="/v3/merchants/M1") as raised:
+                await client.create_export(ExportType.PAYMENTS, MONTH)
+        assert not isinstance(raised.value, AnswerLost)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -105,9 +105,18 @@ async def test_a_first_version_store_gains_the_lost_create_count(
 ) -> None:
     """A store written before lost creates were counted opens with its chunks at 0 of them,
     and counts them from then on."""
-    async with await Store.open(db_path, clock, MIGRATIONS[:1]) as first:
-        await add_one(first)
+    async with await Store.open(db_path, clock, MIGRATIONS[:1]):
+        pass
     assert user_version(db_path) == 1
+    # Written as the first schema knew chunks (this harvester's reads need the new column).
+    connection = sqlite3.connect(db_path)
+    with connection:
+        connection.execute(
+            "INSERT INTO chunks (merchant_id, type, start_ms, end_ms, status, updated_at_ms)"
+            " VALUES (?, 'PAYMENTS', ?, ?, 'pending', 0)",
+            (MERCHANT, JANUARY.start_ms, JANUARY.end_ms),
+        )
+    connection.close()
     async with await Store.open(db_path, clock) as store:
         [chunk] = await store.chunks()
         assert chunk.lost_creates == 0
