@@ -349,6 +349,12 @@ def test_an_empty_chunk_says_why_and_older_manifests_still_read() -> None:
         ' "parts": [{"file": "x.json", "url_index": 0, "size": 1, "sha256": "", "objects": 1}]}',
         '{"merchant_id": "M", "type": "ORDERS", "range": {"start_ms": 0, "end_ms": 1},'
         ' "export_id": "E", "harvested_at": "2025-01-01T00:00:00", "parts": []}',
+        '{"merchant_id": "M", "type": "ORDERS", "range": {"start_ms": 0, "end_ms": 1},'
+        ' "export_id": "E", "harvested_at": "2025-01-01T00:00:00Z", "parts": [],'
+        ' "empty_reason": 0}',
+        '{"merchant_id": "M", "type": "ORDERS", "range": {"start_ms": 0, "end_ms": 1},'
+        ' "export_id": "E", "harvested_at": "2025-01-01T00:00:00Z", "parts": [],'
+        ' "empty_reason": "bored"}',
     ],
 )
 def test_a_malformed_manifest_is_a_value_error(text: str) -> None:
