@@ -368,6 +368,7 @@ class Harvest:
         await asyncio.shield(self._store.note_lost_create(chunk.id))
         self.summary.tally(chunk.merchant_id, ExportType(chunk.type)).lost_creates += 1
         self.summary.events["lost_create"] += 1
+        self._observer.lost_create(host.region.name)
 
     async def _follow(
         self, state: _Merchant, record: ExportRecord, info: ExportInfo | None, confirming: bool

@@ -96,6 +96,8 @@ class Summary:
             "parts": sum(t.parts for t in tallies),
             "bytes": sum(t.bytes for t in tallies),
             "exports_created": sum(t.exports_created for t in tallies),
+            "chunks_empty": sum(t.chunks_empty for t in tallies),
+            "lost_creates": self.orphans,
             "merchants_refused": len(self.refusals),
             "events": dict(self.events),
         }

@@ -98,6 +98,20 @@ async def test_busy_and_rate_limited_answers_are_counted(
     assert value(text, "harvester_rate_limited_total", region="local", scope="token") == 3
 
 
+async def test_lost_creates_are_counted(scenario: Scenario, clock: FakeClock) -> None:
+    """Creates whose answer was lost (the export made all the same) are counted per region,
+    as the summary counts them."""
+    scenario.sim.faults.script("create_lost", 2)
+    config = scenario.config()
+    metrics = Metrics(clock)
+    summary = await commands.backfill(
+        config, select(config, [], []), FULL, clock, asyncio.Event(), observer=metrics
+    )
+    text = metrics.exposition().decode()
+    assert summary.orphans == summary.totals()["lost_creates"] == 2
+    assert value(text, "harvester_lost_creates_total", region="local") == 2
+
+
 async def test_run_gauges_and_failures(clock: FakeClock) -> None:
     """A run moves in-progress, pending and last-success; failed chunks count and leave pending."""
     metrics = Metrics(clock)
