@@ -18,7 +18,6 @@ from harvester.estimate import Estimate, estimate
 from harvester.hosts import HostFactories, Hosts
 from harvester.logs import get_logger
 from harvester.observer import RunObserver
-from harvester.output import recover
 from harvester.planning import (
     Selection,
     lookback_range,
@@ -30,6 +29,7 @@ from harvester.scheduler import Harvest, MerchantWork
 from harvester.state import ChunkRecord, ChunkStatus, Snapshot, StateStore
 from harvester.store import Store, read_export_durations, read_snapshot
 from harvester.summary import Summary
+from harvester.target import Output, open_output
 
 USER_AGENT = "clover-harvester/0.1"
 
@@ -103,12 +103,12 @@ async def backfill(
     factories: HostFactories | None = None,
     observer: RunObserver | None = None,
 ) -> Summary:
-    async with await open_store(config, clock) as store:
+    async with open_output(config) as output, await open_store(config, output, clock) as store:
         work = [
             MerchantWork(s.merchant, tuple(await due_chunks(store, config, s, requested)))
             for s in selections
         ]
-        return await _harvest(config, store, work, clock, stop, factories, observer)
+        return await _harvest(config, store, output, work, clock, stop, factories, observer)
 
 
 async def nightly(
@@ -123,7 +123,7 @@ async def nightly(
     """`harvester run`: everything up to the start of today, then the lookback re-harvest."""
     today = start_of_utc_day(clock.now())
     lookback = lookback_range(today, config.lookback_days)
-    async with await open_store(config, clock) as store:
+    async with open_output(config) as output, await open_store(config, output, clock) as store:
         work = []
         for selection in selections:
             chunks: list[ChunkRecord] = []
@@ -136,7 +136,7 @@ async def nightly(
                 if lookback is not None:
                     chunks += await _reharvest(store, selection, export_type, lookback, chunks)
             work.append(MerchantWork(selection.merchant, tuple(chunks)))
-        return await _harvest(config, store, work, clock, stop, factories, observer)
+        return await _harvest(config, store, output, work, clock, stop, factories, observer)
 
 
 async def due_chunks(
@@ -174,23 +174,22 @@ async def _reharvest(
     ]
 
 
-async def open_store(config: Config, clock: Clock) -> StateStore:
-    """Open the store and tidy the output folder from whatever a dead run left behind."""
+async def open_store(config: Config, output: Output, clock: Clock) -> StateStore:
+    """Open the store and tidy the output from whatever a dead run left behind."""
     store = await Store.open(config.state_path, clock)
     await store.start_run()
     downloading = await store.chunks(statuses=[ChunkStatus.DOWNLOADING])
     keep = {(c.merchant_id, c.type.folder, c.range.name) for c in downloading}
-    tidied = await asyncio.to_thread(
-        recover, config.output_dir, lambda merchant, folder, name: (merchant, folder, name) in keep
-    )
+    tidied = await output.recover(lambda merchant, folder, name: (merchant, folder, name) in keep)
     if tidied:
-        get_logger().info("output.recovered", paths=[str(path) for path in tidied])
+        get_logger().info("output.recovered", paths=tidied)
     return store
 
 
 def build_harvest(
     config: Config,
     store: StateStore,
+    output: Output,
     session: aiohttp.ClientSession,
     clock: Clock,
     stop: asyncio.Event,
@@ -203,12 +202,13 @@ def build_harvest(
     downloader = Downloader(
         session, store, clock, config.timing, config.max_concurrent_downloads, rng
     )
-    return Harvest(config, store, hosts, downloader, clock, stop, rng, observer), hosts
+    return Harvest(config, store, hosts, downloader, output, clock, stop, rng, observer), hosts
 
 
 async def _harvest(
     config: Config,
     store: StateStore,
+    output: Output,
     work: Sequence[MerchantWork],
     clock: Clock,
     stop: asyncio.Event,
@@ -224,7 +224,7 @@ async def _harvest(
         connector=aiohttp.TCPConnector(limit=64),
     ) as session:
         harvest, _ = build_harvest(
-            config, store, session, clock, stop, random.Random(), factories, observer
+            config, store, output, session, clock, stop, random.Random(), factories, observer
         )
         summary = await harvest.run(work)
     # Totals only: the per-merchant tallies are the summary on stdout (1 MB at 1,000 merchants).

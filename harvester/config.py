@@ -118,9 +118,31 @@ class Schedule:
 
 
 @dataclass(frozen=True, slots=True)
+class Bucket:
+    """Where `output_url: s3://BUCKET/PREFIX` lands the output, and how to reach it.
+
+    Without credentials here the provider's standard chain applies (environment, profile,
+    instance role). The three secrets never show in a repr.
+    """
+
+    url: str  # as checked: s3://bucket or s3://bucket/prefix, never a secret
+    name: str
+    prefix: str  # "" or path segments joined by "/", no leading or trailing slash
+    endpoint_url: str | None  # an S3-compatible server; None: AWS for `region`
+    region: str | None
+    access_key_id: Secret | None
+    secret_access_key: Secret | None
+    session_token: Secret | None
+    part_size_mib: int = 8  # multipart upload above this size, in parts of this size
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # the config file, absolute
-    output_dir: Path  # absolute; relative YAML paths resolve against the config file's folder
+    # Exactly one of the two: a folder (absolute; relative YAML paths resolve against the
+    # config file's folder), or a bucket.
+    output_dir: Path | None
+    bucket: Bucket | None
     state_path: Path  # absolute, same rule
     chunk_days: int
     timing: Timing
@@ -138,6 +160,8 @@ class Config:
 
 _TOP_KEYS = (
     "output_dir",
+    "output_url",
+    "object_store",
     "state_path",
     "chunk_days",
     "timing",
@@ -157,6 +181,18 @@ _SCHEDULE_KEYS = ("daily_at",)
 _TIMING_KEYS = tuple(item.name for item in fields(Timing))
 _RATE_LIMIT_KEYS = tuple(item.name for item in fields(RateLimits))
 _REGION_KEYS = ("base_url", "windows", "max_concurrent_exports", "client_id", "rate_limits")
+_OBJECT_STORE_KEYS = (
+    "endpoint_url",
+    "region",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "part_size_mib",
+)
+# S3's rule for bucket names, less the dots (which break virtual-host addressing over TLS).
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+_MIN_PART_MIB = 5  # S3 refuses smaller multipart parts (but the last)
+_MAX_PART_MIB = 5 * 1024
 _MERCHANT_KEYS = ("id", "region", "token", "refresh_token", "client_id", "types", "start")
 
 
@@ -170,9 +206,11 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     config_path = path.resolve()
     folder = config_path.parent
     regions = _read_regions(top)
+    output_dir, bucket = _read_output(top, folder)
     return Config(
         path=config_path,
-        output_dir=_path(top.env_text("output_dir") or "data", folder),
+        output_dir=output_dir,
+        bucket=bucket,
         state_path=_path(top.env_text("state_path") or "state/harvester.sqlite3", folder),
         chunk_days=top.whole("chunk_days", 30, minimum=1, maximum=MAX_CHUNK_DAYS),
         timing=_read_timing(top.section("timing", _TIMING_KEYS)),
@@ -457,6 +495,73 @@ class _Section:
         return number
 
 
+def _read_output(top: _Section, folder: Path) -> tuple[Path | None, Bucket | None]:
+    """(output_dir, None) or (None, bucket): exactly one of `output_dir` and `output_url`."""
+    if top.has("output_url"):
+        if top.has("output_dir"):
+            raise ConfigError(
+                "output_dir, output_url: give one of the two (a folder or a bucket), not both"
+            )
+        return None, _read_bucket(top)
+    if top.has("object_store"):
+        raise ConfigError("object_store: only used with output_url: s3://BUCKET/PREFIX")
+    return _path(top.env_text("output_dir") or "data", folder), None
+
+
+def _read_bucket(top: _Section) -> Bucket:
+    where = "output_url"
+    text = top.env_text(where) or ""
+    # Messages show the URL as written: what ${VAR} filled in stays out of them.
+    shown = repr(top.get(where))
+    scheme, found, rest = text.strip().partition("://")
+    if not found or scheme.lower() != "s3":
+        raise ConfigError(f"{where}: expected s3://BUCKET or s3://BUCKET/PREFIX, got {shown}")
+    name, _, prefix = rest.partition("/")
+    if not _BUCKET_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: {name!r} is not a bucket name (3 to 63 lowercase letters, digits "
+            f"and '-', starting and ending with a letter or digit)"
+        )
+    prefix = prefix.strip("/")
+    for segment in prefix.split("/") if prefix else []:
+        if not segment or segment.startswith(".") or any(c in segment for c in "*?[]\\"):
+            raise ConfigError(
+                f"{where}: the prefix {prefix!r} has an empty, hidden ('.') or wildcard "
+                f"segment {segment!r}"
+            )
+    section = top.section("object_store", _OBJECT_STORE_KEYS)
+    access_key_id = section.secret("access_key_id")
+    secret_access_key = section.secret("secret_access_key")
+    session_token = section.secret("session_token")
+    if (access_key_id is None) != (secret_access_key is None):
+        missing = "secret_access_key" if secret_access_key is None else "access_key_id"
+        raise ConfigError(
+            f"{section.path(missing)}: required with "
+            f"{'access_key_id' if missing == 'secret_access_key' else 'secret_access_key'} "
+            f"(or give neither, for the provider's standard credential chain)"
+        )
+    if session_token is not None and access_key_id is None:
+        raise ConfigError(
+            f"{section.path('session_token')}: only with access_key_id and secret_access_key"
+        )
+    region = section.env_text("region")
+    if region is not None and not _REGION_NAME.fullmatch(region.strip()):
+        raise ConfigError(f"{section.path('region')}: not a region name like us-east-1")
+    return Bucket(
+        url=f"s3://{name}/{prefix}" if prefix else f"s3://{name}",
+        name=name,
+        prefix=prefix,
+        endpoint_url=_base_url(section, "endpoint_url"),
+        region=region.strip() if region is not None else None,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        session_token=session_token,
+        part_size_mib=section.whole(
+            "part_size_mib", 8, minimum=_MIN_PART_MIB, maximum=_MAX_PART_MIB
+        ),
+    )
+
+
 def _read_timing(section: _Section) -> Timing:
     defaults = Timing()
     seconds = section.duration
@@ -509,7 +614,7 @@ def _read_regions(top: _Section) -> dict[str, Region]:
 
 def _read_region(name: str, section: _Section, regions: Mapping[str, Region]) -> Region:
     """Region `name` with the keys in `section` changed; a new region needs a base_url."""
-    base_url = _base_url(section)
+    base_url = _base_url(section, "base_url")
     base = regions.get(name)
     if base is None:
         if base_url is None:
@@ -548,14 +653,15 @@ def _read_region(name: str, section: _Section, regions: Mapping[str, Region]) ->
     )
 
 
-def _base_url(section: _Section) -> str | None:
-    """The region's base_url checked, without its trailing slash; None if not given."""
-    where = section.path("base_url")
-    text = section.env_text("base_url")
+def _base_url(section: _Section, key: str) -> str | None:
+    """A server's URL (a region's base_url, say) checked, without its trailing slash; None
+    if not given."""
+    where = section.path(key)
+    text = section.env_text(key)
     if text is None:
         return None
     # Messages show the URL as written: what ${VAR} filled in stays out of them.
-    shown = repr(section.get("base_url"))
+    shown = repr(section.get(key))
     try:
         parts = urlsplit(text.strip())
         host = parts.hostname

@@ -18,8 +18,9 @@ from harvester.clover import download_file
 from harvester.config import Timing
 from harvester.errors import BadFile, CloverUnavailable, FileExpired, HarvesterError
 from harvester.logs import get_logger
-from harvester.output import ChunkOutput, EmptyReason, Manifest, PartInfo
+from harvester.output import EmptyReason, Manifest, PartInfo
 from harvester.state import ChunkRecord, ExportRecord, PartRecord, StateStore
+from harvester.target import ChunkTarget
 
 
 class Downloader:
@@ -42,10 +43,10 @@ class Downloader:
         self._rng = rng
 
     async def publish_chunk(
-        self, output: ChunkOutput, chunk: ChunkRecord, export: ExportRecord
+        self, output: ChunkTarget, chunk: ChunkRecord, export: ExportRecord
     ) -> Manifest:
         """Save every part not saved yet, then swap the chunk's folder into place."""
-        published = await asyncio.to_thread(output.published_manifest)
+        published = await output.published_manifest()
         recorded = {part.index: part for part in await self._store.parts(export.id)}
         if published is not None and published.export_id == export.id:
             # The folder went into place before a crash kept the store from hearing of it.
@@ -86,8 +87,7 @@ class Downloader:
             parts=parts,
             empty_reason=empty_reason,
         )
-        await output.publish(manifest)
-        return manifest
+        return await output.publish(manifest)
 
     def _check_available(self, export: ExportRecord) -> None:
         if export.available_until is not None and self._clock.now() >= export.available_until:
@@ -96,7 +96,7 @@ class Downloader:
             )
 
     async def _fetch_part(
-        self, output: ChunkOutput, export: ExportRecord, url_index: int
+        self, output: ChunkTarget, export: ExportRecord, url_index: int
     ) -> PartInfo:
         index = url_index + 1
         failures = 0

@@ -108,3 +108,7 @@ class BadFile(DownloadError):
 
 class FileExpired(DownloadError):
     """The file host answered 403/404/410, or availableUntil has passed: export again."""
+
+
+class OutputError(HarvesterError):
+    """The output (the folder or the bucket) could not be read or written."""

@@ -7,10 +7,13 @@ stays flat however large the files grow.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
+import queue
+import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from harvester.errors import BadFile
 
@@ -21,6 +24,10 @@ READ_BYTES = 256 * 1024
 MAX_VALUE_CHARS = 16 * 1024 * 1024
 _WHITESPACE = " \t\n\r"
 _decoder = json.JSONDecoder()
+
+
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
 
 
 def count_elements(
@@ -34,10 +41,95 @@ def count_elements(
         return _Reader(file, read_bytes, max_value_chars).document()
 
 
+class StreamCheck:
+    """count_elements for a file that is never on disk: fed piece by piece as it streams.
+
+    The check runs in a thread of its own (not the event loop's shared pool: one waits per
+    part being downloaded), reading the pieces from a short queue, so memory stays at a few
+    pieces however large the file. Call `finish` for the count, or `abandon`.
+    """
+
+    _QUEUED_PIECES = 8
+
+    def __init__(self) -> None:
+        self._pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=self._QUEUED_PIECES)
+        self._count: int | None = None
+        self._error: BaseException | None = None
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="export-file-check", daemon=True)
+        self._thread.start()
+
+    async def feed(self, data: bytes) -> None:
+        """Pass the next piece of the file to the check (waits while the queue is full)."""
+        if self._ended:
+            raise RuntimeError("feed after finish or abandon")
+        if data:
+            await self._put(data)
+
+    async def finish(self) -> int:
+        """The file's element count; BadFile if it breaks Clover's format."""
+        await self._end()
+        if self._error is not None:
+            raise self._error
+        if self._count is None:  # pragma: no cover -- _run always sets one or the other
+            raise RuntimeError("the check ended without a result")
+        return self._count
+
+    async def abandon(self) -> None:
+        """Stop the check without a result."""
+        await self._end()
+
+    async def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            await self._put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    async def _put(self, item: bytes | None) -> None:
+        try:
+            self._pieces.put_nowait(item)
+        except queue.Full:
+            # The thread always drains the queue (reading, or discarding after an error).
+            await asyncio.to_thread(self._pieces.put, item)
+
+    def _run(self) -> None:
+        source = _QueueFile(self._pieces)
+        try:
+            self._count = _Reader(source, READ_BYTES, MAX_VALUE_CHARS).document()
+        except BaseException as exc:  # handed to `finish`, which raises it in the loop
+            self._error = exc
+        finally:
+            source.drain()
+
+
+class _QueueFile:
+    """A read-only binary file over a queue of pieces; None in the queue is its end."""
+
+    def __init__(self, pieces: queue.Queue[bytes | None]) -> None:
+        self._pieces = pieces
+        self._at_end = False
+
+    def read(self, size: int, /) -> bytes:
+        # Any length up to `size` will do: the reader only needs "nothing" to mean the end.
+        if self._at_end:
+            return b""
+        piece = self._pieces.get()
+        if piece is None:
+            self._at_end = True
+            return b""
+        return piece
+
+    def drain(self) -> None:
+        while not self._at_end:
+            self.read(0)
+
+
 class _Reader:
     """UTF-8 text of a file through a window that only ever holds the value being read."""
 
-    def __init__(self, file: BinaryIO, read_bytes: int, max_value_chars: int) -> None:
+    def __init__(
+        self, file: BinaryIO | _Readable, read_bytes: int, max_value_chars: int
+    ) -> None:
         self._file = file
         self._read_bytes = read_bytes
         self._max_value_chars = max_value_chars

@@ -178,6 +178,13 @@ def _parse_iso(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+def check_folder_name(merchant_id: str) -> None:
+    """ValueError unless the merchant id can name a folder (or a key's segment) safely."""
+    # It must not climb out of the output, nor hide among the harvester's own names.
+    if merchant_id in {"", ".", ".."} or merchant_id.startswith(".") or "/" in merchant_id:
+        raise ValueError(f"merchant id {merchant_id!r} cannot be a folder name")
+
+
 class PartWriter:
     """One part being downloaded into its hidden temp file, hashed as it streams.
 
@@ -279,9 +286,7 @@ class ChunkOutput:
     ) -> None:
         """`rename` is renameat2(2) and `opener` opens part files (as `open`'s opener):
         tests pass their own to see what the folder does when the system misbehaves."""
-        # The merchant id becomes a folder name: it must not climb out of output_dir.
-        if merchant_id in {"", ".", ".."} or merchant_id.startswith(".") or "/" in merchant_id:
-            raise ValueError(f"merchant id {merchant_id!r} cannot be a folder name")
+        check_folder_name(merchant_id)
         self.output_dir = output_dir
         self.merchant_id = merchant_id
         self.type = type
@@ -325,11 +330,11 @@ class ChunkOutput:
         digest = await asyncio.to_thread(_sha256_of, self.staging_dir / self.part_name(index))
         return digest is not None and digest == expected_sha256
 
-    async def publish(self, manifest: Manifest) -> None:
+    async def publish(self, manifest: Manifest) -> Manifest:
         """Put the staged chunk in place with its manifest, replacing any earlier harvest.
 
         The staging folder ends up holding exactly the manifest's parts; BadFile if one of
-        them is missing or of another size (download it again).
+        them is missing or of another size (download it again). Returns `manifest`.
         """
         if (manifest.merchant_id, manifest.type, manifest.range) != (
             self.merchant_id,
@@ -338,13 +343,17 @@ class ChunkOutput:
         ):
             raise ValueError(f"the manifest of {manifest.range} does not belong to {self!r}")
         await asyncio.to_thread(self._publish, manifest)
+        return manifest
 
     async def discard_staging(self) -> None:
         """Delete the staging folder and whatever it holds."""
         await asyncio.to_thread(_remove_tree, self.staging_dir)
 
-    def published_manifest(self) -> Manifest | None:
+    async def published_manifest(self) -> Manifest | None:
         """The manifest of the chunk folder in place, or None if there is none to trust."""
+        return await asyncio.to_thread(self._published_manifest)
+
+    def _published_manifest(self) -> Manifest | None:
         try:
             text = (self.final_dir / MANIFEST_NAME).read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -395,6 +404,24 @@ class ChunkOutput:
             # old folder back if a crash falls there.
             os.rename(self.final_dir, self._old_dir)
             os.rename(self.staging_dir, self.final_dir)
+
+
+class FolderOutput:
+    """The output folder as the harvest sees it (harvester/target.py's Output)."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+
+    def __repr__(self) -> str:
+        return f"FolderOutput({str(self.output_dir)!r})"
+
+    def chunk(self, merchant_id: str, type: ExportType, range: TimeRange) -> ChunkOutput:
+        return ChunkOutput(self.output_dir, merchant_id, type, range)
+
+    async def recover(self, keep_staging: Callable[[str, str, str], bool]) -> list[str]:
+        """`recover` below, in a worker thread; the paths touched, as text."""
+        touched = await asyncio.to_thread(recover, self.output_dir, keep_staging)
+        return [str(path) for path in touched]
 
 
 def _sha256_of(path: Path) -> str | None:

@@ -47,11 +47,11 @@ from harvester.logs import get_logger
 from harvester.merchant import MerchantClient
 from harvester.observer import RunObserver
 from harvester.orphans import OrphanHolds
-from harvester.output import ChunkOutput
 from harvester.polling import next_poll_delay, progress_elapsed_s
 from harvester.slots import Slot
 from harvester.state import ChunkRecord, ExportRecord, ExportState, StateStore
 from harvester.summary import Summary
+from harvester.target import ChunkTarget, Output
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,7 @@ class Harvest:
         store: StateStore,
         hosts: Hosts,
         downloader: Downloader,
+        destination: Output,
         clock: Clock,
         stop: asyncio.Event,
         rng: random.Random | None = None,
@@ -100,6 +101,7 @@ class Harvest:
         self._store = store
         self._hosts = hosts
         self._downloader = downloader
+        self._destination = destination  # the folder or the bucket: chunks land there alike
         self._clock = clock
         self._stop = stop
         self._rng = rng or random.Random()
@@ -254,10 +256,8 @@ class Harvest:
             failed_exports - 1, timing.backoff_base_s, timing.export_cooldown_s, self._rng
         )
 
-    def _output(self, chunk: ChunkRecord) -> ChunkOutput:
-        return ChunkOutput(
-            self._config.output_dir, chunk.merchant_id, ExportType(chunk.type), chunk.range
-        )
+    def _output(self, chunk: ChunkRecord) -> ChunkTarget:
+        return self._destination.chunk(chunk.merchant_id, ExportType(chunk.type), chunk.range)
 
     async def _refuse(
         self, state: _Merchant, chunk: ChunkRecord, why: str, exc: HarvesterError

@@ -20,6 +20,9 @@ from harvester.config import Config, load_config
 from harvester.logs import configure_logging
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from tests.fakeclock import FakeClock
+from tests.seaweed import SeaweedFS, seaweedfs
+
+BUCKET = "harvest"  # every bucket test works under a prefix of its own in this one bucket
 
 # Virtual "now" for in-process tests: well after the data, in no particular window.
 NOW = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
@@ -117,6 +120,8 @@ class Scenario:
             ],
             **self.top,
         }
+        if "output_url" in self.top:
+            del document["output_dir"]
         path = self.tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
@@ -132,6 +137,14 @@ async def scenario(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Scenario]:
     accounts = {m: Account(token=t) for m, t in tokens.items()}
     async with Simulator(sim_settings(accounts), clock, Faults()) as sim:
         yield Scenario(tmp_path, sim, tokens)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 server (SeaweedFS) on loopback for the session, with the bucket BUCKET."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
 
 
 def harvested(output_dir: Path, merchant_id: str, folder: str) -> list[dict[str, Any]]:

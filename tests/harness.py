@@ -33,6 +33,7 @@ from harvester.simulator import Account, Faults, Simulator
 from harvester.slots import ExportSlots
 from harvester.state import ExportRecord
 from harvester.summary import Summary
+from harvester.target import open_output
 from harvester.windows import WindowTable
 from tests.conftest import (
     DATA_END,
@@ -162,7 +163,10 @@ async def harvest(
     """
     config = scenario.config()
     requests = requests if requests is not None else Requests(clock)
-    async with await commands.open_store(config, clock) as store:
+    async with (
+        open_output(config) as output,
+        await commands.open_store(config, output, clock) as store,
+    ):
         work = [
             MerchantWork(s.merchant, tuple(await commands.due_chunks(store, config, s, requested)))
             for s in select(config, [], [])
@@ -171,6 +175,7 @@ async def harvest(
             runner, hosts = commands.build_harvest(
                 config,
                 store,
+                output,
                 session,
                 clock,
                 stop or asyncio.Event(),

@@ -13,6 +13,7 @@ import aiohttp
 
 from harvester import commands
 from harvester.chunks import ExportType, TimeRange
+from harvester.output import FolderOutput
 from harvester.planning import select
 from harvester.scheduler import MerchantWork
 from harvester.simulator import Account, Faults, Simulator
@@ -138,8 +139,9 @@ async def test_slots_go_round_robin_across_merchants(scenario: Scenario, clock: 
             for m, chunks in zip((first, second), singles, strict=True)
         ]
         async with aiohttp.ClientSession() as session:
+            output = FolderOutput(scenario.output_dir)
             harvest, _ = commands.build_harvest(
-                config, store, session, clock, asyncio.Event(), random.Random()
+                config, store, output, session, clock, asyncio.Event(), random.Random()
             )
             summary = await harvest.run(work)
         assert summary.exit_code == 0
