@@ -8,6 +8,9 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from harvester.bucket import BucketChunk, BucketOutput, open_bucket
 from harvester.chunks import ExportType, TimeRange
-from harvester.clock import FakeClock
+from harvester.clock import FakeClock, SystemClock
 from harvester.config import Bucket, Secret, Timing
 from harvester.errors import BadFile, OutputError
 from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo
-from tests.conftest import BUCKET, Scenario, ids
+from harvester.simulator import Account, Faults, Simulator
+from tests.conftest import BUCKET, FAST_TIMING, Scenario, ids, new_token, sim_settings
 from tests.faultproxy import Fault, fault_proxy
 from tests.harness import harvest, simulated
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
@@ -366,3 +371,203 @@ async def test_recover_keeps_the_staging_of_an_export_in_flight(seaweed: Seaweed
         ".part-00001.json",
         ".part-00001.sha256",
     ]
+
+
+# -- a bucket that misbehaves ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_a_bucket_answering_errors_costs_retries_not_objects(
+    tmp_path: Path, clock: FakeClock, seaweed: SeaweedFS, status: int
+) -> None:
+    """Writes, reads and checks the bucket answers with 500 or 503 are retried, and the
+    harvest still lands every object once."""
+    prefix = new_prefix()
+    async with fault_proxy(seaweed.endpoint_url) as proxy:
+        faults = [
+            proxy.add(Fault(method="PUT", path_contains="/.staging/", status=status, times=2)),
+            proxy.add(Fault(method="PUT", path_contains=MANIFEST_NAME, status=status)),
+            proxy.add(Fault(method="HEAD", status=status)),
+            proxy.add(Fault(method="GET", status=status)),
+        ]
+        top = bucket_top(proxy.url, prefix)
+        async with simulated(tmp_path, clock, 2, top=top) as scenario:
+            run = await harvest(scenario, clock)
+            assert run.summary.exit_code == 0, run.summary.render()
+            assert [fault.seen for fault in faults] == [2, 1, 1, 1]
+            client = seaweed.client()
+            assert assert_bucket_exactly_once(scenario, client, prefix) > 0
+            assert assert_manifests_hold(client, prefix) == 2 * 2 * 4
+
+
+async def test_a_slow_bucket_is_waited_for_and_a_stalled_write_tidied_next_run(
+    tmp_path: Path, clock: FakeClock, seaweed: SeaweedFS
+) -> None:
+    """Every request late, and one held past request_timeout_s: the harvest retries it and
+    completes exactly; the held write, landing after all, is hidden and the next run's
+    recover removes it."""
+    prefix = new_prefix()
+    client = seaweed.client()
+    async with fault_proxy(seaweed.endpoint_url) as proxy:
+        stalled = proxy.add(Fault(method="PUT", path_contains="/.part-", hold=True))
+        proxy.add(Fault(delay_s=0.03, times=None))
+        top = {**bucket_top(proxy.url, prefix), "timing": {**FAST_TIMING, "request_timeout_s": 1}}
+        async with simulated(tmp_path, clock, 1, top=top) as scenario:
+            run = await harvest(scenario, clock)
+            assert run.summary.exit_code == 0, run.summary.render()
+            assert stalled.seen == 1
+            assert assert_bucket_exactly_once(scenario, client, prefix) > 0
+            assert assert_manifests_hold(client, prefix) == 2 * 4
+            assert keys(client, f"{prefix}/.staging/") == []
+            before = keys(client, f"{prefix}/")
+
+            proxy.release()
+            for _ in range(200):  # the server takes the abandoned write at last
+                if keys(client, f"{prefix}/.staging/"):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the held write never landed")
+            assert [k for k in keys(client, f"{prefix}/") if "/.staging/" not in k] == before
+            again = await harvest(scenario, clock)
+            assert again.summary.exit_code == 0
+            assert keys(client, f"{prefix}/.staging/") == []
+
+
+# -- the command line: refusals before any export, SIGKILL and resume -------------------------
+
+FROM, TO = "2025-01-01", "2025-01-31"  # one chunk
+
+
+def write_cli_config(
+    tmp_path: Path, api_url: str, merchant_id: str, output_url: str, endpoint_url: str
+) -> Path:
+    document = {
+        "output_url": output_url,
+        "object_store": {
+            "endpoint_url": endpoint_url,
+            "access_key_id": "${S3_KEY}",
+            "secret_access_key": "${S3_SECRET}",
+            "part_size_mib": 5,
+        },
+        "state_path": "state/harvester.sqlite3",
+        "timing": {"poll_min_s": 0.05, "poll_max_s": 0.3, "max_attempts": 3},
+        "regions": {"local": {"base_url": api_url, "windows": "always"}},
+        "merchants": [
+            {"id": merchant_id, "region": "local", "token": "${TOKEN}", "types": ["PAYMENTS"]}
+        ],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+async def run_cli(
+    config: Path, env: dict[str, str]
+) -> tuple[asyncio.subprocess.Process, asyncio.Task[bytes]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "harvester",
+        "backfill",
+        "--config",
+        str(config),
+        "--from",
+        FROM,
+        "--to",
+        TO,
+        "--log-format",
+        "json",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    return process, asyncio.create_task(process.stderr.read())
+
+
+@asynccontextmanager
+async def big_file_simulator(merchant_id: str, token: str) -> AsyncIterator[Simulator]:
+    """One merchant whose January export is three files of about 6 MB: multipart uploads."""
+    settings = sim_settings(
+        {merchant_id: Account(token=token)},
+        objects_per_day=100.0,
+        objects_per_file=1000,
+        object_padding_bytes=6_000,
+        pending_s=0.1,
+        export_base_s=0.3,
+        export_per_object_s=0.0,
+    )
+    async with Simulator(settings, SystemClock(), Faults()) as sim:
+        yield sim
+
+
+@pytest.mark.parametrize(
+    ("bucket", "secret", "message"),
+    [
+        (BUCKET, "not-the-secret-key", "object_store: the bucket refused the credentials"),
+        ("no-such-bucket", SECRET_KEY, "the bucket 'no-such-bucket' does not exist"),
+    ],
+)
+async def test_bad_credentials_or_a_missing_bucket_stop_the_run_before_any_export(
+    tmp_path: Path, seaweed: SeaweedFS, bucket: str, secret: str, message: str
+) -> None:
+    """Wrong keys or a missing bucket: exit 2 with a message naming the culprit (never the
+    key), and no export created."""
+    merchant_id, token = "MERCHANT00001", new_token("MERCHANT00001")
+    async with big_file_simulator(merchant_id, token) as sim:
+        output_url = f"s3://{bucket}/{new_prefix()}"
+        config = write_cli_config(
+            tmp_path, sim.api_url, merchant_id, output_url, seaweed.endpoint_url
+        )
+        env = {"TOKEN": token, "S3_KEY": ACCESS_KEY, "S3_SECRET": secret}
+        process, stderr = await run_cli(config, env)
+        assert await process.wait() == 2
+        text = (await stderr).decode()
+        assert message in text
+        assert secret not in text
+        assert token not in text
+        assert sim.stats.exports_created == 0
+
+
+@pytest.mark.timeout(180)
+async def test_sigkill_during_an_upload_then_a_rerun_finishes_exactly_and_tidily(
+    tmp_path: Path, seaweed: SeaweedFS
+) -> None:
+    """Killed with SIGKILL while a multipart upload is under way, the harvester leaves only
+    hidden staging; the next run reuses the saved parts, lands every object once, and
+    leaves no staging object and no unfinished upload."""
+    merchant_id, token = "MERCHANT00001", new_token("MERCHANT00001")
+    prefix = new_prefix()
+    client = seaweed.client()
+    async with (
+        big_file_simulator(merchant_id, token) as sim,
+        fault_proxy(seaweed.endpoint_url) as proxy,
+    ):
+        held = proxy.add(Fault(method="PUT", path_contains="uploadId=", hold=True))
+        config = write_cli_config(
+            tmp_path, sim.api_url, merchant_id, f"s3://{BUCKET}/{prefix}", proxy.url
+        )
+        env = {"TOKEN": token, "S3_KEY": ACCESS_KEY, "S3_SECRET": SECRET_KEY}
+        process, stderr = await run_cli(config, env)
+        await asyncio.wait_for(held.arrived.wait(), timeout=60)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        await stderr
+        assert [k for k in keys(client, f"{prefix}/") if "/.staging/" not in k] == []
+        assert unfinished_uploads(client, f"{prefix}/") != []  # the one cut short
+
+        proxy.release()
+        process, stderr = await run_cli(config, env)
+        assert await process.wait() == 0, (await stderr).decode()[-3000:]
+        await stderr
+
+        january = TimeRange.from_name("20250101T000000Z_20250131T000000Z")
+        expected = sim.objects(merchant_id, "PAYMENTS", january.start_ms, january.end_ms - 1)
+        got = bucket_harvested(client, prefix, merchant_id, "payments")
+        assert sorted(ids(got)) == sorted(ids(expected))
+        assert len(got) > 2000  # three files, each a multipart upload
+        assert assert_manifests_hold(client, prefix) == 1
+        assert keys(client, f"{prefix}/.staging/") == []
+        assert unfinished_uploads(client, f"{prefix}/") == []
+        assert sim.stats.exports_created == 1  # the export in flight was picked up again
