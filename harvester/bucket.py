@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import io
 import re
 import uuid
 from collections import defaultdict
@@ -267,7 +268,7 @@ class BucketOutput:
                 raise
             return answer["ContentLength"]
 
-    async def put(self, key: str, body: bytes) -> None:
+    async def put(self, key: str, body: bytes | io.BytesIO) -> None:
         async with self._translated(self.url(key)):
             await self._client.put_object(Bucket=self.name, Key=key, Body=body)
 
@@ -282,7 +283,7 @@ class BucketOutput:
             answer = await self._client.create_multipart_upload(Bucket=self.name, Key=key)
         return answer["UploadId"]
 
-    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+    async def upload_part(self, key: str, upload_id: str, number: int, body: io.BytesIO) -> str:
         async with self._translated(f"{self.url(key)} (part {number})"):
             answer = await self._client.upload_part(
                 Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=number, Body=body
@@ -423,7 +424,7 @@ class BucketChunk:
         return published
 
     async def discard_staging(self) -> None:
-        """Delete the chunk's staged objects and abort its unfinished uploads."""
+        """Delete the chunk's staged objects (its parts' uploads are over by then)."""
         keys = [key async for key in self.bucket.keys(self.staging_prefix)]
         # The record of a publish goes last: while it exists, recover knows what to finish.
         keys.sort(key=lambda key: key == self.publishing_key)
@@ -463,8 +464,7 @@ class BucketPart:
         self._bucket = chunk.bucket
         self._key = chunk.staged_key(index)
         self._index = index
-        self._pieces: list[bytes] = []  # what the bucket has not been sent yet
-        self._buffered = 0
+        self._buffer = io.BytesIO()  # what the bucket has not been sent yet
         self._upload_id: str | None = None
         self._uploaded: list[CompletedPartTypeDef] = []
         self._hash = hashlib.sha256()
@@ -479,9 +479,8 @@ class BucketPart:
         self._hash.update(data)
         self._size += len(data)
         await self._check.feed(data)
-        self._pieces.append(data)
-        self._buffered += len(data)
-        if self._buffered >= self._bucket.part_size:
+        self._buffer.write(data)
+        if self._buffer.tell() >= self._bucket.part_size:
             await self._send_buffer()
 
     async def commit(self, expected_size: int | None, url_index: int) -> PartInfo:
@@ -507,7 +506,7 @@ class BucketPart:
             if self._upload_id is None:
                 await self._bucket.put(self._key, self._take_buffer())
             else:
-                if self._buffered:
+                if self._buffer.tell():
                     await self._send_buffer()
                 await self._bucket.complete_upload(self._key, self._upload_id, self._uploaded)
                 self._upload_id = None
@@ -546,10 +545,10 @@ class BucketPart:
         )
         self._uploaded.append({"ETag": etag, "PartNumber": number})
 
-    def _take_buffer(self) -> bytes:
-        body = b"".join(self._pieces)
-        self._pieces = []
-        self._buffered = 0
+    def _take_buffer(self) -> io.BytesIO:
+        """The bytes waiting, as a file to send (no copy made), and a fresh buffer."""
+        body, self._buffer = self._buffer, io.BytesIO()
+        body.seek(0)
         return body
 
     async def __aenter__(self) -> BucketPart:

@@ -517,10 +517,13 @@ def _read_bucket(top: _Section) -> Bucket:
     if not found or scheme.lower() != "s3":
         raise ConfigError(f"{where}: expected s3://BUCKET or s3://BUCKET/PREFIX, got {shown}")
     name, _, prefix = rest.partition("/")
+    if "@" in name:
+        # Not shown: what precedes the "@" would be a key.
+        raise ConfigError(f"{where}: must not carry credentials (give them in object_store)")
     if not _BUCKET_NAME.fullmatch(name):
         raise ConfigError(
-            f"{where}: {name!r} is not a bucket name (3 to 63 lowercase letters, digits "
-            f"and '-', starting and ending with a letter or digit)"
+            f"{where}: the bucket in {shown} is not a bucket name (3 to 63 lowercase letters, "
+            f"digits and '-', starting and ending with a letter or digit)"
         )
     prefix = prefix.strip("/")
     for segment in prefix.split("/") if prefix else []:

@@ -50,6 +50,8 @@ class Downloader:
         recorded = {part.index: part for part in await self._store.parts(export.id)}
         if published is not None and published.export_id == export.id:
             # The folder went into place before a crash kept the store from hearing of it.
+            # A bucket's staging outlives its publish until tidied (a folder's is renamed).
+            await output.discard_staging()
             return published
         saved: dict[int, PartInfo] = {}
         for url_index in range(len(export.urls)):

@@ -127,9 +127,7 @@ class _QueueFile:
 class _Reader:
     """UTF-8 text of a file through a window that only ever holds the value being read."""
 
-    def __init__(
-        self, file: BinaryIO | _Readable, read_bytes: int, max_value_chars: int
-    ) -> None:
+    def __init__(self, file: BinaryIO | _Readable, read_bytes: int, max_value_chars: int) -> None:
         self._file = file
         self._read_bytes = read_bytes
         self._max_value_chars = max_value_chars

@@ -16,8 +16,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-_REASONS = {500: "Internal Server Error", 503: "Service Unavailable", 400: "Bad Request"}
-_CODES = {500: "InternalError", 503: "SlowDown", 400: "InvalidRequest"}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+_CODES = {400: "InvalidRequest", 403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}
 
 
 @dataclass
@@ -105,7 +110,7 @@ class FaultProxy:
                     fault.seen += 1
                     fault.arrived.set()
                     if fault.status is not None:
-                        writer.write(_error_answer(fault.status))
+                        writer.write(_error_answer(fault.status, with_body=method != "HEAD"))
                         await writer.drain()
                         continue
                     if fault.hold:
@@ -156,7 +161,7 @@ def _without_expect(head: bytes) -> bytes:
     return b"\r\n".join(line for line in lines if not line.lower().startswith(b"expect:"))
 
 
-def _error_answer(status: int) -> bytes:
+def _error_answer(status: int, with_body: bool) -> bytes:
     body = (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{_CODES.get(status, "Error")}'
         f"</Code><Message>injected by the test proxy</Message></Error>"
@@ -165,7 +170,7 @@ def _error_answer(status: int) -> bytes:
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
         f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
     )
-    return head.encode() + body
+    return head.encode() + (body if with_body else b"")
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -23,12 +24,13 @@ import yaml
 
 from harvester.bucket import BucketChunk, BucketOutput, open_bucket
 from harvester.chunks import ExportType, TimeRange
-from harvester.clock import FakeClock, SystemClock
+from harvester.clock import SystemClock
 from harvester.config import Bucket, Secret, Timing
-from harvester.errors import BadFile, OutputError
+from harvester.errors import BadFile, ConfigError, OutputError
 from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo
 from harvester.simulator import Account, Faults, Simulator
 from tests.conftest import BUCKET, FAST_TIMING, Scenario, ids, new_token, sim_settings
+from tests.fakeclock import FakeClock
 from tests.faultproxy import Fault, fault_proxy
 from tests.harness import harvest, simulated
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
@@ -257,6 +259,89 @@ async def test_publish_refuses_a_part_that_is_not_staged(seaweed: SeaweedFS) -> 
     assert [k for k in keys(seaweed.client(), f"{prefix}/") if "/.staging/" not in k] == []
 
 
+async def test_publish_refuses_another_chunks_manifest_and_a_part_of_another_size(
+    seaweed: SeaweedFS,
+) -> None:
+    """A manifest of another range, or one whose part size differs from the staged part,
+    is refused, and nothing goes live."""
+    prefix = new_prefix()
+    async with bucket_output(seaweed.endpoint_url, prefix) as output:
+        chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, JANUARY)
+        manifest = await stage(chunk, [export_file(3)], "E1")
+        february = TimeRange.from_name("20250131T000000Z_20250302T000000Z")
+        with pytest.raises(ValueError, match="does not belong to BucketChunk"):
+            await chunk.publish(dataclasses.replace(manifest, range=february))
+        wrong = dataclasses.replace(manifest.parts[0], size=manifest.parts[0].size + 1)
+        with pytest.raises(BadFile, match="bytes staged, the manifest says"):
+            await chunk.publish(dataclasses.replace(manifest, parts=(wrong,)))
+    assert [k for k in keys(seaweed.client(), f"{prefix}/") if "/.staging/" not in k] == []
+
+
+async def test_a_manifest_not_written_by_the_harvester_counts_as_none(seaweed: SeaweedFS) -> None:
+    """Whatever else sits at `_manifest.json` is not trusted: the chunk counts as unpublished."""
+    prefix = new_prefix()
+    folder = f"{prefix}/{MERCHANT}/payments/{JANUARY.name}"
+    seaweed.client().put_object(Bucket=BUCKET, Key=f"{folder}/{MANIFEST_NAME}", Body=b"\xff{")
+    async with bucket_output(seaweed.endpoint_url, prefix) as output:
+        chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, JANUARY)
+        assert await chunk.published_manifest() is None
+        with pytest.raises(OutputError, match="larger than 1 bytes"):
+            await output.read(f"{folder}/{MANIFEST_NAME}", limit=1)
+
+
+async def test_a_part_takes_no_write_after_its_commit(seaweed: SeaweedFS) -> None:
+    """Writing to or committing a part again is a programming error, said at once."""
+    async with bucket_output(seaweed.endpoint_url, new_prefix()) as output:
+        chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, JANUARY)
+        writer = await chunk.open_part(1)
+        async with writer:
+            await writer.write(export_file(1))
+            await writer.commit(None, 0)
+            with pytest.raises(RuntimeError, match="write after commit"):
+                await writer.write(b"more")
+            with pytest.raises(RuntimeError, match="commit after commit"):
+                await writer.commit(None, 0)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_failing_read_is_an_output_error_naming_the_object(
+    seaweed: SeaweedFS, method: str
+) -> None:
+    """A read or a size check the bucket keeps refusing is an OutputError with its s3:// URL."""
+    prefix = new_prefix()
+    async with (
+        fault_proxy(seaweed.endpoint_url) as proxy,
+        bucket_output(proxy.url, prefix) as output,
+    ):
+        chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, JANUARY)
+        manifest = await stage(chunk, [export_file(2)], "E1")
+        proxy.add(Fault(method=method, status=403, times=None))
+        attempt = (
+            chunk.saved_part(1, manifest.parts[0].sha256)
+            if method == "GET"
+            else chunk.publish(manifest)
+        )
+        with pytest.raises(OutputError, match=rf"s3://{BUCKET}/{prefix}/.*: 403"):
+            await attempt
+
+
+async def test_without_keys_and_without_a_chain_the_run_is_refused(
+    seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No keys in the config and none in the provider's chain: a ConfigError saying so."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role: loopback only
+    keyless = dataclasses.replace(
+        settings(seaweed.endpoint_url, new_prefix()), access_key_id=None, secret_access_key=None
+    )
+    with pytest.raises(ConfigError, match="object_store: no credentials found"):
+        async with open_bucket(keyless, TIMING, 8):
+            pass
+
+
 async def test_a_reader_following_manifests_never_sees_a_mix_while_a_chunk_is_replaced(
     seaweed: SeaweedFS,
 ) -> None:
@@ -361,12 +446,15 @@ async def test_recover_keeps_the_staging_of_an_export_in_flight(seaweed: Seaweed
         writer = await dropped.open_part(2)
         await writer.write(export_file(1000, padding=6_000))  # an upload under way: a crash
         assert unfinished_uploads(client, f"{prefix}/") != []
+        for junk in ("/.probe-1", "/M1/payments/not-a-chunk/x", "/M1/receipts/x/y"):
+            client.put_object(Bucket=BUCKET, Key=f"{prefix}/.staging{junk}", Body=b"")
         touched = await output.recover(lambda merchant, folder, name: folder == "payments")
         assert await kept.saved_part(1, info.sha256)
         assert not await dropped.saved_part(1, info.sha256)
         await writer.abort()
     assert unfinished_uploads(client, f"{prefix}/") == []
-    assert all("/orders/" in url for url in touched)
+    assert sum("/orders/" in url for url in touched) == 3
+    assert len(touched) == 6
     assert [k.rsplit("/", 1)[1] for k in keys(client, f"{prefix}/")] == [
         ".part-00001.json",
         ".part-00001.sha256",
@@ -376,28 +464,29 @@ async def test_recover_keeps_the_staging_of_an_export_in_flight(seaweed: Seaweed
 # -- a bucket that misbehaves ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [500, 503])
-async def test_a_bucket_answering_errors_costs_retries_not_objects(
-    tmp_path: Path, clock: FakeClock, seaweed: SeaweedFS, status: int
+async def test_a_bucket_answering_500_or_503_costs_retries_not_objects(
+    tmp_path: Path, clock: FakeClock, seaweed: SeaweedFS
 ) -> None:
     """Writes, reads and checks the bucket answers with 500 or 503 are retried, and the
     harvest still lands every object once."""
     prefix = new_prefix()
     async with fault_proxy(seaweed.endpoint_url) as proxy:
         faults = [
-            proxy.add(Fault(method="PUT", path_contains="/.staging/", status=status, times=2)),
-            proxy.add(Fault(method="PUT", path_contains=MANIFEST_NAME, status=status)),
-            proxy.add(Fault(method="HEAD", status=status)),
-            proxy.add(Fault(method="GET", status=status)),
+            proxy.add(Fault(method="PUT", path_contains="/.staging/", status=503, times=2)),
+            proxy.add(Fault(method="PUT", path_contains=MANIFEST_NAME, status=500)),
+            proxy.add(Fault(method="HEAD", status=503)),
+            proxy.add(Fault(method="GET", status=500)),
+            proxy.add(Fault(method="POST", path_contains="delete", status=503)),
         ]
         top = bucket_top(proxy.url, prefix)
         async with simulated(tmp_path, clock, 2, top=top) as scenario:
             run = await harvest(scenario, clock)
             assert run.summary.exit_code == 0, run.summary.render()
-            assert [fault.seen for fault in faults] == [2, 1, 1, 1]
+            assert [fault.seen for fault in faults] == [2, 1, 1, 1, 1]
             client = seaweed.client()
             assert assert_bucket_exactly_once(scenario, client, prefix) > 0
             assert assert_manifests_hold(client, prefix) == 2 * 2 * 4
+            assert keys(client, f"{prefix}/.staging/") == []
 
 
 async def test_a_slow_bucket_is_waited_for_and_a_stalled_write_tidied_next_run(
@@ -432,6 +521,37 @@ async def test_a_slow_bucket_is_waited_for_and_a_stalled_write_tidied_next_run(
             again = await harvest(scenario, clock)
             assert again.summary.exit_code == 0
             assert keys(client, f"{prefix}/.staging/") == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "message"),
+    [
+        (Fault(method="PUT", status=403), ConfigError, r"access denied \(403 AccessDenied"),
+        (Fault(method="HEAD", status=500, times=None), OutputError, "500"),
+    ],
+)
+async def test_a_bucket_that_refuses_writes_or_keeps_failing_is_refused_at_start(
+    seaweed: SeaweedFS, fault: Fault, error: type[Exception], message: str
+) -> None:
+    """A bucket that answers the start-up probe with 403, or keeps answering 500, stops the
+    run before any work, naming the bucket."""
+    async with fault_proxy(seaweed.endpoint_url) as proxy:
+        proxy.add(fault)
+        with pytest.raises(error, match=message) as refused:
+            async with open_bucket(settings(proxy.url, new_prefix()), TIMING, 8):
+                pass
+    assert f"s3://{BUCKET}/" in str(refused.value)
+    assert SECRET_KEY not in str(refused.value)
+
+
+async def test_an_unreachable_bucket_is_an_output_error() -> None:
+    """Nothing listening at endpoint_url: OutputError saying the bucket cannot be reached."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        endpoint_url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening
+        with pytest.raises(OutputError, match="cannot reach the bucket"):
+            async with open_bucket(settings(endpoint_url, "p"), Timing(max_attempts=1), 8):
+                pass
 
 
 # -- the command line: refusals before any export, SIGKILL and resume -------------------------

@@ -475,6 +475,51 @@ REFUSALS = [
     ("output_dir: ''\n" + MERCHANT, "output_dir: must not be empty"),
     ("output_dir: '${EMPTY}'\n" + MERCHANT, "output_dir: is empty after reading the environment"),
     ("log_level: verbose\n" + MERCHANT, "log_level: expected one of debug, info, warning, error"),
+    # the bucket
+    (
+        "output_dir: data\noutput_url: s3://bucket/p\n" + MERCHANT,
+        "output_dir, output_url: give one of the two",
+    ),
+    ("object_store: {region: eu-west-1}\n" + MERCHANT, "object_store: only used with output_url"),
+    ("output_url: gs://bucket/p\n" + MERCHANT, "output_url: expected s3://BUCKET"),
+    ("output_url: s3:/bucket\n" + MERCHANT, "output_url: expected s3://BUCKET"),
+    (
+        "output_url: s3://Bucket_1/p\n" + MERCHANT,
+        "output_url: the bucket in 's3://Bucket_1/p' is not a bucket name",
+    ),
+    ("output_url: 's3://AKIA:secret@bucket/p'\n" + MERCHANT, "output_url: must not carry"),
+    ("output_url: s3://bucket/a/.hidden\n" + MERCHANT, "output_url: the prefix 'a/.hidden' has"),
+    ("output_url: s3://bucket/a//b\n" + MERCHANT, "output_url: the prefix 'a//b' has"),
+    ("output_url: s3://bucket/a*\n" + MERCHANT, "output_url: the prefix 'a*' has a"),
+    (
+        "output_url: s3://bucket\nobject_store: {endpoint: x}\n" + MERCHANT,
+        "object_store.endpoint: unknown key",
+    ),
+    (
+        "output_url: s3://bucket\nobject_store: {access_key_id: AKIA}\n" + MERCHANT,
+        "object_store.secret_access_key: required with access_key_id",
+    ),
+    (
+        "output_url: s3://bucket\nobject_store: {secret_access_key: s}\n" + MERCHANT,
+        "object_store.access_key_id: required with secret_access_key",
+    ),
+    (
+        "output_url: s3://bucket\nobject_store: {session_token: t}\n" + MERCHANT,
+        "object_store.session_token: only with access_key_id and secret_access_key",
+    ),
+    (
+        "output_url: s3://bucket\nobject_store: {endpoint_url: 'http://minio.lan:9000'}\n"
+        + MERCHANT,
+        "object_store.endpoint_url: http:// is only allowed to a loopback host",
+    ),
+    (
+        "output_url: s3://bucket\nobject_store: {part_size_mib: 4}\n" + MERCHANT,
+        "object_store.part_size_mib: must be 5..5120, got 4",
+    ),
+    (
+        "output_url: s3://bucket\nobject_store: {region: 'us east'}\n" + MERCHANT,
+        "object_store.region: not a region name",
+    ),
     ("merchants: {id: M1}\n", "merchants: expected a list of merchants"),
     ("merchants: [M1]\n", "merchants[0]: expected a mapping"),
     ("merchants: [{id: M1, token: 5}]\n", "merchants[0].token: expected text, got a value of"),
@@ -667,3 +712,48 @@ def test_refusals_name_the_culprit(tmp_path: Path, text: str, expected: str) -> 
     """Each invalid config is a ConfigError whose message starts with the culprit's YAML path."""
     message = refusal(tmp_path, text, {"EMPTY": ""})
     assert message.startswith(expected), message
+
+
+def test_output_url_and_object_store_are_read(tmp_path: Path) -> None:
+    """output_url gives bucket and prefix; object_store keys come from ${VAR} as Secrets."""
+    config = load(
+        tmp_path,
+        "output_url: s3://harvest-bucket/raw/clover/\n"
+        "object_store:\n"
+        "  endpoint_url: http://127.0.0.1:9000/\n"
+        "  region: eu-west-1\n"
+        "  access_key_id: ${S3_KEY}\n"
+        "  secret_access_key: ${S3_SECRET}\n"
+        "  session_token: ${S3_TOKEN}\n"
+        "  part_size_mib: 16\n" + MERCHANT,
+        {"S3_KEY": "AKIAEXAMPLE", "S3_SECRET": "very-secret", "S3_TOKEN": "session-secret"},
+    )
+    assert config.output_dir is None
+    bucket = config.bucket
+    assert bucket is not None
+    assert (bucket.url, bucket.name, bucket.prefix) == (
+        "s3://harvest-bucket/raw/clover",
+        "harvest-bucket",
+        "raw/clover",
+    )
+    assert (bucket.endpoint_url, bucket.region, bucket.part_size_mib) == (
+        "http://127.0.0.1:9000",
+        "eu-west-1",
+        16,
+    )
+    assert bucket.access_key_id == Secret("AKIAEXAMPLE")
+    assert bucket.secret_access_key == Secret("very-secret")
+    assert bucket.session_token == Secret("session-secret")
+    for secret in ("AKIAEXAMPLE", "very-secret", "session-secret"):
+        assert secret not in repr(config)
+
+
+def test_a_bucket_without_keys_leaves_them_to_the_standard_chain(tmp_path: Path) -> None:
+    """Without object_store, or without keys in it, no credentials are set: botocore's
+    chain (environment, profile, instance role) finds them."""
+    config = load(tmp_path, "output_url: s3://harvest-bucket\n" + MERCHANT)
+    assert config.bucket is not None
+    assert config.bucket.prefix == ""
+    assert config.bucket.access_key_id is None
+    assert config.bucket.secret_access_key is None
+    assert config.bucket.endpoint_url is None

@@ -19,13 +19,14 @@ from harvester.cli import main
 from harvester.config import Config
 from harvester.downloader import Downloader
 from harvester.hosts import Hosts
-from harvester.output import ChunkOutput, Manifest
+from harvester.output import FolderOutput, Manifest
 from harvester.planning import Selection, select
 from harvester.scheduler import Harvest, MerchantWork
 from harvester.simulator import Account, Faults, Simulator
 from harvester.state import ChunkRecord, ChunkStatus, ExportRecord
 from harvester.store import Store
 from harvester.summary import Summary
+from harvester.target import ChunkTarget
 from tests.conftest import Scenario, harvested, ids, merchant_ids, new_token, sim_settings
 from tests.fakeclock import FakeClock
 
@@ -130,7 +131,7 @@ class CrashingDownloader(Downloader):
     """Dies as it is asked to download a finished export's files."""
 
     async def publish_chunk(
-        self, output: ChunkOutput, chunk: ChunkRecord, export: ExportRecord
+        self, output: ChunkTarget, chunk: ChunkRecord, export: ExportRecord
     ) -> Manifest:
         raise Crash
 
@@ -139,8 +140,10 @@ async def crashing_backfill(
     config: Config, selections: Sequence[Selection], span: TimeRange, clock: FakeClock
 ) -> None:
     """`backfill`, wired by hand to a downloader that dies."""
+    assert config.output_dir is not None
+    output = FolderOutput(config.output_dir)
     async with (
-        await commands.open_store(config, clock) as store,
+        await commands.open_store(config, output, clock) as store,
         aiohttp.ClientSession() as session,
     ):
         work = [
@@ -152,7 +155,7 @@ async def crashing_backfill(
         crashing = CrashingDownloader(
             session, store, clock, config.timing, config.max_concurrent_downloads, rng
         )
-        await Harvest(config, store, hosts, crashing, clock, asyncio.Event(), rng).run(work)
+        await Harvest(config, store, hosts, crashing, output, clock, asyncio.Event(), rng).run(work)
 
 
 async def test_export_is_made_again_when_files_expired_during_a_crash(
