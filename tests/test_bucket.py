@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -26,9 +28,11 @@ from harvester.bucket import BucketChunk, BucketOutput, open_bucket
 from harvester.chunks import ExportType, TimeRange
 from harvester.clock import SystemClock
 from harvester.config import Bucket, Secret, Timing
+from harvester.downloader import Downloader
 from harvester.errors import BadFile, ConfigError, OutputError
 from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo
 from harvester.simulator import Account, Faults, Simulator
+from harvester.store import Store
 from tests.conftest import BUCKET, FAST_TIMING, Scenario, ids, new_token, sim_settings
 from tests.fakeclock import FakeClock
 from tests.faultproxy import Fault, fault_proxy
@@ -342,6 +346,32 @@ async def test_without_keys_and_without_a_chain_the_run_is_refused(
     with pytest.raises(ConfigError, match="object_store: no credentials found"):
         async with open_bucket(keyless, TIMING, 8):
             pass
+
+
+async def test_a_chunk_published_before_a_crash_counts_as_done_and_its_staging_goes(
+    tmp_path: Path, clock: FakeClock, seaweed: SeaweedFS
+) -> None:
+    """The process died after the manifest went up but before the store heard: the next
+    run takes the chunk as published (no download) and deletes what its staging still holds."""
+    prefix = new_prefix()
+    async with (
+        bucket_output(seaweed.endpoint_url, prefix) as output,
+        await Store.open(tmp_path / "state.sqlite3", clock) as store,
+        aiohttp.ClientSession() as session,
+    ):
+        (record,) = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [JANUARY])
+        await store.record_export(record.id, "E1", "PENDING", 0.0)
+        await store.export_done("E1", None, ["http://127.0.0.1:9/never-fetched"])
+        export = await store.get_export("E1")
+        assert export is not None
+        chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, JANUARY)
+        published = await chunk.publish(await stage(chunk, [export_file(3)], "E1"))
+        await write_part(chunk, 1, export_file(3))  # staging a crash left behind
+        downloader = Downloader(session, store, clock, TIMING, 1, random.Random(0))
+
+        assert await downloader.publish_chunk(chunk, record, export) == published
+
+    assert keys(seaweed.client(), f"{prefix}/.staging/") == []
 
 
 async def test_a_reader_following_manifests_never_sees_a_mix_while_a_chunk_is_replaced(
