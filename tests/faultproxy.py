@@ -82,7 +82,8 @@ class FaultProxy:
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
         for stream in self._streams:
-            stream.transport.abort()
+            if not stream.transport.is_closing():  # a closed one has let go of its loop
+                stream.transport.abort()
         await asyncio.sleep(0)  # the transports' connection_lost callbacks run
         if self._server is not None:
             await self._server.wait_closed()
