@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit demo bench soak clean
+.PHONY: install test lint typecheck unit demo bench bench-processes soak clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ bench: install
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python -m benchmarks.bench_busy
 	$(BIN)/python -m benchmarks.bench_output
+
+# Figures, not pass/fail: one harvester process against three on the same work.
+bench-processes: install
+	$(BIN)/python benchmarks/bench_processes.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-output

@@ -34,7 +34,7 @@ import io
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -136,7 +136,11 @@ class BucketOutput:
     def __repr__(self) -> str:
         return f"BucketOutput({self.settings.url!r})"
 
-    def chunk(self, merchant_id: str, type: ExportType, range: TimeRange) -> BucketChunk:
+    def chunk(
+        self, merchant_id: str, type: ExportType, range: TimeRange, owner: str | None = None
+    ) -> BucketChunk:
+        """`owner` is not part of the keys: a chunk's staging prefix is the chunk's, and only
+        the process holding the chunk's claim writes it (a new holder reuses its parts)."""
         return BucketChunk(self, merchant_id, type, range)
 
     def url(self, key: str) -> str:
@@ -173,8 +177,14 @@ class BucketOutput:
         except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
             raise OutputError(f"{where}: cannot reach the bucket: {self.describe(exc)}") from None
 
-    async def recover(self, keep_staging: KeepStaging) -> list[str]:
+    async def recover(
+        self, keep_staging: KeepStaging, owner_gone: Callable[[str | None], bool] | None = None
+    ) -> list[str]:
         """Clear what a crash left in the bucket; call at start-up, before any work.
+
+        Only for a process alone on the state (`owner_gone` None): staging keys name no
+        owner, so while other processes live, what is staged may be theirs and is left
+        alone (the next process to start alone clears it).
 
         - a `.publishing.json` means a publish was interrupted: the chunk's live parts its
           live manifest does not list are deleted (the new export's, if the crash came
@@ -188,6 +198,8 @@ class BucketOutput:
         touched but the live parts of an interrupted publish.
         """
         touched: list[str] = []
+        if owner_gone is not None:
+            return touched
         staging_root = f"{self.root}{STAGING}/"
         async with self._translated(self.url(staging_root)):
             uploads = await self._unfinished_uploads(staging_root)
@@ -420,6 +432,10 @@ class BucketChunk:
         )
         await self.discard_staging()
         return published
+
+    async def adopt_staging(self, gone_owners: Collection[str]) -> str | None:
+        """Nothing to adopt: the chunk's staging prefix is the same for every holder."""
+        return None
 
     async def discard_staging(self) -> None:
         """Delete the chunk's staged objects (its parts' uploads are over by then)."""

@@ -19,19 +19,20 @@ from pathlib import Path
 from typing import TextIO
 
 from harvester import commands
+from harvester.backends import read_state, state_name
 from harvester.chunks import ExportType, TimeRange, parse_instant
 from harvester.clock import Clock, SystemClock
 from harvester.config import Config, load_config
-from harvester.errors import ConfigError, HarvesterError
+from harvester.errors import ConfigError, HarvesterError, StoreError
 from harvester.estimate import estimate_as_json, render_estimate
 from harvester.logs import configure_logging, get_logger
 from harvester.observer import Observers, RunObserver
 from harvester.operation import Operation
+from harvester.pgstore import safe_url
 from harvester.planning import Selection, select
 from harvester.serve import Server
 from harvester.simulator import command as simulator_command
 from harvester.status import build_status, render_status, status_as_json
-from harvester.store import read_snapshot
 from harvester.summary import Summary
 
 EXIT_OK = 0
@@ -104,6 +105,21 @@ def _parser() -> argparse.ArgumentParser:
     status = words.add_parser("status", parents=[with_config], help="what the state store says")
     status.add_argument("--json", action="store_true", help="print JSON")
     words.add_parser("check-config", parents=[with_config], help="validate the config and exit")
+    migrate = words.add_parser(
+        "migrate-state",
+        parents=[common],
+        help="copy a SQLite state into an empty PostgreSQL database",
+    )
+    migrate.add_argument(
+        "--from-path", required=True, type=Path, metavar="F", help="the SQLite state file"
+    )
+    migrate.add_argument(
+        "--to-url",
+        required=True,
+        metavar="U",
+        help="postgresql://USER@HOST:PORT/DB; ${VAR} is read from the environment "
+        "(or give the password in PGPASSWORD)",
+    )
     simulate = words.add_parser("simulate", parents=[common], help="run the built-in simulator")
     simulator_command.add_arguments(simulate)
     return parser
@@ -116,6 +132,9 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         if args.command == "simulate":
             configure_logging(args.log_format, args.log_level or "info")
             return _simulate(args, clock)
+        if args.command == "migrate-state":
+            configure_logging(args.log_format, args.log_level or "info")
+            return _migrate_state(args, clock)
         config = load_config(args.config)
         level = args.log_level or config.log_level
         configure_logging(args.log_format, level)
@@ -128,7 +147,7 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
             print(f"{args.config}: ok ({len(config.merchants)} merchants)")
             return EXIT_OK
         if args.command == "status":
-            return _status(config, as_json=args.json)
+            return _status(config, clock, as_json=args.json)
         if args.command == "serve":
             server = Server(args.config, config, clock)
             return asyncio.run(_run_until_signal(server.run, config.timing.shutdown_grace_s, clock))
@@ -202,8 +221,21 @@ def _plan(
     return EXIT_OK
 
 
-def _status(config: Config, *, as_json: bool) -> int:
-    rows = build_status(config, read_snapshot(config.state_path))
+def _migrate_state(args: argparse.Namespace, clock: Clock) -> int:
+    if not args.from_path.is_file():
+        raise ConfigError(f"--from-path: {args.from_path}: no such file")
+    url = commands.state_url_argument(args.to_url, os.environ)
+    counts = asyncio.run(commands.migrate_state(args.from_path, url, clock))
+    copied = ", ".join(f"{n} {table}" for table, n in counts.items())
+    print(f"{args.from_path} -> {safe_url(url)}: copied {copied}")
+    return EXIT_OK
+
+
+def _status(config: Config, clock: Clock, *, as_json: bool) -> int:
+    snapshot = read_state(config, clock.now())
+    if snapshot is None:
+        raise StoreError(f"state store {state_name(config)}: no such file")
+    rows = build_status(config, snapshot)
     if as_json:
         _print_to_reader(json.dumps(status_as_json(rows), indent=2))
     else:

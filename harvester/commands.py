@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from harvester.backends import export_durations, open_state, read_state
 from harvester.chunks import ExportType, TimeRange, start_of_utc_day
-from harvester.clock import Clock
-from harvester.config import Config
+from harvester.claims import Owner, ProcessLease, reap
+from harvester.clock import Clock, SystemClock
+from harvester.config import Config, substitute
 from harvester.downloader import Downloader
+from harvester.errors import ChunkOverlap, ConfigError
 from harvester.estimate import Estimate, estimate
 from harvester.hosts import HostFactories, Hosts
-from harvester.logs import get_logger
+from harvester.logs import get_logger, register_secret
 from harvester.observer import RunObserver
+from harvester.pgstore import PgStore
 from harvester.planning import (
     Selection,
     lookback_range,
@@ -27,11 +34,12 @@ from harvester.planning import (
 )
 from harvester.scheduler import Harvest, MerchantWork
 from harvester.state import ChunkRecord, ChunkStatus, Snapshot, StateStore
-from harvester.store import Store, read_export_durations, read_snapshot
+from harvester.store import Store
 from harvester.summary import Summary
 from harvester.target import Output, open_output
 
 USER_AGENT = "clover-harvester/0.1"
+_PLAN_ATTEMPTS = 3  # plans cut again when another process's new chunks got in the way
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +54,7 @@ def plan_backfill(
     config: Config, selections: Sequence[Selection], requested: TimeRange
 ) -> list[PlannedChunk]:
     """The chunks `backfill` would harvest; reads the store read-only, calls nothing."""
-    snapshot = read_snapshot(config.state_path) if config.state_path.exists() else None
+    snapshot = read_state(config)
     planned = []
     for selection in selections:
         for export_type in selection.types:
@@ -65,12 +73,12 @@ def plan_estimate(config: Config, planned: Sequence[PlannedChunk]) -> Estimate:
     """How long the planned exports take, from the durations the state store has seen."""
     regions = {m.id: m.region.name for m in config.merchants}
     by_region = Counter(regions[chunk.merchant_id] for chunk in planned)
-    return estimate(by_region, config.regions, read_export_durations(config.state_path))
+    return estimate(by_region, config.regions, export_durations(config))
 
 
 def check_nightly_starts(config: Config, selections: Sequence[Selection]) -> None:
     """Refuse, before anything is written, a merchant `run` would not know where to start."""
-    snapshot = read_snapshot(config.state_path) if config.state_path.exists() else None
+    snapshot = read_state(config)
     for selection in selections:
         for export_type in selection.types:
             covered, _ = _known(snapshot, selection.merchant.id, export_type)
@@ -103,12 +111,16 @@ async def backfill(
     factories: HostFactories | None = None,
     observer: RunObserver | None = None,
 ) -> Summary:
-    async with open_output(config) as output, await open_store(config, output, clock) as store:
+    async with (
+        open_output(config) as output,
+        shared_state(config, output, clock, "backfill") as lease,
+    ):
+        store = lease.store
         work = [
             MerchantWork(s.merchant, tuple(await due_chunks(store, config, s, requested)))
             for s in selections
         ]
-        return await _harvest(config, store, output, work, clock, stop, factories, observer)
+        return await _harvest(config, lease, output, work, clock, stop, factories, observer)
 
 
 async def nightly(
@@ -123,7 +135,8 @@ async def nightly(
     """`harvester run`: everything up to the start of today, then the lookback re-harvest."""
     today = start_of_utc_day(clock.now())
     lookback = lookback_range(today, config.lookback_days)
-    async with open_output(config) as output, await open_store(config, output, clock) as store:
+    async with open_output(config) as output, shared_state(config, output, clock, "run") as lease:
+        store = lease.store
         work = []
         for selection in selections:
             chunks: list[ChunkRecord] = []
@@ -136,7 +149,7 @@ async def nightly(
                 if lookback is not None:
                     chunks += await _reharvest(store, selection, export_type, lookback, chunks)
             work.append(MerchantWork(selection.merchant, tuple(chunks)))
-        return await _harvest(config, store, output, work, clock, stop, factories, observer)
+        return await _harvest(config, lease, output, work, clock, stop, factories, observer)
 
 
 async def due_chunks(
@@ -149,11 +162,20 @@ async def due_chunks(
     """The chunks of `requested` to harvest: unfinished known ones, and new ones (stored)."""
     found: list[ChunkRecord] = []
     for export_type in types or selection.types:
-        known = await store.chunks(selection.merchant.id, export_type)
-        covered, unfinished = _split_known(known)
-        chunk_plan = plan_chunks(requested, covered, unfinished, config.chunk_days)
-        found += [c for c in known if c.range in chunk_plan.resume]
-        found += await store.add_chunks(selection.merchant.id, export_type, chunk_plan.new)
+        for attempt in range(1, _PLAN_ATTEMPTS + 1):
+            known = await store.chunks(selection.merchant.id, export_type)
+            covered, unfinished = _split_known(known)
+            chunk_plan = plan_chunks(requested, covered, unfinished, config.chunk_days)
+            try:
+                added = await store.add_chunks(selection.merchant.id, export_type, chunk_plan.new)
+            except ChunkOverlap:
+                # Another process cut chunks of its own range meanwhile: plan around them.
+                if attempt == _PLAN_ATTEMPTS:
+                    raise
+                continue
+            found += [c for c in known if c.range in chunk_plan.resume]
+            found += added
+            break
     return found
 
 
@@ -174,13 +196,68 @@ async def _reharvest(
     ]
 
 
+@asynccontextmanager
+async def shared_state(
+    config: Config, output: Output, clock: Clock, command: str
+) -> AsyncIterator[ProcessLease]:
+    """The store, tidied, with this process's lease on it for as long as the block runs."""
+    async with await open_store(config, output, clock) as store:
+        # The heartbeat keeps real time whatever `clock` is: see ProcessLease.
+        lease = ProcessLease(
+            store, Owner.this_process(command), clock, config.timing.lease_s, SystemClock()
+        )
+        async with lease:
+            yield lease
+
+
+def state_url_argument(text: str, environ: Mapping[str, str]) -> str:
+    """`--to-url` checked, with ${VAR} filled in (ConfigError naming the culprit)."""
+    url = substitute(text, "--to-url", environ)
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError("--to-url: expected postgresql://USER@HOST:PORT/DB")
+    if parts.password:
+        register_secret(parts.password)
+    return url
+
+
+async def migrate_state(path: Path, url: str, clock: Clock) -> dict[str, int]:
+    """Copy the SQLite state at `path` into the empty PostgreSQL state at `url`.
+
+    Chunks (their coverage), exports (a run re-attaches to them), saved parts and refresh
+    tokens move, with their ids, in one transaction. Processes, claims and slots do not:
+    stop every harvester first. StoreError if the PostgreSQL state holds chunks already.
+    """
+    async with await Store.open(path, clock) as source:
+        tables = await source.dump()
+    async with await PgStore.open(url, clock) as target:
+        return await target.load(tables)
+
+
 async def open_store(config: Config, output: Output, clock: Clock) -> StateStore:
-    """Open the store and tidy the output from whatever a dead run left behind."""
-    store = await Store.open(config.state_path, clock)
+    """Open the store and tidy the output from whatever dead runs left behind.
+
+    Only what gone processes left: the staging of processes alive (sharing the output)
+    is theirs. Processes are read before the output, so one that entered the state after
+    this read (whose id is not known here) is alive and its staging is left alone.
+    """
+    store = await open_state(config, clock)
     await store.start_run()
+    await reap(store, clock)
+    now = clock.now()
+    processes = await store.processes()
+    gone = {p.id for p in processes if p.lease_until <= now}
+    alone = len(gone) == len(processes)
+    if alone:
+        # Alone: the shared export limits start from the config, as a lone run's do.
+        await store.reset_hosts()
     downloading = await store.chunks(statuses=[ChunkStatus.DOWNLOADING])
     keep = {(c.merchant_id, c.type.folder, c.range.name) for c in downloading}
-    tidied = await output.recover(lambda merchant, folder, name: (merchant, folder, name) in keep)
+    tidied = await output.recover(
+        lambda merchant, folder, name: (merchant, folder, name) in keep,
+        # Alone: whatever is left behind is a gone process's.
+        None if alone else (lambda owner: owner is None or owner in gone),
+    )
     if tidied:
         get_logger().info("output.recovered", paths=tidied)
     return store
@@ -196,9 +273,12 @@ def build_harvest(
     rng: random.Random,
     factories: HostFactories | None = None,
     observer: RunObserver | None = None,
+    lease: ProcessLease | None = None,
 ) -> tuple[Harvest, Hosts]:
-    """A harvest wired to its hosts and downloader (the hosts, to look at them afterwards)."""
-    hosts = Hosts(config, session, store, clock, rng, factories, observer)
+    """A harvest wired to its hosts and downloader (the hosts, to look at them afterwards).
+
+    Without `lease`, the harvest takes one of its own for its run."""
+    hosts = Hosts(config, session, store, clock, rng, factories, observer, lease=lease, stop=stop)
     downloader = Downloader(
         session, store, clock, config.timing, config.max_concurrent_downloads, rng
     )
@@ -207,7 +287,7 @@ def build_harvest(
 
 async def _harvest(
     config: Config,
-    store: StateStore,
+    lease: ProcessLease,
     output: Output,
     work: Sequence[MerchantWork],
     clock: Clock,
@@ -224,7 +304,16 @@ async def _harvest(
         connector=aiohttp.TCPConnector(limit=64),
     ) as session:
         harvest, _ = build_harvest(
-            config, store, output, session, clock, stop, random.Random(), factories, observer
+            config,
+            lease.store,
+            output,
+            session,
+            clock,
+            stop,
+            random.Random(),
+            factories,
+            observer,
+            lease,
         )
         summary = await harvest.run(work)
     # Totals only: the per-merchant tallies are the summary on stdout (1 MB at 1,000 merchants).

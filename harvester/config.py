@@ -74,6 +74,9 @@ class Timing:
     max_attempts: int = 8  # per operation, for transient errors
     export_cooldown_s: float = 60.0  # the longest backoff before creating a failed export again
     token_refresh_margin_s: float = 300.0
+    # How long a process's claims (chunks, export slots, token refreshes) outlive its last
+    # heartbeat; another process takes them over after that. Renewed every third of it.
+    lease_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,7 @@ class Config:
     # config file's folder), or a bucket.
     output_dir: Path | None
     bucket: Bucket | None
-    state_path: Path  # absolute, same rule
+    state_path: Path  # absolute, same rule; the SQLite state unless state_url is given
     chunk_days: int
     timing: Timing
     max_concurrent_downloads: int
@@ -157,6 +160,9 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     healthcheck_url: Secret | None = None  # a ping URL is a credential of sorts: never shown
     schedule: Schedule = field(default_factory=Schedule)
+    # postgresql://USER[:PASSWORD]@HOST[:PORT]/DB: the state in PostgreSQL instead of
+    # state_path (processes on several machines). A Secret: its password may be in it.
+    state_url: Secret | None = None
 
 
 _TOP_KEYS = (
@@ -164,6 +170,7 @@ _TOP_KEYS = (
     "output_url",
     "object_store",
     "state_path",
+    "state_url",
     "chunk_days",
     "timing",
     "max_concurrent_downloads",
@@ -208,6 +215,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     folder = config_path.parent
     regions = _read_regions(top)
     output_dir, bucket = _read_output(top, folder)
+    state_url = _state_url(top)
     return Config(
         path=config_path,
         output_dir=output_dir,
@@ -225,6 +233,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         metrics=_read_metrics(top.section("metrics", _METRICS_KEYS), folder),
         healthcheck_url=_healthcheck_url(top),
         schedule=_read_schedule(top.section("schedule", _SCHEDULE_KEYS)),
+        state_url=state_url,
     )
 
 
@@ -301,6 +310,30 @@ def _read_schedule(section: _Section) -> Schedule:
     return Schedule(time(int(match[1]), int(match[2])))
 
 
+def _state_url(top: _Section) -> Secret | None:
+    """state_url, checked; exactly one of state_path and state_url may be given."""
+    if top.get("state_url") is None:
+        return None
+    if top.get("state_path") is not None:
+        raise ConfigError(
+            "state_path, state_url: give one of them, not both "
+            "(state_path: a SQLite file; state_url: a PostgreSQL database)"
+        )
+    written = top.text("state_url")
+    assert written is not None
+    # The text as written is shown in messages; a password comes from ${VAR} (or PGPASSWORD).
+    parts = urlsplit(written)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"state_url: expected postgresql://USER@HOST:PORT/DB, got scheme {parts.scheme!r}"
+        )
+    if not parts.hostname or not parts.path.strip("/"):
+        raise ConfigError("state_url: expected postgresql://USER@HOST:PORT/DB (host and database)")
+    value = top.env_text("state_url")
+    assert value is not None
+    return Secret(value)
+
+
 def _read_yaml(path: Path) -> object:
     try:
         text = path.read_text(encoding="utf-8")
@@ -357,7 +390,7 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
-def _substitute(text: str, where: str, environ: Mapping[str, str]) -> str:
+def substitute(text: str, where: str, environ: Mapping[str, str]) -> str:
     """`text` with every ${VAR} replaced from `environ`."""
 
     def replace(match: re.Match[str]) -> str:
@@ -432,7 +465,7 @@ class _Section:
         written = self.text(key)
         if written is None:
             return None
-        value = _substitute(written, self.path(key), self._environ)
+        value = substitute(written, self.path(key), self._environ)
         if not value.strip():
             raise ConfigError(f"{self.path(key)}: is empty after reading the environment")
         return value
@@ -445,7 +478,7 @@ class _Section:
         # No message here shows the value: it is, or is meant to be, a token.
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected text, got a value of type {type(value).__name__}")
-        value = _substitute(value, where, self._environ)
+        value = substitute(value, where, self._environ)
         if not value.strip():
             raise ConfigError(f"{where}: the token is empty")
         # Surrounding whitespace (a newline from a secrets file) is never part of a token.
@@ -585,6 +618,7 @@ def _read_timing(section: _Section) -> Timing:
         max_attempts=section.whole("max_attempts", defaults.max_attempts, minimum=1),
         export_cooldown_s=seconds("export_cooldown_s", defaults.export_cooldown_s),
         token_refresh_margin_s=seconds("token_refresh_margin_s", defaults.token_refresh_margin_s),
+        lease_s=seconds("lease_s", defaults.lease_s),
     )
     for low, high in (("poll_min_s", "poll_max_s"), ("backoff_base_s", "backoff_max_s")):
         low_value, high_value = getattr(timing, low), getattr(timing, high)

@@ -21,6 +21,10 @@ class StoreError(HarvesterError):
     """The state store could not be read or written."""
 
 
+class ChunkOverlap(StoreError):
+    """A new chunk would overlap a known one of the same merchant and type."""
+
+
 class CloverError(HarvesterError):
     """Clover answered something other than what we asked for."""
 

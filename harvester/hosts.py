@@ -2,11 +2,13 @@
 merchant's tokens and client.
 
 `Harvest` is handed a `Hosts` and asks it for what a merchant needs; tests pass their own
-gate or slots factories to watch what the harvest does with them.
+gate or slots factories to watch what the harvest does with them. What several processes
+on one state share (export slots, refresh locks) goes through this process's lease.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,13 +16,15 @@ from types import MappingProxyType
 
 import aiohttp
 
-from harvester.clock import Clock
+from harvester.claims import Owner, ProcessLease
+from harvester.clock import Clock, SystemClock
 from harvester.clover import CloverApi, TokenGrant
 from harvester.config import Config, Merchant, Region, Timing
 from harvester.gate import HostGate
 from harvester.merchant import MerchantClient
 from harvester.observer import RunObserver
 from harvester.ratelimit import RequestLimiter
+from harvester.shared import RefreshLocks, SharedSlots
 from harvester.slots import ExportSlots
 from harvester.state import StateStore
 from harvester.tokens import RefreshingToken, StaticToken, TokenSource
@@ -33,8 +37,9 @@ class Host:
     region: Region
     api: CloverApi
     limiter: RequestLimiter
-    slots: ExportSlots
+    slots: ExportSlots  # this process's
     gate: HostGate
+    shared: SharedSlots  # the host's, across the processes on the state
 
 
 def make_gate(region: Region, timing: Timing, clock: Clock, rng: random.Random) -> HostGate:
@@ -77,7 +82,11 @@ class Hosts:
         rng: random.Random,
         factories: HostFactories | None = None,
         observer: RunObserver | None = None,
+        *,
+        lease: ProcessLease | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
+        """Without `lease`, one of its own for this process (entered by `Harvest.run`)."""
         self._config = config
         self._observer = observer or RunObserver()
         self._session = session
@@ -86,6 +95,12 @@ class Hosts:
         self._rng = rng
         self._factories = factories or HostFactories()
         self._hosts: dict[str, Host] = {}
+        self._stop = stop or asyncio.Event()
+        # The heartbeat keeps real time whatever `clock` is: see ProcessLease.
+        self.lease = lease or ProcessLease(
+            store, Owner.this_process("harvest"), clock, config.timing.lease_s, SystemClock()
+        )
+        self._refresh_locks = RefreshLocks(self.lease, clock, config.timing.poll_min_s)
 
     @property
     def built(self) -> Mapping[str, Host]:
@@ -107,7 +122,17 @@ class Hosts:
                 self._session, region.base_url, limiter, self._config.timing.request_timeout_s
             )
             gate = self._factories.gate(region, self._config.timing, self._clock, self._rng)
-            host = Host(region, api, limiter, self._factories.slots(region), gate)
+            slots = self._factories.slots(region)
+            shared = SharedSlots(
+                slots,
+                self.lease,
+                region.base_url,
+                self._clock,
+                self._stop,
+                self._config.timing.poll_min_s,
+                self._rng,
+            )
+            host = Host(region, api, limiter, slots, gate, shared)
             self._hosts[region.name] = host
         return host
 
@@ -143,4 +168,5 @@ class Hosts:
             self._store,
             self._clock,
             self._config.timing.token_refresh_margin_s,
+            lambda: self._refresh_locks.hold(merchant.id),
         )

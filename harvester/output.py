@@ -4,8 +4,10 @@
     <output_dir>/<merchant_id>/<payments|orders>/<chunk>/_manifest.json
 
 `<chunk>` is `TimeRange.name`. A chunk folder appears only complete, with its manifest:
-parts are written into a hidden sibling `.staging-<chunk>` (each first as a hidden
-`.part-NNNNN.json.tmp`), fsynced, and the whole folder is renamed into place. A chunk
+parts are written into a hidden sibling `.staging-<chunk>@<owner>` (each first as a hidden
+`.part-NNNNN.json.tmp`), fsynced, and the whole folder is renamed into place. `<owner>` is
+the id of the process that stages there (see claims.py): processes sharing one output
+folder never touch each other's staging while they live. A chunk
 harvested again is swapped in with one `renameat2(RENAME_EXCHANGE)`, so a reader sees the
 old folder or the new one, never a mix. Names starting with a dot are the harvester's work
 in progress; readers skip them.
@@ -24,7 +26,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -42,6 +44,8 @@ from harvester.export_file import count_elements
 MANIFEST_NAME = "_manifest.json"
 _STAGING_PREFIX = ".staging-"
 _OLD_PREFIX = ".old-"
+_OWNER_MARK = "@"  # .staging-<chunk>@<owner>; a name without it is from before owners
+_OWNER_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 _PART_NAME = re.compile(r"part-(\d{5,})\.json")
 
 # Linux renameat2(2): swap two paths atomically.
@@ -283,18 +287,24 @@ class ChunkOutput:
         *,
         rename: Rename | None = None,
         opener: Opener | None = None,
+        owner: str | None = None,
     ) -> None:
         """`rename` is renameat2(2) and `opener` opens part files (as `open`'s opener):
-        tests pass their own to see what the folder does when the system misbehaves."""
+        tests pass their own to see what the folder does when the system misbehaves.
+        `owner` is the id of the process staging (None: a process alone, as before owners)."""
         check_folder_name(merchant_id)
         self.output_dir = output_dir
         self.merchant_id = merchant_id
         self.type = type
         self.range = range
         parent = output_dir / merchant_id / type.folder
+        if owner is not None and not _is_owner_id(owner):
+            raise ValueError(f"owner id {owner!r} cannot be part of a folder name")
+        self.owner = owner
+        suffix = "" if owner is None else f"{_OWNER_MARK}{owner}"
         self.final_dir = parent / range.name
-        self.staging_dir = parent / f"{_STAGING_PREFIX}{range.name}"
-        self._old_dir = parent / f"{_OLD_PREFIX}{range.name}"
+        self.staging_dir = parent / f"{_STAGING_PREFIX}{range.name}{suffix}"
+        self._old_dir = parent / f"{_OLD_PREFIX}{range.name}{suffix}"
         self._rename = rename or renameat2
         self._opener = opener
 
@@ -348,6 +358,40 @@ class ChunkOutput:
     async def discard_staging(self) -> None:
         """Delete the staging folder and whatever it holds."""
         await asyncio.to_thread(_remove_tree, self.staging_dir)
+
+    async def adopt_staging(self, gone_owners: Collection[str]) -> str | None:
+        """Take over what gone processes staged for this chunk; call holding its claim.
+
+        The first staging folder of this chunk whose owner is gone (in `gone_owners`, or
+        a name from before owners) becomes this one's, unless this one has its own
+        already; the others of gone owners are deleted, so that their parts (of the same
+        export, or an abandoned one) are reused or cleared as after a restart. The
+        staging of owners still alive is left alone. Returns the folder adopted, if any.
+        """
+        adopted = await asyncio.to_thread(self._adopt_staging, frozenset(gone_owners))
+        return None if adopted is None else str(adopted)
+
+    def _adopt_staging(self, gone_owners: frozenset[str]) -> Path | None:
+        parent = self.staging_dir.parent
+        if not _is_real_dir(parent):
+            return None
+        adopted = None
+        for entry in sorted(parent.iterdir()):
+            parsed = _parse_owned(entry.name, _STAGING_PREFIX)
+            if parsed is None or entry == self.staging_dir or not _is_real_dir(entry):
+                continue
+            chunk_name, owner = parsed
+            if chunk_name != self.range.name or (owner is not None and owner not in gone_owners):
+                continue
+            if adopted is None and not self.staging_dir.exists():
+                for leftover in entry.iterdir():
+                    if _is_temp_file(leftover):
+                        leftover.unlink()
+                os.rename(entry, self.staging_dir)
+                adopted = entry
+            else:
+                shutil.rmtree(entry)
+        return adopted
 
     async def published_manifest(self) -> Manifest | None:
         """The manifest of the chunk folder in place, or None if there is none to trust."""
@@ -415,12 +459,18 @@ class FolderOutput:
     def __repr__(self) -> str:
         return f"FolderOutput({str(self.output_dir)!r})"
 
-    def chunk(self, merchant_id: str, type: ExportType, range: TimeRange) -> ChunkOutput:
-        return ChunkOutput(self.output_dir, merchant_id, type, range)
+    def chunk(
+        self, merchant_id: str, type: ExportType, range: TimeRange, owner: str | None = None
+    ) -> ChunkOutput:
+        return ChunkOutput(self.output_dir, merchant_id, type, range, owner=owner)
 
-    async def recover(self, keep_staging: Callable[[str, str, str], bool]) -> list[str]:
+    async def recover(
+        self,
+        keep_staging: Callable[[str, str, str], bool],
+        owner_gone: Callable[[str | None], bool] | None = None,
+    ) -> list[str]:
         """`recover` below, in a worker thread; the paths touched, as text."""
-        touched = await asyncio.to_thread(recover, self.output_dir, keep_staging)
+        touched = await asyncio.to_thread(recover, self.output_dir, keep_staging, owner_gone)
         return [str(path) for path in touched]
 
 
@@ -521,17 +571,27 @@ def _is_temp_file(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
 
 
-def recover(output_dir: Path, keep_staging: Callable[[str, str, str], bool]) -> list[Path]:
+def recover(
+    output_dir: Path,
+    keep_staging: Callable[[str, str, str], bool],
+    owner_gone: Callable[[str | None], bool] | None = None,
+) -> list[Path]:
     """Clear what a crash left in the output folder; call at start-up, before any work.
+
+    Only what gone processes left is touched: `owner_gone(owner)` says whether the owner of
+    a `.staging-`/`.old-` folder is gone (None for names from before owners; by default
+    every owner counts as gone, for a process alone on its output folder).
 
     - `.old-<chunk>` without a live `<chunk>` is renamed back (a crash fell between the two
       fallback renames); with a live one it is deleted.
     - Temp files (`.part-*.tmp`, the manifest's) in staging folders are deleted.
     - `.staging-<chunk>` is deleted unless keep_staging(merchant_id, type_folder, chunk_name)
-      says its export is still in flight, so that its saved parts are reused.
+      says its export is still in flight, so that its saved parts are reused (by whoever
+      claims the chunk next: see `ChunkOutput.adopt_staging`).
 
     Returns the paths removed or restored, for the log. Other names are left alone.
     """
+    gone = owner_gone or (lambda owner: True)
     touched: list[Path] = []
     if not _is_real_dir(output_dir):
         return touched
@@ -542,23 +602,42 @@ def recover(output_dir: Path, keep_staging: Callable[[str, str, str], bool]) -> 
             type_dir = merchant_dir / type_folder
             if not _is_real_dir(type_dir):
                 continue
-            changed = _recover_type_dir(merchant_dir.name, type_dir, keep_staging)
+            changed = _recover_type_dir(merchant_dir.name, type_dir, keep_staging, gone)
             if changed:
                 _fsync_dir(type_dir)
                 touched.extend(changed)
     return touched
 
 
+def _parse_owned(name: str, prefix: str) -> tuple[str, str | None] | None:
+    """(chunk name, owner or None) of `<prefix><chunk>[@<owner>]`; None for other names."""
+    if not name.startswith(prefix):
+        return None
+    chunk_name, mark, owner = name.removeprefix(prefix).partition(_OWNER_MARK)
+    if not _is_chunk_name(chunk_name) or (mark and not _is_owner_id(owner)):
+        return None
+    return chunk_name, owner if mark else None
+
+
+def _is_owner_id(owner: str) -> bool:
+    return _OWNER_ID.fullmatch(owner) is not None
+
+
 def _recover_type_dir(
-    merchant_id: str, type_dir: Path, keep_staging: Callable[[str, str, str], bool]
+    merchant_id: str,
+    type_dir: Path,
+    keep_staging: Callable[[str, str, str], bool],
+    owner_gone: Callable[[str | None], bool],
 ) -> list[Path]:
     touched: list[Path] = []
     for entry in sorted(type_dir.iterdir()):
         if not _is_real_dir(entry):
             continue
-        if entry.name.startswith(_OLD_PREFIX):
-            chunk_name = entry.name.removeprefix(_OLD_PREFIX)
-            if not _is_chunk_name(chunk_name):
+        old = _parse_owned(entry.name, _OLD_PREFIX)
+        staging = _parse_owned(entry.name, _STAGING_PREFIX)
+        if old is not None:
+            chunk_name, owner = old
+            if not owner_gone(owner):
                 continue
             live = type_dir / chunk_name
             if live.exists():
@@ -567,9 +646,9 @@ def _recover_type_dir(
             else:
                 os.rename(entry, live)
                 touched.append(live)
-        elif entry.name.startswith(_STAGING_PREFIX):
-            chunk_name = entry.name.removeprefix(_STAGING_PREFIX)
-            if not _is_chunk_name(chunk_name):
+        elif staging is not None:
+            chunk_name, owner = staging
+            if not owner_gone(owner):
                 continue
             if keep_staging(merchant_id, type_dir.name, chunk_name):
                 for leftover in sorted(entry.iterdir()):

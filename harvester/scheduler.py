@@ -10,6 +10,10 @@ A failed export is created again after a jittered exponential backoff (at most
 `export_cooldown_s`); one whose files expired, at once. An export DONE that lists no files
 is believed (an empty chunk) only once a second export of the range says the same. A create
 whose answer was lost leaves an orphan that holds a slot of its host for a while (orphans.py).
+
+Other processes may share the state: a chunk is harvested only under its claim (see
+claims.py). A chunk claimed by another process waits until the queue is empty, then until
+that process is done with it (reported as done elsewhere) or gone (taken over).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import structlog
 
 from harvester.backoff import backoff_delay, capped_backoff_delay
 from harvester.chunks import ExportType
+from harvester.claims import ClaimLost, ProcessLease
 from harvester.clock import Clock, nap
 from harvester.clover import DONE_STATUSES, RUNNING_STATUSES, ExportInfo
 from harvester.config import Config, Merchant
@@ -49,7 +54,7 @@ from harvester.observer import RunObserver
 from harvester.orphans import OrphanHolds
 from harvester.polling import next_poll_delay, progress_elapsed_s
 from harvester.slots import Slot
-from harvester.state import ChunkRecord, ExportRecord, ExportState, StateStore
+from harvester.state import ChunkRecord, ChunkStatus, ExportRecord, ExportState, StateStore
 from harvester.summary import Summary
 from harvester.target import ChunkTarget, Output
 
@@ -68,7 +73,9 @@ class _Merchant:
     host: Host
     client: MerchantClient
     queue: deque[ChunkRecord]
+    deferred: deque[ChunkRecord] = field(default_factory=deque)  # claimed by another process
     refusal: str | None = None  # set once Clover refused the merchant: no more tries this run
+    waited: set[int] = field(default_factory=set)  # deferred ids looked at since the last nap
     lanes: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -108,7 +115,19 @@ class Harvest:
         self._orphans = OrphanHolds(clock)
         self.summary = Summary()
 
+    @property
+    def lease(self) -> ProcessLease:
+        """This process's lease on the state (its hosts'): claims are taken under it."""
+        return self._hosts.lease
+
     async def run(self, work: Sequence[MerchantWork]) -> Summary:
+        if not self.lease.active:
+            # Not entered by the caller (as in-process tests run it): for this run only.
+            async with self.lease:
+                return await self._run(work)
+        return await self._run(work)
+
+    async def _run(self, work: Sequence[MerchantWork]) -> Summary:
         for item in work:
             for chunk in item.chunks:
                 self.summary.tally(item.merchant.id, ExportType(chunk.type)).chunks_planned += 1
@@ -144,26 +163,83 @@ class Harvest:
                 group.create_task(self._lane(state))
 
     async def _lane(self, state: _Merchant) -> None:
-        while state.queue and not self._stop.is_set():
-            chunk = state.queue.popleft()
-            tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
+        while not self._stop.is_set():
+            if state.queue:
+                chunk = state.queue.popleft()
+            elif state.deferred:
+                chunk = state.deferred.popleft()
+                if chunk.id in state.waited:
+                    # A whole round of chunks held elsewhere: give their holders time.
+                    state.waited.clear()
+                    if not await self._nap(self._hold_poll_s()):
+                        return
+                    await self.lease.reap()
+                state.waited.add(chunk.id)
+            else:
+                return
+            with structlog.contextvars.bound_contextvars(
+                type=str(chunk.type), range=str(chunk.range)
+            ):
+                await self._claimed(state, chunk)
+
+    def _hold_poll_s(self) -> float:
+        """How often a chunk held by another process is looked at again."""
+        return min(5.0, self.lease.lease_s / 10)
+
+    async def _claimed(self, state: _Merchant, chunk: ChunkRecord) -> None:
+        """Harvest the chunk under its claim, or defer it while another process holds it."""
+        log = get_logger()
+        tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
+        claim = await self.lease.claim(chunk.id)
+        if claim.chunk.status is ChunkStatus.COMPLETE:
+            # Done by another process since this run planned it.
+            if claim.granted:
+                await self.lease.release(chunk.id)
+            state.waited.discard(chunk.id)
+            tally.chunks_done += 1
+            tally.chunks_elsewhere += 1
+            self._observer.chunk_completed(ExportType(chunk.type), 0, 0)
+            log.info("chunk.done_elsewhere")
+            return
+        if not claim.granted:
+            holder = claim.held_by
+            assert holder is not None
+            if chunk.id not in state.waited:
+                log.info(
+                    "chunk.held_elsewhere",
+                    host=holder.host,
+                    pid=holder.pid,
+                    command=holder.command,
+                    lease_until=holder.lease_until.isoformat(),
+                )
+            state.deferred.append(claim.chunk)
+            return
+        state.waited.discard(chunk.id)
+        chunk = claim.chunk  # as it stands now: another process may have moved it on
+        try:
             if state.refusal is not None:
                 await self._store.fail_chunk(chunk.id, state.refusal)
                 tally.chunks_failed += 1
                 self._observer.chunk_failed(ExportType(chunk.type))
-                continue
-            with structlog.contextvars.bound_contextvars(
-                type=str(chunk.type), range=str(chunk.range)
-            ):
-                try:
-                    await self._harvest_chunk(state, chunk)
-                except _Stopped:
-                    pass
-                except Exception as exc:  # one chunk's bug must not tear down the others
-                    get_logger().exception("chunk.crashed")
-                    await self._fail(chunk, f"unexpected error: {type(exc).__name__}: {exc}")
+                return
+            try:
+                await self._harvest_chunk(state, chunk)
+            except _Stopped:
+                pass
+            except ClaimLost as exc:
+                # Another process took it over while this one's lease had lapsed: what this
+                # one staged is no use to anybody; wait to see it done.
+                log.warning("chunk.claim_lost", error=str(exc))
+                await self._output(chunk).discard_staging()
+                state.deferred.append(chunk)
+            except Exception as exc:  # one chunk's bug must not tear down the others
+                log.exception("chunk.crashed")
+                await self._fail(chunk, f"unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            await self.lease.release(chunk.id)
 
     async def _fail(self, chunk: ChunkRecord, error: str) -> None:
+        await self.lease.confirm(chunk.id)
         await self._store.fail_chunk(chunk.id, error)
         tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
         tally.chunks_failed += 1
@@ -181,7 +257,12 @@ class Harvest:
                 export = await self._finished_export(state, chunk, no_files_once)
                 if self._stop.is_set():
                     raise _Stopped
-                manifest = await self._downloader.publish_chunk(self._output(chunk), chunk, export)
+                output = self._output(chunk)
+                await self.lease.confirm(chunk.id)
+                adopted = await output.adopt_staging(await self.lease.gone_owners())
+                if adopted is not None:
+                    log.info("staging.adopted", path=str(adopted))
+                manifest = await self._downloader.publish_chunk(output, chunk, export)
                 await asyncio.shield(self._store.complete_chunk(chunk.id))
                 objects = sum(part.objects for part in manifest.parts)
                 tally.chunks_done += 1
@@ -200,7 +281,10 @@ class Harvest:
                     empty=manifest.empty_reason,
                 )
                 return
+            except ClaimLost:
+                raise
             except (ExportFailed, ExportNotFound, FileExpired) as exc:
+                await self.lease.confirm(chunk.id)
                 current = await self._store.get_chunk(chunk.id)
                 if current.export_id is not None:
                     ended = (
@@ -257,7 +341,9 @@ class Harvest:
         )
 
     def _output(self, chunk: ChunkRecord) -> ChunkTarget:
-        return self._destination.chunk(chunk.merchant_id, ExportType(chunk.type), chunk.range)
+        return self._destination.chunk(
+            chunk.merchant_id, ExportType(chunk.type), chunk.range, owner=self.lease.owner.id
+        )
 
     async def _refuse(
         self, state: _Merchant, chunk: ChunkRecord, why: str, exc: HarvesterError
@@ -281,7 +367,10 @@ class Harvest:
             return record
         if record is not None and record.state is ExportState.RUNNING:
             get_logger().info("export.reattached", export_id=record.id, percent=record.percent)
-            async with state.host.slots.hold(state.merchant.id) as slot:
+            async with (
+                state.host.slots.hold(state.merchant.id) as slot,
+                state.host.shared.hold(state.merchant.id),
+            ):
                 state.host.slots.runs(slot)
                 return await self._follow(state, record, None, confirming)
         return await self._create_and_follow(state, chunk, confirming)
@@ -294,12 +383,18 @@ class Harvest:
         transient_failures = 0
         while True:
             pause_s = 0.0
-            async with host.gate.admission(self._stop) as admitted:
-                if not admitted:
-                    raise _Stopped
-                async with host.slots.hold(state.merchant.id) as slot:
-                    # The wait for a slot may have outlasted the window (or its margin), or
-                    # the host may have said "closed" to another lane meanwhile.
+            # The slots (this process's, then the host's across processes) before the gate:
+            # the store calls they take must not come between the gate's word and the POST.
+            async with (
+                host.slots.hold(state.merchant.id) as slot,
+                host.shared.hold(state.merchant.id),
+            ):
+                # A new export only under the chunk's claim: one export per chunk.
+                await self.lease.confirm(chunk.id)
+                async with host.gate.admission(self._stop) as admitted:
+                    if not admitted:
+                        raise _Stopped
+                    # The host may have said "closed" or "busy" to another lane meanwhile.
                     if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
                         continue
                     try:
@@ -308,13 +403,18 @@ class Harvest:
                         # The slot goes back; the gate holds every lane of the host back
                         # for the backoff, so that no other lane retries into the same wall.
                         host.slots.busy()
+                        wait_s = host.gate.busy()
                         self.summary.events["busy_503"] += 1
                         self._observer.busy_503(host.region.name)
                         log.info(
                             "export.busy",
                             limit=host.slots.limit,
-                            wait_s=round(host.gate.busy(), 3),
+                            wait_s=round(wait_s, 3),
                             error=str(exc),
+                        )
+                        # Every process on the state holds back; the shared limit follows.
+                        await host.shared.busy(
+                            self._clock.now() + timedelta(seconds=wait_s), host.slots.limit
                         )
                     except WindowClosed as exc:
                         host.gate.closed(exc)
@@ -346,6 +446,7 @@ class Harvest:
                         record = await asyncio.shield(
                             self._store.record_export(chunk.id, info.id, info.status, info.percent)
                         )
+                        await host.shared.went_through()
                         self.summary.tally(
                             chunk.merchant_id, ExportType(chunk.type)
                         ).exports_created += 1

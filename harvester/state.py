@@ -8,7 +8,7 @@ read a `Snapshot` (`store.read_snapshot`, read-only, while a run may be writing)
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
@@ -73,11 +73,61 @@ class PartRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """A harvester process that shares the state: who it is and how long its lease runs.
+
+    Its claims (and slots, and locks) are worth what its lease is worth: once
+    `lease_until` has passed without a renewal, the process counts as gone and anyone may
+    take its chunks over.
+    """
+
+    id: str  # unique per process start: also the suffix of its staging folders
+    host: str
+    pid: int
+    machine: str  # host, boot and PID namespace: where `pid` can be checked directly
+    command: str
+    started_at: datetime
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """The chunk as it is now, and who holds it if not the asking process."""
+
+    chunk: ChunkRecord
+    held_by: ProcessRecord | None  # None: the asking process holds the claim now
+
+    @property
+    def granted(self) -> bool:
+        return self.held_by is None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotTry:
+    """What asking for a shared export slot gave."""
+
+    slot_id: int | None  # the slot, if granted
+    waiter_id: int  # the place in the queue (pass it again until granted)
+    limit: int  # the host's shared limit now
+    in_use: int  # slots held by live processes now (this one's new slot included)
+    busy_until: datetime | None  # no slot is granted before this (a busy 503 was seen)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldChunk:
+    """For `status`: a chunk claimed by a process whose lease has not ended."""
+
+    chunk_id: int
+    holder: ProcessRecord
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """What `harvester status` shows. Never holds a token."""
 
     chunks: list[ChunkRecord]
     running: list[ExportRecord]  # RUNNING/DONE current exports of chunks not yet complete
+    held: list[HeldChunk] = field(default_factory=list)  # claims of live processes
 
 
 class StateStore(Protocol):
@@ -149,3 +199,40 @@ class StateStore(Protocol):
     async def save_refresh_token(
         self, merchant_id: str, token: str, expires_at: datetime | None
     ) -> None: ...
+
+    # -- processes and claims (several processes on one state)
+    async def register_process(self, process: ProcessRecord) -> None: ...
+
+    async def renew_process(self, process_id: str, lease_until: datetime) -> bool: ...
+
+    async def end_process(self, process_id: str) -> None: ...
+
+    async def processes(self) -> list[ProcessRecord]: ...
+
+    async def claim_chunk(self, chunk_id: int, owner: str) -> ClaimResult: ...
+
+    async def holds_chunk(self, chunk_id: int, owner: str) -> bool: ...
+
+    async def release_chunk(self, chunk_id: int, owner: str) -> None: ...
+
+    # -- export slots and refresh locks shared by the processes
+    async def take_slot(
+        self, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
+    ) -> SlotTry: ...
+
+    async def reset_hosts(self) -> None: ...
+
+    async def leave_slot_queue(self, waiter_id: int) -> None: ...
+
+    async def release_slot(self, slot_id: int) -> None: ...
+
+    async def slot_busy(self, host: str, until: datetime, maximum: int, limit: int) -> int: ...
+
+    async def slot_went_through(self, host: str, maximum: int) -> int: ...
+
+    async def lock_token(self, merchant_id: str, owner: str) -> ProcessRecord | None: ...
+
+    async def unlock_token(self, merchant_id: str, owner: str) -> None: ...
+
+    # -- what `status` shows
+    async def snapshot(self, now: datetime | None = None) -> Snapshot: ...

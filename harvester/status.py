@@ -21,6 +21,17 @@ class InFlight:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """A chunk being worked on by a process whose lease runs."""
+
+    range: TimeRange
+    host: str
+    pid: int
+    command: str
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class TypeStatus:
     merchant_id: str
     type: ExportType
@@ -32,6 +43,7 @@ class TypeStatus:
     last_error: str | None
     last_error_at: datetime | None
     orphans: int = 0  # creates whose answer was lost: exports that may exist, ids unknown
+    held: tuple[Held, ...] = ()
 
 
 def build_status(config: Config, snapshot: Snapshot) -> list[TypeStatus]:
@@ -65,6 +77,19 @@ def build_status(config: Config, snapshot: Snapshot) -> list[TypeStatus]:
                 last_error=latest.last_error if latest else None,
                 last_error_at=latest.last_error_at if latest else None,
                 orphans=sum(c.lost_creates for c in mine),
+                held=tuple(
+                    Held(
+                        chunk_by_id[h.chunk_id].range,
+                        h.holder.host,
+                        h.holder.pid,
+                        h.holder.command,
+                        h.holder.lease_until,
+                    )
+                    for h in snapshot.held
+                    if h.chunk_id in chunk_by_id
+                    and (chunk_by_id[h.chunk_id].merchant_id, chunk_by_id[h.chunk_id].type)
+                    == (merchant_id, export_type)
+                ),
             )
         )
     return rows
@@ -91,6 +116,16 @@ def status_as_json(rows: list[TypeStatus]) -> list[dict[str, Any]]:
             "last_error": row.last_error,
             "last_error_at": iso(row.last_error_at),
             "orphans": row.orphans,
+            "held": [
+                {
+                    "range": h.range.name,
+                    "host": h.host,
+                    "pid": h.pid,
+                    "command": h.command,
+                    "lease_until": iso(h.lease_until),
+                }
+                for h in row.held
+            ],
         }
         for row in rows
     ]
@@ -118,6 +153,11 @@ def render_status(rows: list[TypeStatus]) -> str:
         if row.orphans:
             lines.append(
                 f"  orphans: {row.orphans} create(s) lost their answer (the exports may exist)"
+            )
+        for held in row.held:
+            lines.append(
+                f"  held: {held.range} by {held.host} pid {held.pid} ({held.command}), "
+                f"lease until {iso(held.lease_until)}"
             )
         if row.last_error:
             lines.append(f"  last error at {iso(row.last_error_at)}: {row.last_error}")

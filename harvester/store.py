@@ -24,13 +24,17 @@ from typing import TypeVar
 
 from harvester.chunks import EPOCH, ONE_MS, ExportType, TimeRange
 from harvester.clock import Clock
-from harvester.errors import StoreError
+from harvester.errors import ChunkOverlap, StoreError
 from harvester.state import (
     ChunkRecord,
     ChunkStatus,
+    ClaimResult,
     ExportRecord,
     ExportState,
+    HeldChunk,
     PartRecord,
+    ProcessRecord,
+    SlotTry,
     Snapshot,
 )
 
@@ -102,9 +106,86 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Issue 7: creates whose answer was lost (orphans), counted per chunk.
     ("ALTER TABLE chunks ADD COLUMN lost_creates INTEGER NOT NULL DEFAULT 0",),
+    (
+        # Processes sharing the state, each with a lease it renews while it lives.
+        """
+        CREATE TABLE processes (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            machine TEXT NOT NULL,
+            command TEXT NOT NULL,
+            started_at_ms INTEGER NOT NULL,
+            lease_until_ms INTEGER NOT NULL
+        )
+        """,
+        # A chunk is worked on by the process holding its claim, while that one's lease runs.
+        """
+        CREATE TABLE claims (
+            chunk_id INTEGER PRIMARY KEY REFERENCES chunks (id),
+            owner TEXT NOT NULL REFERENCES processes (id),
+            claimed_at_ms INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX claims_by_owner ON claims (owner)",
+    ),
+    (
+        # One Clover host's export slots, shared by every process: the adaptive limit, the
+        # busy backoff, and the order of grants (fairness between merchants).
+        """
+        CREATE TABLE hosts (
+            host TEXT PRIMARY KEY,
+            slot_limit INTEGER NOT NULL CHECK (slot_limit >= 1),
+            run INTEGER NOT NULL DEFAULT 0,
+            grants INTEGER NOT NULL DEFAULT 0,
+            busy_until_ms INTEGER
+        )
+        """,
+        """
+        CREATE TABLE slots (
+            id INTEGER PRIMARY KEY,
+            host TEXT NOT NULL,
+            owner TEXT NOT NULL REFERENCES processes (id),
+            merchant_id TEXT NOT NULL,
+            granted_at_ms INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX slots_by_host ON slots (host)",
+        """
+        CREATE TABLE slot_waiters (
+            id INTEGER PRIMARY KEY,
+            host TEXT NOT NULL,
+            owner TEXT NOT NULL REFERENCES processes (id),
+            merchant_id TEXT NOT NULL,
+            since_ms INTEGER NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE served (
+            host TEXT NOT NULL,
+            merchant_id TEXT NOT NULL,
+            last_grant INTEGER NOT NULL,
+            PRIMARY KEY (host, merchant_id)
+        )
+        """,
+        # One refresh per merchant at a time, whichever process does it.
+        """
+        CREATE TABLE token_locks (
+            merchant_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES processes (id),
+            since_ms INTEGER NOT NULL
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)  # what PRAGMA user_version says once open
+
+_BUSY_TIMEOUT_S = 30.0
+# Opening races other processes opening the same new file: switching to WAL is not covered
+# by the busy timeout, so a "locked" answer on open is tried again after a pause.
+_OPEN_ATTEMPTS = 12
+_OPEN_PAUSE_S = 0.05
 
 
 def _to_ms(moment: datetime) -> int:
@@ -163,6 +244,44 @@ def _part_from_row(row: sqlite3.Row) -> PartRecord:
     )
 
 
+def _process_from_row(row: sqlite3.Row) -> ProcessRecord:
+    return ProcessRecord(
+        id=row["id"],
+        host=row["host"],
+        pid=row["pid"],
+        machine=row["machine"],
+        command=row["command"],
+        started_at=_from_ms(row["started_at_ms"]),
+        lease_until=_from_ms(row["lease_until_ms"]),
+    )
+
+
+def _next_in_line(connection: sqlite3.Connection, host: str, free: int) -> set[int]:
+    """The waiters the next `free` grants would go to: round-robin across merchants."""
+    served = {
+        row["merchant_id"]: row["last_grant"]
+        for row in connection.execute(
+            "SELECT merchant_id, last_grant FROM served WHERE host = ?", (host,)
+        )
+    }
+    queues: dict[str, list[tuple[int, int]]] = {}
+    for row in connection.execute(
+        "SELECT id, merchant_id, since_ms FROM slot_waiters WHERE host = ? ORDER BY since_ms, id",
+        (host,),
+    ):
+        queues.setdefault(row["merchant_id"], []).append((row["since_ms"], row["id"]))
+    chosen: set[int] = set()
+    order = max(served.values(), default=0)
+    while queues and len(chosen) < free:
+        merchant = min(queues, key=lambda m: (served.get(m, 0), queues[m][0]))
+        chosen.add(queues[merchant].pop(0)[1])
+        if not queues[merchant]:
+            del queues[merchant]
+        order += 1
+        served[merchant] = order
+    return chosen
+
+
 def _migrate(
     connection: sqlite3.Connection, path: Path, migrations: Sequence[tuple[str, ...]]
 ) -> None:
@@ -187,6 +306,15 @@ def _migrate(
         raise
 
 
+class _Locked(Exception):
+    """Another process held the file while this one opened it: try again."""
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
 def _connect(path: Path, migrations: Sequence[tuple[str, ...]]) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +322,9 @@ def _connect(path: Path, migrations: Sequence[tuple[str, ...]]) -> sqlite3.Conne
         raise StoreError(f"state store {path}: cannot create its folder: {exc.strerror}") from exc
     try:
         # isolation_level=None: transactions are begun and committed explicitly, one per call.
-        connection = sqlite3.connect(path, isolation_level=None)
+        # timeout: SQLite's busy_timeout, how long a statement waits for another process's
+        # write transaction before failing with "database is locked".
+        connection = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
     except sqlite3.Error as exc:
         raise StoreError(f"state store {path}: cannot open: {exc}") from exc
     try:
@@ -205,6 +335,11 @@ def _connect(path: Path, migrations: Sequence[tuple[str, ...]]) -> sqlite3.Conne
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute("PRAGMA foreign_keys = ON")
         _migrate(connection, path, migrations)
+    except sqlite3.OperationalError as exc:
+        connection.close()
+        if _is_locked(exc):
+            raise _Locked(str(exc)) from exc
+        raise StoreError(f"state store {path}: cannot open: {exc}") from exc
     except sqlite3.Error as exc:
         connection.close()
         raise StoreError(f"state store {path}: cannot open: {exc}") from exc
@@ -240,9 +375,21 @@ class Store:
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harvester-store")
         try:
-            connection = await asyncio.get_running_loop().run_in_executor(
-                executor, _connect, path, migrations
-            )
+            attempt = 0
+            while True:
+                try:
+                    connection = await asyncio.get_running_loop().run_in_executor(
+                        executor, _connect, path, migrations
+                    )
+                    break
+                except _Locked:
+                    attempt += 1
+                    if attempt >= _OPEN_ATTEMPTS:
+                        raise StoreError(
+                            f"state store {path}: cannot open: still locked by another "
+                            f"process after {attempt} attempts"
+                        ) from None
+                    await clock.sleep(_OPEN_PAUSE_S * min(attempt, 10))
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -361,7 +508,7 @@ class Store:
                     ).fetchone()
                     if clash is not None:
                         existing = TimeRange.from_ms(clash["start_ms"], clash["end_ms"])
-                        raise StoreError(
+                        raise ChunkOverlap(
                             f"state store {self._path}: chunk {wanted_range} of merchant "
                             f"{merchant_id} {type.value} overlaps the known chunk {existing}"
                         )
@@ -528,6 +675,326 @@ class Store:
             )
 
         await self._write("start_run", work)
+
+    # -- processes and claims -----------------------------------------------------------
+
+    async def register_process(self, process: ProcessRecord) -> None:
+        """Enter (or re-enter) a process sharing the state, with its lease."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO processes"
+                " (id, host, pid, machine, command, started_at_ms, lease_until_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET lease_until_ms = excluded.lease_until_ms",
+                (
+                    process.id,
+                    process.host,
+                    process.pid,
+                    process.machine,
+                    process.command,
+                    _to_ms(process.started_at),
+                    _to_ms(process.lease_until),
+                ),
+            )
+
+        await self._write("register_process", work)
+
+    async def renew_process(self, process_id: str, lease_until: datetime) -> bool:
+        """Extend a process's lease. False if it had already ended or lapsed (then it is
+        renewed all the same: claims nobody took meanwhile are its own again)."""
+        now_ms = self._now_ms()
+        until_ms = _to_ms(lease_until)
+
+        def work(connection: sqlite3.Connection) -> bool:
+            row = connection.execute(
+                "SELECT lease_until_ms FROM processes WHERE id = ?", (process_id,)
+            ).fetchone()
+            if row is None:
+                raise self._missing(f"process {process_id}")
+            connection.execute(
+                "UPDATE processes SET lease_until_ms = ? WHERE id = ?", (until_ms, process_id)
+            )
+            return bool(row["lease_until_ms"] > now_ms)
+
+        return await self._write("renew_process", work)
+
+    async def end_process(self, process_id: str) -> None:
+        """The process is done (or known dead): its lease ends now, its claims, slots and
+        locks go."""
+        now_ms = self._now_ms()
+
+        def work(connection: sqlite3.Connection) -> None:
+            for table in ("claims", "slots", "slot_waiters", "token_locks"):
+                connection.execute(
+                    f"DELETE FROM {table} WHERE owner = ?",  # noqa: S608
+                    (process_id,),
+                )
+            connection.execute(
+                "UPDATE processes SET lease_until_ms = min(lease_until_ms, ?) WHERE id = ?",
+                (now_ms, process_id),
+            )
+
+        await self._write("end_process", work)
+
+    async def processes(self) -> list[ProcessRecord]:
+        """Every process that ever shared the state, oldest first."""
+
+        def work(connection: sqlite3.Connection) -> list[ProcessRecord]:
+            rows = connection.execute(
+                "SELECT * FROM processes ORDER BY started_at_ms, id"
+            ).fetchall()
+            return [_process_from_row(row) for row in rows]
+
+        return await self._run("processes", work)
+
+    async def claim_chunk(self, chunk_id: int, owner: str) -> ClaimResult:
+        """Take the chunk for `owner` unless a process whose lease runs holds it.
+
+        A claim of a process whose lease has ended passes to `owner`: the chunk is taken
+        over as it stands (its export, its saved parts).
+        """
+        now_ms = self._now_ms()
+
+        def work(connection: sqlite3.Connection) -> ClaimResult:
+            chunk = _chunk_from_row(self._chunk_row(connection, chunk_id))
+            holder = connection.execute(
+                "SELECT processes.* FROM claims JOIN processes ON processes.id = claims.owner"
+                " WHERE claims.chunk_id = ? AND claims.owner != ? AND lease_until_ms > ?",
+                (chunk_id, owner, now_ms),
+            ).fetchone()
+            if holder is not None:
+                return ClaimResult(chunk, _process_from_row(holder))
+            connection.execute(
+                "INSERT INTO claims (chunk_id, owner, claimed_at_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (chunk_id) DO UPDATE SET owner = excluded.owner,"
+                " claimed_at_ms = excluded.claimed_at_ms WHERE claims.owner != excluded.owner",
+                (chunk_id, owner, now_ms),
+            )
+            return ClaimResult(chunk, None)
+
+        return await self._write("claim_chunk", work)
+
+    async def holds_chunk(self, chunk_id: int, owner: str) -> bool:
+        """True while `owner` holds the chunk's claim (nobody took it over)."""
+
+        def work(connection: sqlite3.Connection) -> bool:
+            row = connection.execute(
+                "SELECT 1 FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner)
+            ).fetchone()
+            return row is not None
+
+        return await self._run("holds_chunk", work)
+
+    async def release_chunk(self, chunk_id: int, owner: str) -> None:
+        """`owner` is done with the chunk (if it still held it)."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "DELETE FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner)
+            )
+
+        await self._write("release_chunk", work)
+
+    # -- shared export slots and refresh locks ---------------------------------------------
+
+    async def take_slot(
+        self, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
+    ) -> SlotTry:
+        """Ask for one of the host's export slots for `merchant_id`.
+
+        Granted when the live processes together hold fewer than the shared limit, no busy
+        backoff is running, and the merchant's waiter is among the next in line: merchants
+        served least recently first, then the longest waiting, as ExportSlots does in one
+        process. Otherwise the waiter keeps its place: ask again with `waiter_id`. Slots and
+        waiters of processes whose lease ended are dropped.
+        """
+        now_ms = self._now_ms()
+
+        def work(connection: sqlite3.Connection) -> SlotTry:
+            connection.execute(
+                "INSERT INTO hosts (host, slot_limit) VALUES (?, ?)"
+                " ON CONFLICT (host) DO UPDATE SET slot_limit = min(slot_limit, ?)",
+                (host, maximum, maximum),
+            )
+            for table in ("slots", "slot_waiters"):
+                connection.execute(
+                    f"DELETE FROM {table} WHERE host = ? AND owner NOT IN"  # noqa: S608
+                    " (SELECT id FROM processes WHERE lease_until_ms > ?)",
+                    (host, now_ms),
+                )
+            waiter = waiter_id
+            if (
+                waiter is None
+                or not connection.execute(
+                    "SELECT 1 FROM slot_waiters WHERE id = ?", (waiter,)
+                ).fetchone()
+            ):
+                cursor = connection.execute(
+                    "INSERT INTO slot_waiters (host, owner, merchant_id, since_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (host, owner, merchant_id, now_ms),
+                )
+                waiter = cursor.lastrowid or 0
+            state = connection.execute("SELECT * FROM hosts WHERE host = ?", (host,)).fetchone()
+            limit: int = state["slot_limit"]
+            busy_until_ms: int | None = state["busy_until_ms"]
+            in_use: int = connection.execute(
+                "SELECT count(*) FROM slots WHERE host = ?", (host,)
+            ).fetchone()[0]
+            busy_until = _maybe_from_ms(busy_until_ms)
+            if (busy_until_ms is not None and busy_until_ms > now_ms) or in_use >= limit:
+                return SlotTry(None, waiter, limit, in_use, busy_until)
+            if waiter not in _next_in_line(connection, host, limit - in_use):
+                return SlotTry(None, waiter, limit, in_use, busy_until)
+            grants: int = state["grants"] + 1
+            connection.execute("DELETE FROM slot_waiters WHERE id = ?", (waiter,))
+            connection.execute("UPDATE hosts SET grants = ? WHERE host = ?", (grants, host))
+            connection.execute(
+                "INSERT INTO served (host, merchant_id, last_grant) VALUES (?, ?, ?)"
+                " ON CONFLICT (host, merchant_id) DO UPDATE SET last_grant = excluded.last_grant",
+                (host, merchant_id, grants),
+            )
+            cursor = connection.execute(
+                "INSERT INTO slots (host, owner, merchant_id, granted_at_ms) VALUES (?, ?, ?, ?)",
+                (host, owner, merchant_id, now_ms),
+            )
+            return SlotTry(cursor.lastrowid, waiter, limit, in_use + 1, busy_until)
+
+        return await self._write("take_slot", work)
+
+    async def reset_hosts(self) -> None:
+        """Forget the shared limits and backoffs: for a process alone on the state, which
+        starts from the configured limits as it would by itself."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM hosts")
+
+        await self._write("reset_hosts", work)
+
+    async def leave_slot_queue(self, waiter_id: int) -> None:
+        """Stop waiting for a slot (the waiter was cancelled)."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM slot_waiters WHERE id = ?", (waiter_id,))
+
+        await self._write("leave_slot_queue", work)
+
+    async def release_slot(self, slot_id: int) -> None:
+        """Give a slot back."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM slots WHERE id = ?", (slot_id,))
+
+        await self._write("release_slot", work)
+
+    async def slot_busy(self, host: str, until: datetime, maximum: int, limit: int) -> int:
+        """A busy 503 on the host: the shared limit drops to `limit` (what the process that
+        saw it now allows itself) if lower, and nothing is granted before `until` (a later
+        end already set stays). Returns the new limit."""
+        now_ms = self._now_ms()
+        until_ms = _to_ms(until)
+
+        def work(connection: sqlite3.Connection) -> int:
+            connection.execute(
+                "INSERT INTO hosts (host, slot_limit) VALUES (?, ?) ON CONFLICT (host) DO NOTHING",
+                (host, maximum),
+            )
+            row = connection.execute(
+                "UPDATE hosts SET slot_limit = max(1, min(slot_limit, ?)), run = 0,"
+                " busy_until_ms = CASE WHEN busy_until_ms > max(?, ?) THEN busy_until_ms"
+                " ELSE ? END WHERE host = ? RETURNING slot_limit",
+                (limit, until_ms, now_ms, until_ms, host),
+            ).fetchone()
+            lowered: int = row["slot_limit"]
+            return lowered
+
+        return await self._write("slot_busy", work)
+
+    async def slot_went_through(self, host: str, maximum: int) -> int:
+        """An export was created on the host: the backoff ends; after as many in a row as
+        the limit, the limit grows by one up to `maximum`. Returns the limit."""
+
+        def work(connection: sqlite3.Connection) -> int:
+            connection.execute(
+                "INSERT INTO hosts (host, slot_limit) VALUES (?, ?) ON CONFLICT (host) DO NOTHING",
+                (host, maximum),
+            )
+            row = connection.execute(
+                "UPDATE hosts SET busy_until_ms = NULL,"
+                " slot_limit = CASE WHEN run + 1 >= slot_limit THEN min(?, slot_limit + 1)"
+                " ELSE slot_limit END,"
+                " run = CASE WHEN run + 1 >= slot_limit THEN 0 ELSE run + 1 END"
+                " WHERE host = ? RETURNING slot_limit",
+                (maximum, host),
+            ).fetchone()
+            limit: int = row["slot_limit"]
+            return limit
+
+        return await self._write("slot_went_through", work)
+
+    async def lock_token(self, merchant_id: str, owner: str) -> ProcessRecord | None:
+        """Take the merchant's refresh lock: None once `owner` holds it, else the live
+        process holding it. The lock of a process whose lease ended passes on."""
+        now_ms = self._now_ms()
+
+        def work(connection: sqlite3.Connection) -> ProcessRecord | None:
+            holder = connection.execute(
+                "SELECT processes.* FROM token_locks"
+                " JOIN processes ON processes.id = token_locks.owner"
+                " WHERE merchant_id = ? AND owner != ? AND lease_until_ms > ?",
+                (merchant_id, owner, now_ms),
+            ).fetchone()
+            if holder is not None:
+                return _process_from_row(holder)
+            connection.execute(
+                "INSERT INTO token_locks (merchant_id, owner, since_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (merchant_id) DO UPDATE SET owner = excluded.owner,"
+                " since_ms = excluded.since_ms",
+                (merchant_id, owner, now_ms),
+            )
+            return None
+
+        return await self._write("lock_token", work)
+
+    async def unlock_token(self, merchant_id: str, owner: str) -> None:
+        """Give the merchant's refresh lock back (if `owner` still holds it)."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "DELETE FROM token_locks WHERE merchant_id = ? AND owner = ?", (merchant_id, owner)
+            )
+
+        await self._write("unlock_token", work)
+
+    async def snapshot(self, now: datetime | None = None) -> Snapshot:
+        """What `status` shows, in one transaction (with `now`: the live claims too)."""
+
+        def work(connection: sqlite3.Connection) -> Snapshot:
+            connection.execute("BEGIN")
+            try:
+                return _snapshot(connection, now)
+            finally:
+                connection.execute("COMMIT")
+
+        return await self._run("snapshot", work)
+
+    async def dump(self) -> dict[str, list[dict[str, object]]]:
+        """The rows `migrate-state` copies: chunks, exports (oldest first), parts, tokens."""
+
+        def work(connection: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
+            queries = {
+                "chunks": "SELECT * FROM chunks ORDER BY id",
+                "exports": "SELECT * FROM exports ORDER BY created_at_ms, rowid",
+                "parts": "SELECT * FROM parts ORDER BY export_id, part_index",
+                "refresh_tokens": "SELECT * FROM refresh_tokens ORDER BY merchant_id",
+            }
+            return {
+                table: [dict(row) for row in connection.execute(query)]
+                for table, query in queries.items()
+            }
+
+        return await self._run("dump", work)
 
     # -- exports ------------------------------------------------------------------------
 
@@ -710,10 +1177,11 @@ class Store:
         await self._write("save_refresh_token", work)
 
 
-def read_snapshot(path: Path) -> Snapshot:
+def read_snapshot(path: Path, now: datetime | None = None) -> Snapshot:
     """Read the state for `harvester status`, read-only, while a run may be writing.
 
     Never creates nor migrates the file. Synchronous: the CLI calls it outside any loop.
+    With `now`, it also reads the claims of processes whose lease runs past `now`.
     """
     if not path.is_file():
         raise StoreError(f"state store {path}: no such file")
@@ -733,23 +1201,39 @@ def read_snapshot(path: Path) -> Snapshot:
                 f"state store {path}: schema version {version}, this harvester reads "
                 f"{len(MIGRATIONS)}; run the harvester once to bring it up to date"
             )
-        chunk_rows = connection.execute(
-            "SELECT * FROM chunks ORDER BY merchant_id, type, start_ms"
-        ).fetchall()
-        export_rows = connection.execute(
-            "SELECT exports.* FROM exports JOIN chunks ON chunks.export_id = exports.id"
-            " WHERE exports.state IN (?, ?) AND chunks.status != ?"
-            " ORDER BY exports.created_at_ms, exports.rowid",
-            (*(state.value for state in _LIVE_EXPORT_STATES), ChunkStatus.COMPLETE.value),
-        ).fetchall()
+        snapshot = _snapshot(connection, now)
         connection.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StoreError(f"state store {path}: cannot read: {exc}") from exc
     finally:
         connection.close()
+    return snapshot
+
+
+def _snapshot(connection: sqlite3.Connection, now: datetime | None) -> Snapshot:
+    chunk_rows = connection.execute(
+        "SELECT * FROM chunks ORDER BY merchant_id, type, start_ms"
+    ).fetchall()
+    export_rows = connection.execute(
+        "SELECT exports.* FROM exports JOIN chunks ON chunks.export_id = exports.id"
+        " WHERE exports.state IN (?, ?) AND chunks.status != ?"
+        " ORDER BY exports.created_at_ms, exports.rowid",
+        (*(state.value for state in _LIVE_EXPORT_STATES), ChunkStatus.COMPLETE.value),
+    ).fetchall()
+    held_rows = (
+        []
+        if now is None
+        else connection.execute(
+            "SELECT claims.chunk_id, processes.* FROM claims"
+            " JOIN processes ON processes.id = claims.owner"
+            " WHERE processes.lease_until_ms > ? ORDER BY claims.chunk_id",
+            (_to_ms(now),),
+        ).fetchall()
+    )
     return Snapshot(
         chunks=[_chunk_from_row(row) for row in chunk_rows],
         running=[_export_from_row(row) for row in export_rows],
+        held=[HeldChunk(row["chunk_id"], _process_from_row(row)) for row in held_rows],
     )
 
 

@@ -22,6 +22,7 @@ class Tally:
     bytes: int = 0
     exports_created: int = 0
     lost_creates: int = 0  # creates whose answer was lost: orphans that may hold a slot
+    chunks_elsewhere: int = 0  # of chunks_done: harvested by another process meanwhile
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -70,6 +71,7 @@ class Summary:
                     "chunks_failed": t.chunks_failed,
                     "chunks_left": t.chunks_left,
                     "chunks_empty": t.chunks_empty,
+                    "chunks_done_elsewhere": t.chunks_elsewhere,
                     "objects": t.objects,
                     "parts": t.parts,
                     "bytes": t.bytes,
@@ -126,6 +128,11 @@ class Summary:
         for merchant_id, why in sorted(self.refusals.items()):
             lines.append(f"{merchant_id}: {why}")
         for (merchant_id, export_type), t in sorted(self.tallies.items()):
+            if t.chunks_elsewhere:
+                lines.append(
+                    f"{merchant_id} {export_type}: {t.chunks_elsewhere} of the chunks done were "
+                    "harvested by another process"
+                )
             for error in t.errors:
                 lines.append(f"{merchant_id} {export_type}: {error}")
         if self.orphans:

@@ -8,7 +8,7 @@ only complete, with its `_manifest.json`, and a chunk harvested again is replace
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Protocol, Self
@@ -59,6 +59,11 @@ class ChunkTarget(Protocol):
 
     async def discard_staging(self) -> None: ...
 
+    async def adopt_staging(self, gone_owners: Collection[str]) -> str | None:
+        """Take over what processes now gone (`gone_owners`) staged for this chunk; call
+        holding its claim. Returns where it was, if anything was adopted."""
+        ...
+
     async def published_manifest(self) -> Manifest | None:
         """The manifest of the chunk in place, or None if there is none to trust."""
         ...
@@ -67,11 +72,20 @@ class ChunkTarget(Protocol):
 class Output(Protocol):
     """The whole destination: a folder or a bucket prefix."""
 
-    def chunk(self, merchant_id: str, type: ExportType, range: TimeRange) -> ChunkTarget: ...
+    def chunk(
+        self, merchant_id: str, type: ExportType, range: TimeRange, owner: str | None = None
+    ) -> ChunkTarget:
+        """Where the chunk goes; `owner` (this process's id) names its staging where the
+        implementation keeps staging per process."""
+        ...
 
-    async def recover(self, keep_staging: KeepStaging) -> list[str]:
+    async def recover(
+        self, keep_staging: KeepStaging, owner_gone: Callable[[str | None], bool] | None = None
+    ) -> list[str]:
         """Clear what a crash left behind; call at start-up, before any work. Returns what
-        was removed or restored, for the log."""
+        was removed or restored, for the log. `owner_gone(owner)` says whether a process
+        that staged something is gone (None for what predates owners); without it, this
+        process is alone and everything left behind is a gone process's."""
         ...
 
 

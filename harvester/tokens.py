@@ -2,13 +2,16 @@
 
 Clover's refresh tokens are single-use. The rotated refresh token is written to the state
 store before the new access token is used, so a crash can never leave us holding only a
-spent one; and one lock per merchant keeps a second refresh from spending it twice.
+spent one; and one lock per merchant keeps a second refresh from spending it twice: an
+asyncio lock within the process and, when other processes share the state, a lock in the
+store around reading, spending and saving the stored token.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -57,8 +60,10 @@ class RefreshingToken:
         store: StateStore,
         clock: Clock,
         margin_s: float,
+        shared_lock: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         register_secret(configured_refresh_token)
+        self._shared_lock = shared_lock or nullcontext
         self._merchant_id = merchant_id
         self._configured = configured_refresh_token
         self._refresher = refresher
@@ -95,6 +100,11 @@ class RefreshingToken:
         await asyncio.shield(self._refresh_and_store())
 
     async def _refresh_and_store(self) -> None:
+        async with self._shared_lock():
+            # Read under the lock: another process may have spent the token read before.
+            await self._spend_stored()
+
+    async def _spend_stored(self) -> None:
         stored = await self._store.refresh_token(self._merchant_id)
         current = stored[0] if stored is not None else self._configured
         register_secret(current)

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import structlog
 import yaml
 
+from harvester.clock import Clock
 from harvester.config import Config, load_config
 from harvester.logs import configure_logging
+from harvester.pgstore import PgStore
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
+from harvester.state import StateStore
+from harvester.store import Store
 from tests.fakeclock import FakeClock
+from tests.pgserver import PgServer, running_server, skip_or_fail, unavailable_reason
 from tests.seaweed import SeaweedFS, seaweedfs
 
 BUCKET = "harvest"  # every bucket test works under a prefix of its own in this one bucket
@@ -170,3 +179,42 @@ async def until(condition: Callable[[], bool]) -> None:
 
 def ids(objects: Iterable[Mapping[str, Any]]) -> list[str]:
     return [str(o["id"]) for o in objects]
+
+
+# -- the state store on each backend ----------------------------------------------------------
+
+BACKENDS = ("sqlite", "postgresql")
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the whole session (see tests/pgserver.py)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason)
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh, empty database on the session's server."""
+    name = f"harvester_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}".encode())
+    return pg_server.url(name)
+
+
+@asynccontextmanager
+async def opened_store(
+    backend: str, request: pytest.FixtureRequest, path: Path, clock: Clock
+) -> AsyncIterator[StateStore]:
+    """A store on `backend`: SQLite at `path`, or PostgreSQL in a fresh database."""
+    if backend == "sqlite":
+        async with await Store.open(path, clock) as sqlite_store:
+            yield sqlite_store
+    else:
+        url: str = request.getfixturevalue("pg_url")
+        async with await PgStore.open(url, clock) as pg_store:
+            yield pg_store

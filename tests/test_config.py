@@ -418,7 +418,9 @@ def test_unknown_key_suggests_the_close_match(tmp_path: Path) -> None:
         "merchants[2].tokn: unknown key (expected one of: client_id, id, refresh_token, region, "
         "start, token, types); did you mean 'token'?"
     )
-    assert refusal(tmp_path, "zzz: 1\n" + MERCHANT).endswith("schedule, state_path, timing)")
+    assert refusal(tmp_path, "zzz: 1\n" + MERCHANT).endswith(
+        "schedule, state_path, state_url, timing)"
+    )
 
 
 def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ import pytest
 
 from harvester.chunks import ExportType, TimeRange
 from harvester.errors import StoreError
-from harvester.state import ChunkRecord, ChunkStatus, ExportState, PartRecord
+from harvester.state import ChunkRecord, ChunkStatus, ExportState, PartRecord, StateStore
 from harvester.store import MIGRATIONS, SCHEMA_VERSION, Store, read_snapshot
+from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
 from tests.statefile import exports_in
 
@@ -39,8 +40,18 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "harvester.sqlite"
 
 
+@pytest.fixture(params=BACKENDS)
+async def store(
+    request: pytest.FixtureRequest, db_path: Path, clock: FakeClock
+) -> AsyncIterator[StateStore]:
+    """The store on each backend: every test taking it runs on SQLite and on PostgreSQL."""
+    async with opened_store(request.param, request, db_path, clock) as opened:
+        yield opened
+
+
 @pytest.fixture
-async def store(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+async def sqlite_store(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    """The SQLite store, for what only it has: a file, a worker thread, read_snapshot."""
     async with await Store.open(db_path, clock) as opened:
         yield opened
 
@@ -54,7 +65,7 @@ def user_version(path: Path) -> int:
         connection.close()
 
 
-async def add_one(store: Store, time_range: TimeRange = JANUARY) -> ChunkRecord:
+async def add_one(store: StateStore, time_range: TimeRange = JANUARY) -> ChunkRecord:
     [chunk] = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [time_range])
     return chunk
 
@@ -66,7 +77,7 @@ async def test_open_creates_the_folder_and_the_schema(db_path: Path, clock: Fake
     """Opening a path in a missing folder creates it and a WAL database at the latest schema."""
     async with await Store.open(db_path, clock):
         pass
-    assert user_version(db_path) == SCHEMA_VERSION == 2
+    assert user_version(db_path) == SCHEMA_VERSION == 4
     connection = sqlite3.connect(db_path)
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -167,7 +178,7 @@ async def test_a_file_that_is_not_a_database_is_a_store_error(
         await Store.open(path, clock)
 
 
-async def test_calls_after_close_fail_and_close_is_idempotent(store: Store) -> None:
+async def test_calls_after_close_fail_and_close_is_idempotent(store: StateStore) -> None:
     """A closed store refuses further calls; closing twice is harmless."""
     await store.close()
     await store.close()
@@ -201,7 +212,9 @@ async def test_calls_run_on_the_store_thread_not_the_loop(db_path: Path, clock: 
 # -- chunks ---------------------------------------------------------------------------------
 
 
-async def test_add_chunks_inserts_pending_and_is_idempotent(store: Store, clock: FakeClock) -> None:
+async def test_add_chunks_inserts_pending_and_is_idempotent(
+    store: StateStore, clock: FakeClock
+) -> None:
     """Known ranges come back unchanged, new ones are inserted PENDING, in the order given."""
     [january] = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [JANUARY])
     assert january.status is ChunkStatus.PENDING
@@ -216,7 +229,7 @@ async def test_add_chunks_inserts_pending_and_is_idempotent(store: Store, clock:
     assert [chunk.range for chunk in await store.chunks()] == [JANUARY, FEBRUARY]
 
 
-async def test_add_chunks_refuses_an_overlap_and_adds_nothing(store: Store) -> None:
+async def test_add_chunks_refuses_an_overlap_and_adds_nothing(store: StateStore) -> None:
     """A range overlapping a known chunk with other bounds fails the whole batch."""
     await add_one(store, JANUARY)
     with pytest.raises(StoreError, match="overlaps"):
@@ -224,14 +237,14 @@ async def test_add_chunks_refuses_an_overlap_and_adds_nothing(store: Store) -> N
     assert [chunk.range for chunk in await store.chunks()] == [JANUARY]
 
 
-async def test_add_chunks_refuses_overlaps_within_one_batch(store: Store) -> None:
+async def test_add_chunks_refuses_overlaps_within_one_batch(store: StateStore) -> None:
     """Two new ranges that overlap each other are refused too."""
     with pytest.raises(StoreError, match="overlaps"):
         await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [JANUARY, MID_JANUARY])
     assert await store.chunks() == []
 
 
-async def test_overlap_only_counts_within_merchant_and_type(store: Store) -> None:
+async def test_overlap_only_counts_within_merchant_and_type(store: StateStore) -> None:
     """The same instants may be chunked for another type or another merchant."""
     await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [JANUARY])
     await store.add_chunks(MERCHANT, ExportType.ORDERS, [MID_JANUARY])
@@ -244,7 +257,7 @@ async def test_overlap_only_counts_within_merchant_and_type(store: Store) -> Non
     ]
 
 
-async def test_chunks_filters_by_merchant_type_and_status(store: Store) -> None:
+async def test_chunks_filters_by_merchant_type_and_status(store: StateStore) -> None:
     """Each filter given narrows the list; an empty status set matches nothing."""
     first, second = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [JANUARY, FEBRUARY])
     await store.add_chunks(MERCHANT, ExportType.ORDERS, [JANUARY])
@@ -257,39 +270,39 @@ async def test_chunks_filters_by_merchant_type_and_status(store: Store) -> None:
     assert await store.chunks("NOBODY") == []
 
 
-async def test_unknown_chunk_ids_are_store_errors(store: Store, db_path: Path) -> None:
+async def test_unknown_chunk_ids_are_store_errors(sqlite_store: StateStore, db_path: Path) -> None:
     """Asking about or changing a chunk that does not exist raises StoreError."""
     with pytest.raises(StoreError, match="no chunk 999"):
-        await store.get_chunk(999)
+        await sqlite_store.get_chunk(999)
     with pytest.raises(StoreError, match="no chunk 999"):
-        await store.complete_chunk(999)
+        await sqlite_store.complete_chunk(999)
     with pytest.raises(StoreError, match="no chunk 999"):
-        await store.record_export(999, "E1", "PENDING", 0.0)
+        await sqlite_store.record_export(999, "E1", "PENDING", 0.0)
     assert exports_in(db_path) == []
 
 
-async def test_full_lifecycle(store: Store, clock: FakeClock, db_path: Path) -> None:
+async def test_full_lifecycle(sqlite_store: StateStore, clock: FakeClock, db_path: Path) -> None:
     """A chunk goes pending -> exporting -> downloading -> complete and becomes covered."""
-    chunk = await add_one(store)
+    chunk = await add_one(sqlite_store)
 
     clock.advance(1)
-    export = await store.record_export(chunk.id, "E1", "PENDING", 0.0)
+    export = await sqlite_store.record_export(chunk.id, "E1", "PENDING", 0.0)
     assert (export.id, export.chunk_id, export.state) == ("E1", chunk.id, ExportState.RUNNING)
     assert export.created_at == START + timedelta(seconds=1)
-    exporting = await store.get_chunk(chunk.id)
+    exporting = await sqlite_store.get_chunk(chunk.id)
     assert exporting.status is ChunkStatus.EXPORTING
     assert (exporting.export_id, exporting.exports_created) == ("E1", 1)
 
     clock.advance(30)
-    await store.update_export("E1", "IN_PROGRESS", 42.5)
-    polled = await store.get_export("E1")
+    await sqlite_store.update_export("E1", "IN_PROGRESS", 42.5)
+    polled = await sqlite_store.get_export("E1")
     assert polled is not None
     assert (polled.status, polled.percent) == ("IN_PROGRESS", 42.5)
     assert polled.updated_at == START + timedelta(seconds=31)
 
     until = START + timedelta(hours=24)
-    await store.export_done("E1", until, URLS)
-    done = await store.get_export("E1")
+    await sqlite_store.export_done("E1", until, URLS)
+    done = await sqlite_store.get_export("E1")
     assert done is not None
     assert (done.state, done.status, done.urls, done.available_until) == (
         ExportState.DONE,
@@ -297,44 +310,44 @@ async def test_full_lifecycle(store: Store, clock: FakeClock, db_path: Path) -> 
         URLS,
         until,
     )
-    assert (await store.get_chunk(chunk.id)).status is ChunkStatus.DOWNLOADING
+    assert (await sqlite_store.get_chunk(chunk.id)).status is ChunkStatus.DOWNLOADING
 
     clock.advance(5)
-    await store.complete_chunk(chunk.id)
-    complete = await store.get_chunk(chunk.id)
+    await sqlite_store.complete_chunk(chunk.id)
+    complete = await sqlite_store.get_chunk(chunk.id)
     assert complete.status is ChunkStatus.COMPLETE
     assert complete.completed_at == START + timedelta(seconds=36)
     assert complete.export_id == "E1"
     assert (complete.last_error, complete.last_error_at) == (None, None)
-    assert await store.covered(MERCHANT, ExportType.PAYMENTS) == [JANUARY]
-    assert await store.covered(MERCHANT, ExportType.ORDERS) == []
+    assert await sqlite_store.covered(MERCHANT, ExportType.PAYMENTS) == [JANUARY]
+    assert await sqlite_store.covered(MERCHANT, ExportType.ORDERS) == []
     assert len(exports_in(db_path)) == 1
 
 
 async def test_end_export_puts_the_chunk_back_to_pending(
-    store: Store, clock: FakeClock, db_path: Path
+    sqlite_store: StateStore, clock: FakeClock, db_path: Path
 ) -> None:
     """An export that fails, expires or is lost is dropped and its chunk is due again."""
-    chunk = await add_one(store)
-    await store.record_export(chunk.id, "E1", "PENDING", 0.0)
-    await store.export_done("E1", None, URLS)
+    chunk = await add_one(sqlite_store)
+    await sqlite_store.record_export(chunk.id, "E1", "PENDING", 0.0)
+    await sqlite_store.export_done("E1", None, URLS)
     clock.advance(10)
-    await store.end_export("E1", ExportState.EXPIRED, "files expired")
-    ended = await store.get_export("E1")
+    await sqlite_store.end_export("E1", ExportState.EXPIRED, "files expired")
+    ended = await sqlite_store.get_export("E1")
     assert ended is not None
     assert ended.state is ExportState.EXPIRED
-    pending = await store.get_chunk(chunk.id)
+    pending = await sqlite_store.get_chunk(chunk.id)
     assert (pending.status, pending.export_id) == (ChunkStatus.PENDING, None)
     assert (pending.last_error, pending.last_error_at) == ("files expired", clock.now())
 
-    await store.record_export(chunk.id, "E2", "PENDING", 0.0)
-    again = await store.get_chunk(chunk.id)
+    await sqlite_store.record_export(chunk.id, "E2", "PENDING", 0.0)
+    again = await sqlite_store.get_chunk(chunk.id)
     assert (again.export_id, again.exports_created) == ("E2", 2)
     assert [export.id for export in exports_in(db_path, chunk.id)] == ["E1", "E2"]
     assert len(exports_in(db_path)) == 2
 
 
-async def test_end_export_takes_only_ending_states(store: Store) -> None:
+async def test_end_export_takes_only_ending_states(store: StateStore) -> None:
     """end_export refuses RUNNING or DONE: they are not endings."""
     chunk = await add_one(store)
     await store.record_export(chunk.id, "E1", "PENDING", 0.0)
@@ -342,7 +355,7 @@ async def test_end_export_takes_only_ending_states(store: Store) -> None:
         await store.end_export("E1", ExportState.DONE, "nope")
 
 
-async def test_record_export_twice_counts_once(store: Store) -> None:
+async def test_record_export_twice_counts_once(store: StateStore) -> None:
     """Recording the same export for the same chunk again changes nothing."""
     chunk = await add_one(store)
     first = await store.record_export(chunk.id, "E1", "PENDING", 0.0)
@@ -353,7 +366,7 @@ async def test_record_export_twice_counts_once(store: Store) -> None:
         await store.record_export(other.id, "E1", "PENDING", 0.0)
 
 
-async def test_reset_for_reharvest_keeps_coverage(store: Store, clock: FakeClock) -> None:
+async def test_reset_for_reharvest_keeps_coverage(store: StateStore, clock: FakeClock) -> None:
     """A complete chunk reset for lookback is pending again but still counts as covered."""
     chunk = await add_one(store)
     await store.record_export(chunk.id, "E1", "PENDING", 0.0)
@@ -368,7 +381,7 @@ async def test_reset_for_reharvest_keeps_coverage(store: Store, clock: FakeClock
     assert await store.get_chunk(chunk.id) == reset
 
 
-async def test_reset_for_reharvest_leaves_other_statuses_alone(store: Store) -> None:
+async def test_reset_for_reharvest_leaves_other_statuses_alone(store: StateStore) -> None:
     """Only a COMPLETE chunk is reset; one already due is returned as it is."""
     chunk = await add_one(store)
     await store.record_export(chunk.id, "E1", "PENDING", 0.0)
@@ -376,7 +389,7 @@ async def test_reset_for_reharvest_leaves_other_statuses_alone(store: Store) -> 
     assert await store.reset_for_reharvest(chunk.id) == exporting
 
 
-async def test_fail_chunk_keeps_a_live_export_only(store: Store) -> None:
+async def test_fail_chunk_keeps_a_live_export_only(store: StateStore) -> None:
     """A failed chunk keeps a RUNNING export (to re-attach later) but not an ended one."""
     running, ended = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [JANUARY, FEBRUARY])
     await store.record_export(running.id, "E1", "IN_PROGRESS", 10.0)
@@ -393,7 +406,7 @@ async def test_fail_chunk_keeps_a_live_export_only(store: Store) -> None:
     assert (second.status, second.export_id) == (ChunkStatus.FAILED, None)
 
 
-async def test_start_run_retries_failed_chunks(store: Store) -> None:
+async def test_start_run_retries_failed_chunks(store: StateStore) -> None:
     """A new run sends FAILED chunks back to work, re-attaching to live exports."""
     plain, running, done, complete = await store.add_chunks(
         MERCHANT,
@@ -421,7 +434,7 @@ async def test_start_run_retries_failed_chunks(store: Store) -> None:
     }
 
 
-async def test_end_export_of_a_failed_chunk_keeps_it_failed(store: Store) -> None:
+async def test_end_export_of_a_failed_chunk_keeps_it_failed(store: StateStore) -> None:
     """Ending the kept export of a chunk given up for this run does not revive it now."""
     chunk = await add_one(store)
     await store.record_export(chunk.id, "E1", "PENDING", 0.0)
@@ -431,16 +444,16 @@ async def test_end_export_of_a_failed_chunk_keeps_it_failed(store: Store) -> Non
     assert (ended.status, ended.export_id, ended.last_error) == (ChunkStatus.FAILED, None, "404")
 
 
-async def test_a_cancelled_write_still_lands(store: Store, db_path: Path) -> None:
+async def test_a_cancelled_write_still_lands(sqlite_store: StateStore, db_path: Path) -> None:
     """Cancelling a caller whose write is still queued does not drop the write."""
-    chunk = await add_one(store)
-    # Another connection holds the write lock, so the store thread waits in the first write.
+    chunk = await add_one(sqlite_store)
+    # Another connection holds the write lock, so the sqlite_store thread waits in the first write.
     blocker = sqlite3.connect(db_path, isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")
-        busy = asyncio.create_task(store.save_refresh_token(MERCHANT, "r-1", None))
+        busy = asyncio.create_task(sqlite_store.save_refresh_token(MERCHANT, "r-1", None))
         await asyncio.sleep(0)
-        write = asyncio.create_task(store.record_export(chunk.id, "E1", "PENDING", 0.0))
+        write = asyncio.create_task(sqlite_store.record_export(chunk.id, "E1", "PENDING", 0.0))
         await asyncio.sleep(0)  # the write is queued behind the busy call
         write.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -449,13 +462,13 @@ async def test_a_cancelled_write_still_lands(store: Store, db_path: Path) -> Non
     finally:
         blocker.close()
     await busy
-    assert (await store.get_chunk(chunk.id)).export_id == "E1"
+    assert (await sqlite_store.get_chunk(chunk.id)).export_id == "E1"
 
 
 # -- parts and tokens -----------------------------------------------------------------------
 
 
-async def test_record_part_is_idempotent(store: Store) -> None:
+async def test_record_part_is_idempotent(store: StateStore) -> None:
     """A part recorded again has one entry, the latest; parts come back by number."""
     chunk = await add_one(store)
     await store.record_export(chunk.id, "E1", "PENDING", 0.0)
@@ -483,30 +496,34 @@ async def test_refresh_token_survives_reopen(db_path: Path, clock: FakeClock) ->
         assert await second.refresh_token("MERCHANT00002") is None
 
 
-async def test_store_errors_never_carry_a_token(store: Store, db_path: Path) -> None:
+async def test_store_errors_never_carry_a_token(sqlite_store: StateStore, db_path: Path) -> None:
     """A failing token write names the path but not the token."""
     connection = sqlite3.connect(db_path)
     connection.execute("DROP TABLE refresh_tokens")
     connection.close()
     with pytest.raises(StoreError) as caught:
-        await store.save_refresh_token(MERCHANT, "secret-refresh-token", None)
+        await sqlite_store.save_refresh_token(MERCHANT, "secret-refresh-token", None)
     assert str(db_path) in str(caught.value)
     assert "secret-refresh-token" not in str(caught.value)
     assert "secret-refresh-token" not in repr(caught.value.__cause__)
-    assert "secret-refresh-token" not in repr(store)
+    assert "secret-refresh-token" not in repr(sqlite_store)
 
 
 # -- read_snapshot --------------------------------------------------------------------------
 
 
-async def test_read_snapshot_while_a_write_transaction_is_open(store: Store, db_path: Path) -> None:
+async def test_read_snapshot_while_a_write_transaction_is_open(
+    sqlite_store: StateStore, db_path: Path
+) -> None:
     """status reads the committed state while another connection holds the write lock."""
-    chunk, complete = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [JANUARY, FEBRUARY])
-    await store.record_export(chunk.id, "E1", "PENDING", 0.0)
-    await store.record_export(complete.id, "E0", "PENDING", 0.0)
-    await store.export_done("E0", None, URLS)
-    await store.complete_chunk(complete.id)
-    await store.save_refresh_token(MERCHANT, "secret-refresh-token", None)
+    chunk, complete = await sqlite_store.add_chunks(
+        MERCHANT, ExportType.PAYMENTS, [JANUARY, FEBRUARY]
+    )
+    await sqlite_store.record_export(chunk.id, "E1", "PENDING", 0.0)
+    await sqlite_store.record_export(complete.id, "E0", "PENDING", 0.0)
+    await sqlite_store.export_done("E0", None, URLS)
+    await sqlite_store.complete_chunk(complete.id)
+    await sqlite_store.save_refresh_token(MERCHANT, "secret-refresh-token", None)
 
     writer = sqlite3.connect(db_path, isolation_level=None)
     try:

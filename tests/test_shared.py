@@ -1,0 +1,101 @@
+"""What processes share per host through the store: export slots, the busy backoff, locks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from harvester.state import StateStore
+from tests.conftest import BACKENDS, opened_store
+from tests.fakeclock import FakeClock
+from tests.test_claims import START, process
+
+HOST = "https://api.example"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[StateStore]:
+    """The store on each backend, with processes a, b (lease 300 s) and c."""
+    async with opened_store(request.param, request, tmp_path / "state.sqlite3", clock) as opened:
+        for name, lease_s in (("a", 30.0), ("b", 300.0), ("c", 300.0)):
+            await opened.register_process(process(name, clock, lease_s=lease_s))
+        yield opened
+
+
+async def test_the_slots_of_all_processes_count_against_one_limit(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """Three slots for the host: two processes get three between them, the next waits until
+    one is given back or its holder's lease ends."""
+    first = await store.take_slot(HOST, "a", "M1", None, 3)
+    second = await store.take_slot(HOST, "a", "M1", None, 3)
+    third = await store.take_slot(HOST, "b", "M2", None, 3)
+    assert None not in (first.slot_id, second.slot_id, third.slot_id)
+    refused = await store.take_slot(HOST, "c", "M3", None, 3)
+    assert refused.slot_id is None
+    assert refused.in_use == 3
+    assert third.slot_id is not None
+    await store.release_slot(third.slot_id)
+    assert (await store.take_slot(HOST, "c", "M3", refused.waiter_id, 3)).slot_id is not None
+    clock.advance(31)  # a's lease ends: its two slots with it
+    after = await store.take_slot(HOST, "b", "M2", None, 3)
+    assert after.slot_id is not None
+    assert after.in_use == 2
+
+
+async def test_slots_go_round_robin_across_merchants_of_all_processes(store: StateStore) -> None:
+    """A merchant served last waits behind another process's merchant that waits too."""
+    held = await store.take_slot(HOST, "a", "M1", None, 1)
+    assert held.slot_id is not None
+    m1_again = await store.take_slot(HOST, "a", "M1", None, 1)
+    m2 = await store.take_slot(HOST, "b", "M2", None, 1)
+    assert m1_again.slot_id is None
+    assert m2.slot_id is None
+    await store.release_slot(held.slot_id)
+    # M1 asks first, but M2 was never served: the slot is M2's.
+    assert (await store.take_slot(HOST, "a", "M1", m1_again.waiter_id, 1)).slot_id is None
+    assert (await store.take_slot(HOST, "b", "M2", m2.waiter_id, 1)).slot_id is not None
+
+
+async def test_a_busy_answer_halves_the_shared_limit_and_holds_everyone_back(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """After a busy 503 no process gets a slot until the backoff ends; the limit drops to what
+    the process that saw it allows, and exports that go through raise it again."""
+    assert await store.slot_busy(HOST, clock.now() + timedelta(seconds=10), 4, 2) == 2
+    held_back = await store.take_slot(HOST, "b", "M2", None, 4)
+    assert held_back.slot_id is None
+    assert held_back.busy_until == clock.now() + timedelta(seconds=10)
+    clock.advance(10)
+    assert (await store.take_slot(HOST, "b", "M2", held_back.waiter_id, 4)).slot_id is not None
+    assert await store.slot_went_through(HOST, 4) == 2
+    assert await store.slot_went_through(HOST, 4) == 3
+    assert await store.slot_busy(HOST, clock.now(), 4, 1) == 1
+    assert await store.slot_busy(HOST, clock.now(), 4, 3) == 1  # never raised by a busy
+
+
+async def test_one_refresh_lock_per_merchant_across_processes(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """A merchant's refresh lock is one process's at a time; a dead holder's passes on."""
+    assert await store.lock_token("M1", "a") is None
+    holder = await store.lock_token("M1", "b")
+    assert holder is not None
+    assert holder.id == "a"
+    assert await store.lock_token("M2", "b") is None
+    await store.unlock_token("M1", "a")
+    assert await store.lock_token("M1", "b") is None
+    assert await store.lock_token("M2", "a") is not None
+    clock.advance(301)
+    await store.register_process(process("d", clock, lease_s=30))
+    assert await store.lock_token("M2", "d") is None
