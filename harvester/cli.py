@@ -30,6 +30,7 @@ from harvester.observer import Observers, RunObserver
 from harvester.operation import Operation
 from harvester.pgstore import safe_url
 from harvester.planning import Selection, select
+from harvester.scrub import register_secret
 from harvester.serve import Server
 from harvester.simulator import command as simulator_command
 from harvester.status import build_status, render_status, status_as_json
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
             configure_logging(args.log_format, args.log_level or "info")
             return _migrate_state(args, clock)
         config = load_config(args.config)
+        _register_tokens(config)
         level = args.log_level or config.log_level
         configure_logging(args.log_format, level)
 
@@ -179,6 +181,14 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
     except HarvesterError as exc:
         print(f"harvester: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _register_tokens(config: Config) -> None:
+    """Every configured token is scrubbed from server answers and logs from the start."""
+    for merchant in config.merchants:
+        for secret in (merchant.token, merchant.refresh_token):
+            if secret is not None:
+                register_secret(secret.reveal())
 
 
 def _requested(args: argparse.Namespace) -> TimeRange:

@@ -8,6 +8,7 @@ sent to the region's API host only: file downloads carry no credentials at all.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from harvester.errors import (
     CloverRefused,
     CloverUnavailable,
     CreateDenied,
+    ExportFailed,
     ExportNotFound,
     FileExpired,
     RateLimited,
@@ -33,9 +35,16 @@ from harvester.errors import (
     Unavailable503,
 )
 from harvester.ratelimit import RequestLimiter, scope_of_header
+from harvester.scrub import describe_url, scrub, scrub_url
 
 DOWNLOAD_PIECE_BYTES = 64 * 1024
 _BODY_IN_ERRORS = 200  # characters of a server's answer quoted in an error message
+# An export's JSON is small (a few hundred bytes, plus a URL per 1000 objects): an API answer
+# larger than this is not one, and is never read whole into memory.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+# Clover's export ids are 13 letters and digits; a little more is accepted, never a character
+# that could change the path it goes into ("/", ".", "%").
+_EXPORT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ExportStatus(StrEnum):
@@ -103,11 +112,16 @@ def _epoch_ms(value: Any) -> datetime | None:
 def parse_export(body: Any) -> ExportInfo:
     """Read an export object defensively; raise CloverError if it has no usable id or status."""
     if not isinstance(body, Mapping):
-        raise CloverError(f"export answer is not a JSON object: {str(body)[:_BODY_IN_ERRORS]}")
+        raise CloverError(f"export answer is not a JSON object but a {type(body).__name__}")
     export_id = body.get("id")
     status = body.get("status")
     if not isinstance(export_id, str) or not export_id:
         raise CloverError("export answer has no id")
+    if not _EXPORT_ID.fullmatch(export_id):
+        # It would go into the next request's path: "../../x" must never become a GET.
+        raise ExportFailed(
+            f"export id {export_id[:80]!r} is not the shape of Clover's ids (letters and digits)"
+        )
     if not isinstance(status, str):
         raise CloverError(f"export {export_id}: answer has no status")
     try:
@@ -123,6 +137,8 @@ def parse_export(body: Any) -> ExportInfo:
         ):
             raise CloverError(f"export {export_id}: exportUrls has an element without a url")
         urls = tuple(str(url) for url in found)
+        if len(set(urls)) != len(urls):
+            raise ExportFailed(f"export {export_id}: exportUrls lists the same file more than once")
     return ExportInfo(
         id=export_id,
         status=status,
@@ -157,13 +173,45 @@ def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
 class _Answer:
     status: int
     headers: CIMultiDictProxy[str]  # names in any case: Clover prints them lower-case
-    text: str
+    text: str  # scrubbed of every known secret: safe to quote, store and raise
+    raw: str = field(repr=False)  # as sent: only a token grant is read from it
 
     def json(self, what: str) -> Any:
-        try:
-            return json.loads(self.text)
-        except ValueError as exc:
-            raise CloverUnavailable(f"{what}: answer is not JSON: {self.text[:80]!r}") from exc
+        return _parse_json(self.text, what)
+
+    def grant_json(self, what: str) -> Any:
+        """The answer as sent: a refresh may hand back a token the process already knows."""
+        return _parse_json(self.raw, what)
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CloverError(f"{what}: unreadable answer: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise CloverUnavailable(f"{what}: answer is not JSON: {scrub(text[:80])!r}") from exc
+
+
+async def _read_answer(response: aiohttp.ClientResponse, what: str) -> str:
+    """The body as text, refused past MAX_ANSWER_BYTES without reading the rest."""
+    if (response.content_length or 0) > MAX_ANSWER_BYTES:
+        raise CloverError(
+            f"{what}: answer of {response.content_length} bytes refused "
+            f"(an API answer is at most {MAX_ANSWER_BYTES} bytes)"
+        )
+    body = bytearray()
+    async for piece in response.content.iter_chunked(DOWNLOAD_PIECE_BYTES):
+        body += piece
+        if len(body) > MAX_ANSWER_BYTES:
+            raise CloverError(
+                f"{what}: answer refused after {MAX_ANSWER_BYTES} bytes "
+                f"(an API answer is at most {MAX_ANSWER_BYTES} bytes)"
+            )
+    try:
+        return body.decode(response.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
 
 
 class Writer(Protocol):
@@ -257,7 +305,7 @@ class CloverApi:
         if answer.status in (400, 401, 403):
             raise TokenRejected(f"refresh token rejected ({answer.status})")
         self._raise_for_status(answer, what)
-        return parse_grant(answer.json(what))
+        return parse_grant(answer.grant_json(what))
 
     async def _request(
         self, method: str, path: str, merchant_id: str, token: str | None, body: Any
@@ -278,15 +326,21 @@ class CloverApi:
                     allow_redirects=False,
                 ) as response,
             ):
-                text = await response.text(errors="replace")
+                raw = await _read_answer(response, f"{method} {path}")
+                # Scrubbed where it enters: an error body may echo the Authorization header.
                 return _Answer(
-                    response.status, CIMultiDictProxy(CIMultiDict(response.headers)), text
+                    response.status,
+                    CIMultiDictProxy(CIMultiDict(response.headers)),
+                    scrub(raw),
+                    raw,
                 )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Never connected: the request did not go out.
-            raise CloverUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            raise CloverUnavailable(
+                f"{method} {path}: {type(exc).__name__}: {scrub(str(exc))}"
+            ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AnswerLost(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            raise AnswerLost(f"{method} {path}: {type(exc).__name__}: {scrub(str(exc))}") from exc
 
     def _raise_for_status(self, answer: _Answer, what: str) -> None:
         if answer.status < 300:
@@ -319,6 +373,8 @@ async def download_file(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=stall_timeout_s, sock_read=stall_timeout_s
     )
+    # A pre-signed URL grants access by its query: messages show host and path only.
+    shown = describe_url(url)
     try:
         async with session.get(
             url,
@@ -327,11 +383,13 @@ async def download_file(
             auto_decompress=False,
         ) as response:
             if response.status in (403, 404, 410):
-                raise FileExpired(f"file host answered {response.status}: the file has expired")
+                raise FileExpired(
+                    f"file host answered {response.status} for {shown}: the file has expired"
+                )
             if response.status >= 500 or response.status == 429:
-                raise CloverUnavailable(f"file host answered {response.status}")
+                raise CloverUnavailable(f"file host answered {response.status} for {shown}")
             if response.status != 200:
-                raise BadFile(f"file host answered {response.status}")
+                raise BadFile(f"file host answered {response.status} for {shown}")
             decoder = BodyDecoder(response.headers.get("Content-Encoding"))
             decoded = 0
             async for piece in response.content.iter_chunked(DOWNLOAD_PIECE_BYTES):
@@ -343,6 +401,8 @@ async def download_file(
                 await writer.write(data)
             return decoded
     except aiohttp.ClientPayloadError as exc:
-        raise BadFile(f"body cut short: {exc}") from exc
+        raise BadFile(f"{shown}: body cut short: {scrub_url(str(exc), url)}") from exc
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise CloverUnavailable(f"download: {type(exc).__name__}: {exc}") from exc
+        raise CloverUnavailable(
+            f"download {shown}: {type(exc).__name__}: {scrub_url(str(exc), url)}"
+        ) from exc

@@ -12,19 +12,19 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Hashable, Mapping, Sequence
+import reprlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 from urllib.parse import urlsplit
-
-import yaml
 
 from harvester.chunks import MAX_CHUNK_DAYS, ExportType, parse_instant
 from harvester.errors import ConfigError
+from harvester.scrub import MIN_TOKEN_CHARS
 from harvester.windows import BUILTIN_REGIONS, WindowTable
+from harvester.yaml_file import read_yaml
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -77,6 +77,11 @@ class Timing:
     # How long a process's claims (chunks, export slots, token refreshes) outlive its last
     # heartbeat; another process takes them over after that. Renewed every third of it.
     lease_s: float = 60.0
+    # A file download must average download_min_bytes_per_s after download_floor_s, and
+    # never takes longer than download_cap_s: a body that trickles in has failed.
+    download_floor_s: float = 120.0
+    download_cap_s: float = 3600.0
+    download_min_bytes_per_s: float = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +156,7 @@ class Config:
     chunk_days: int
     timing: Timing
     max_concurrent_downloads: int
+    max_file_bytes: int  # a file larger than this has failed (an endless body fills no disk)
     max_export_attempts: int
     lookback_days: int
     default_start: datetime | None
@@ -174,6 +180,7 @@ _TOP_KEYS = (
     "chunk_days",
     "timing",
     "max_concurrent_downloads",
+    "max_file_bytes",
     "max_export_attempts",
     "lookback_days",
     "default_start",
@@ -202,11 +209,13 @@ _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _MIN_PART_MIB = 5  # S3 refuses smaller multipart parts (but the last)
 _MAX_PART_MIB = 5 * 1024
 _MERCHANT_KEYS = ("id", "region", "token", "refresh_token", "client_id", "types", "start")
+# Clover's files hold at most 1000 objects, a few megabytes: this is far above any of them.
+DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and check the YAML config at `path`; `environ` (default os.environ) fills ${VAR}."""
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else _show(raw)
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {got}")
@@ -224,6 +233,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         chunk_days=top.whole("chunk_days", 30, minimum=1, maximum=MAX_CHUNK_DAYS),
         timing=_read_timing(top.section("timing", _TIMING_KEYS)),
         max_concurrent_downloads=top.whole("max_concurrent_downloads", 8, minimum=1),
+        max_file_bytes=top.whole("max_file_bytes", DEFAULT_MAX_FILE_BYTES, minimum=1024),
         max_export_attempts=top.whole("max_export_attempts", 3, minimum=1),
         lookback_days=top.whole("lookback_days", 0, minimum=0),
         default_start=_instant(top.get("default_start"), "default_start"),
@@ -333,64 +343,6 @@ def _state_url(top: _Section) -> Secret | None:
     assert value is not None
     return Secret(value)
 
-
-def _read_yaml(path: Path) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: cannot read: not UTF-8 text") from None
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader extends SafeLoader
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark else f"{path}"
-        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing duplicate keys and keeping impossible dates as text.
-
-    A duplicate key would silently drop the first value (a whole merchant list, say), and
-    PyYAML raises a bare ValueError for a date like 2023-02-30; as text it gets the usual
-    message naming its YAML path.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # keys brought in by "<<: *anchor" may be overridden
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, Hashable):
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while reading a mapping",
-                        node.start_mark,
-                        f"found duplicate key {key!r}",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
-        try:
-            return super().construct_yaml_timestamp(node)
-        except ValueError:
-            return self.construct_scalar(node)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
-
-
-def substitute(text: str, where: str, environ: Mapping[str, str]) -> str:
     """`text` with every ${VAR} replaced from `environ`."""
 
     def replace(match: re.Match[str]) -> str:
@@ -619,8 +571,17 @@ def _read_timing(section: _Section) -> Timing:
         export_cooldown_s=seconds("export_cooldown_s", defaults.export_cooldown_s),
         token_refresh_margin_s=seconds("token_refresh_margin_s", defaults.token_refresh_margin_s),
         lease_s=seconds("lease_s", defaults.lease_s),
+        download_floor_s=seconds("download_floor_s", defaults.download_floor_s),
+        download_cap_s=seconds("download_cap_s", defaults.download_cap_s),
+        download_min_bytes_per_s=section.number(
+            "download_min_bytes_per_s", defaults.download_min_bytes_per_s, minimum=1
+        ),
     )
-    for low, high in (("poll_min_s", "poll_max_s"), ("backoff_base_s", "backoff_max_s")):
+    for low, high in (
+        ("poll_min_s", "poll_max_s"),
+        ("backoff_base_s", "backoff_max_s"),
+        ("download_floor_s", "download_cap_s"),
+    ):
         low_value, high_value = getattr(timing, low), getattr(timing, high)
         if low_value > high_value:
             raise ConfigError(
@@ -770,6 +731,13 @@ def _read_merchant(
         raise ConfigError(
             f"{section.path('refresh_token')}: give a token or a refresh_token, not both"
         )
+    if not _is_loopback(urlsplit(region.base_url).hostname or ""):
+        for key, secret in (("token", token), ("refresh_token", refresh_token)):
+            if secret is not None and len(secret.reveal()) < MIN_TOKEN_CHARS:
+                raise ConfigError(
+                    f"{section.path(key)}: shorter than {MIN_TOKEN_CHARS} characters, too short "
+                    f"to be Clover's (short test tokens are accepted for loopback hosts only)"
+                )
     client_id = section.env_text("client_id") or region.client_id
     if refresh_token is not None and client_id is None:
         raise ConfigError(
@@ -857,7 +825,16 @@ def _join(prefix: str, key: object) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
+# Bounded in depth, items and characters: a config can hold a huge or deeply shared value,
+# whose whole repr() would be built before being cut short.
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 3
+_SHORT_REPR.maxdict = 4
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxset = 6
+_SHORT_REPR.maxstring = _SHORT_REPR.maxlong = _SHORT_REPR.maxother = 80
+
+
 def _show(value: object) -> str:
     """A value for a message, cut short: configs can hold long lists."""
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)
     return text if len(text) <= 80 else f"{text[:77]}..."

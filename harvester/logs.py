@@ -9,27 +9,14 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from harvester.scrub import scrub
+
 LogFormat = Literal["auto", "json", "console"]
-
-REDACTED = "***"
-
-# Every secret the process knows (config tokens, refreshed tokens). The scrubber below is
-# defence in depth: code never passes a token to a log call in the first place.
-_secrets: set[str] = set()
-
-
-def register_secret(value: str) -> None:
-    """Make sure `value` is blotted out of every log line from now on."""
-    if value:
-        _secrets.add(value)
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        for secret in _secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return scrub(value)
     if isinstance(value, dict):
         return {key: _scrub(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -40,9 +27,11 @@ def _scrub(value: Any) -> Any:
 def scrub_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: replace any known secret in any value with ***."""
-    if not _secrets:
-        return event_dict
+    """structlog processor: replace any known secret in any value with ***.
+
+    Defence in depth: text from servers is scrubbed where it enters, and code never passes
+    a token to a log call in the first place.
+    """
     return {key: _scrub(value) for key, value in event_dict.items()}
 
 

@@ -17,7 +17,8 @@ from typing import Protocol
 
 from harvester.clock import Clock
 from harvester.clover import TokenGrant
-from harvester.logs import get_logger, register_secret
+from harvester.logs import get_logger
+from harvester.scrub import register_secret
 from harvester.state import StateStore
 
 

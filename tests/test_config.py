@@ -42,10 +42,13 @@ merchants:
     client_id: OWNAPP
 """
 
-ENV = {"CLOVER_TOKEN_ABC": "tok-abc-secret", "CLOVER_REFRESH": "refresh-secret"}
+ENV = {
+    "CLOVER_TOKEN_ABC": "tok-abc-secret-0123456789",
+    "CLOVER_REFRESH": "refresh-secret-0123456789",
+}
 
 # A minimal valid config, and a merchant entry to build refusals from.
-MERCHANT = "merchants:\n  - {id: M1, token: plain-token}\n"
+MERCHANT = "merchants:\n  - {id: M1, token: plain-token-16ch}\n"
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
@@ -85,13 +88,13 @@ def test_full_example_loads(tmp_path: Path) -> None:
     first, second = config.merchants
     assert (first.index, first.id, first.region.name) == (0, "ABCDEF1234567", "us")
     assert first.types == (ExportType.PAYMENTS, ExportType.ORDERS)
-    assert first.token == Secret("tok-abc-secret")
+    assert first.token == Secret("tok-abc-secret-0123456789")
     assert first.refresh_token is None
     assert first.client_id is None
     assert first.start == datetime(2023, 1, 1, tzinfo=UTC)
     assert (second.index, second.region, second.token) == (1, local, None)
     assert second.refresh_token is not None
-    assert second.refresh_token.reveal() == "refresh-secret"
+    assert second.refresh_token.reveal() == "refresh-secret-0123456789"
     assert second.client_id == "OWNAPP"
     assert second.start is None
 
@@ -182,7 +185,7 @@ def test_new_region_and_merchant_inheriting_its_client_id(tmp_path: Path) -> Non
         regions:
           local: {base_url: "http://localhost:8099/", client_id: APP}
         merchants:
-          - {id: M1, region: local, refresh_token: r1}
+          - {id: M1, region: local, refresh_token: r1-token-16chars}
         """,
     )
     local = config.regions["local"]
@@ -235,17 +238,18 @@ def test_environment_substitution(tmp_path: Path) -> None:
 
 def test_tokens_are_stripped(tmp_path: Path) -> None:
     """Whitespace around a token (a newline from a secrets file) is not part of it."""
-    config = load(tmp_path, "merchants: [{id: M1, token: '${T}'}]", {"T": " tok\n"})
-    assert config.merchants[0].token == Secret("tok")
+    environ = {"T": " tok-0123456789abcdef\n"}
+    config = load(tmp_path, "merchants: [{id: M1, token: '${T}'}]", environ)
+    assert config.merchants[0].token == Secret("tok-0123456789abcdef")
 
 
 def test_environ_defaults_to_the_process_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without an explicit environ, ${VAR} reads os.environ."""
-    monkeypatch.setenv("HARVESTER_TEST_TOKEN", "from-os")
+    monkeypatch.setenv("HARVESTER_TEST_TOKEN", "from-os-0123456789abcdef")
     config = load_config(write(tmp_path, "merchants: [{id: M1, token: '${HARVESTER_TEST_TOKEN}'}]"))
-    assert config.merchants[0].token == Secret("from-os")
+    assert config.merchants[0].token == Secret("from-os-0123456789abcdef")
 
 
 def test_settings_are_read(tmp_path: Path) -> None:
@@ -307,7 +311,8 @@ def test_merchant_start_accepts_dates_and_instants(
     tmp_path: Path, value: str, expected: datetime
 ) -> None:
     """A start may be a YAML date, a YAML timestamp with offset, or such a string; all are UTC."""
-    config = load(tmp_path, f"merchants:\n  - {{id: M1, token: t, start: {value}}}\n")
+    text = f"merchants:\n  - {{id: M1, token: t-token-16-chars, start: {value}}}\n"
+    config = load(tmp_path, text)
     assert config.merchants[0].start == expected
     assert config.merchants[0].start.tzinfo is UTC
 
@@ -413,7 +418,10 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> Non
 
 def test_unknown_key_suggests_the_close_match(tmp_path: Path) -> None:
     """An unknown key lists the known ones and suggests the one it was likely meant to be."""
-    text = "merchants:\n  - {id: M0, token: a}\n  - {id: M1, token: b}\n  - {id: M2, tokn: c}\n"
+    text = (
+        "merchants:\n  - {id: M0, token: a-token-16-chars}\n"
+        "  - {id: M1, token: b-token-16-chars}\n  - {id: M2, tokn: c}\n"
+    )
     assert refusal(tmp_path, text) == (
         "merchants[2].tokn: unknown key (expected one of: client_id, id, refresh_token, region, "
         "start, token, types); did you mean 'token'?"
@@ -439,7 +447,7 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
         tmp_path,
         """\
         merchants:
-          - &base {id: M1, token: t, types: [ORDERS]}
+          - &base {id: M1, token: t-token-16-chars, types: [ORDERS]}
           - {<<: *base, id: M2}
         """,
     )
@@ -459,7 +467,7 @@ REFUSALS = [
         "regions: {us: {rate_limits: {app_rate: 1}}}\n" + MERCHANT,
         "regions.us.rate_limits.app_rate: unknown key",
     ),
-    ("merchants: [{id: M1, token: t, 5: x}]\n", "merchants[0].5: unknown key"),
+    ("merchants: [{id: M1, token: t-token-16-chars, 5: x}]\n", "merchants[0].5: unknown key"),
     # wrong types and shapes
     ("chunk_days: abc\n" + MERCHANT, "chunk_days: expected a whole number, got 'abc'"),
     ("chunk_days: '30'\n" + MERCHANT, "chunk_days: expected a whole number, got '30'"),
@@ -525,13 +533,22 @@ REFUSALS = [
     ("merchants: {id: M1}\n", "merchants: expected a list of merchants"),
     ("merchants: [M1]\n", "merchants[0]: expected a mapping"),
     ("merchants: [{id: M1, token: 5}]\n", "merchants[0].token: expected text, got a value of"),
-    ("merchants: [{id: M1, token: t, region: 5}]\n", "merchants[0].region: expected text, got 5"),
-    ("merchants: [{id: M1, token: t, types: ORDERS}]\n", "merchants[0].types: expected a list"),
-    ("merchants: [{id: M1, token: t, types: []}]\n", "merchants[0].types: expected a list"),
+    (
+        "merchants: [{id: M1, token: t-token-16-chars, region: 5}]\n",
+        "merchants[0].region: expected text, got 5",
+    ),
+    (
+        "merchants: [{id: M1, token: t-token-16-chars, types: ORDERS}]\n",
+        "merchants[0].types: expected a list",
+    ),
+    (
+        "merchants: [{id: M1, token: t-token-16-chars, types: []}]\n",
+        "merchants[0].types: expected a list",
+    ),
     # environment
     (
         "merchants:\n"
-        + "".join(f"  - {{id: M{i}, token: a}}\n" for i in range(3))
+        + "".join(f"  - {{id: M{i}, token: a-token-16-chars}}\n" for i in range(3))
         + "  - {id: M3, token: '${CLOVER_T3}'}\n",
         "merchants[3].token: environment variable CLOVER_T3 is not set",
     ),
@@ -550,34 +567,47 @@ REFUSALS = [
     # regions and types
     (
         "regions: {local: {base_url: 'http://127.0.0.1:1'}}\n"
-        "merchants: [{id: M1, token: t, region: mars}]\n",
+        "merchants: [{id: M1, token: t-token-16-chars, region: mars}]\n",
         "merchants[0].region: unknown region 'mars' (known: eu, la, local, sandbox, us)",
     ),
     (
-        "merchants: [{id: M1, token: t, types: [PAYMENTS, REFUNDS]}]\n",
+        "merchants: [{id: M1, token: t-token-16-chars, types: [PAYMENTS, REFUNDS]}]\n",
         "merchants[0].types[1]: unknown type 'REFUNDS' (expected PAYMENTS or ORDERS)",
     ),
     (
-        "merchants: [{id: M1, token: t, types: [ORDERS, 7]}]\n",
+        "merchants: [{id: M1, token: t-token-16-chars, types: [ORDERS, 7]}]\n",
         "merchants[0].types[1]: unknown type 7 (expected PAYMENTS or ORDERS)",
     ),
     (
-        "merchants: [{id: M1, token: t, types: [ORDERS, orders]}]\n",
+        "merchants: [{id: M1, token: t-token-16-chars, types: [ORDERS, orders]}]\n",
         "merchants[0].types[1]: duplicate type 'orders'",
     ),
     # merchant ids
     (
         "merchants:\n"
-        "  - {id: M0, token: a}\n  - {id: ABC, token: a}\n"
-        "  - {id: B1, token: a}\n  - {id: B2, token: a}\n  - {id: ABC, token: b}\n",
+        "  - {id: M0, token: a-token-16-chars}\n  - {id: ABC, token: a-token-16-chars}\n"
+        "  - {id: B1, token: a-token-16-chars}\n"
+        "  - {id: B2, token: a-token-16-chars}\n  - {id: ABC, token: b-token-16-chars}\n",
         "merchants[4].id: duplicate merchant id 'ABC' (also merchants[1])",
     ),
-    ("merchants: [{token: t}]\n", "merchants[0].id: required"),
-    ("merchants: [{id: 0123, token: t}]\n", "merchants[0].id: expected text (quote it), got 83"),
-    ("merchants: [{id: '../etc', token: t}]\n", "merchants[0].id: '../etc' is not 1 to 64 ASCII"),
-    ("merchants: [{id: 'ÄBC', token: t}]\n", "merchants[0].id: 'ÄBC' is not 1 to 64 ASCII"),
-    ("merchants: [{id: '" + "A" * 65 + "', token: t}]\n", "merchants[0].id: 'AAAA"),
-    ("merchants: [{id: '', token: t}]\n", "merchants[0].id: '' is not 1 to 64 ASCII"),
+    ("merchants: [{token: t-token-16-chars}]\n", "merchants[0].id: required"),
+    (
+        "merchants: [{id: 0123, token: t-token-16-chars}]\n",
+        "merchants[0].id: expected text (quote it), got 83",
+    ),
+    (
+        "merchants: [{id: '../etc', token: t-token-16-chars}]\n",
+        "merchants[0].id: '../etc' is not 1 to 64 ASCII",
+    ),
+    (
+        "merchants: [{id: 'ÄBC', token: t-token-16-chars}]\n",
+        "merchants[0].id: 'ÄBC' is not 1 to 64 ASCII",
+    ),
+    ("merchants: [{id: '" + "A" * 65 + "', token: t-token-16-chars}]\n", "merchants[0].id: 'AAAA"),
+    (
+        "merchants: [{id: '', token: t-token-16-chars}]\n",
+        "merchants[0].id: '' is not 1 to 64 ASCII",
+    ),
     # merchant list
     ("chunk_days: 3\n", "merchants: at least one merchant is required"),
     ("merchants: []\n", "merchants: at least one merchant is required"),
@@ -681,14 +711,18 @@ REFUSALS = [
     # tokens and client ids
     ("merchants: [{id: M1}]\n", "merchants[0]: needs a token or a refresh_token"),
     (
-        "merchants: [{id: M1, token: a, refresh_token: b, client_id: c}]\n",
+        "merchants: [{id: M1, token: a-token-16-chars,"
+        " refresh_token: b-token-16-chars, client_id: c}]\n",
         "merchants[0].refresh_token: give a token or a refresh_token, not both",
     ),
     (
-        "merchants: [{id: M1, refresh_token: r}]\n",
+        "merchants: [{id: M1, refresh_token: r-token-16-chars}]\n",
         "merchants[0].client_id: required with a refresh_token (set it here or on region 'us')",
     ),
-    ("merchants: [{id: M1, token: t, client_id: ''}]\n", "merchants[0].client_id: must not be"),
+    (
+        "merchants: [{id: M1, token: t-token-16-chars, client_id: ''}]\n",
+        "merchants[0].client_id: must not be",
+    ),
     # windows and dates
     (
         "regions: {eu: {windows: ['Mon-Fri 01:00-05:00', 'Sat 2-5']}}\n" + MERCHANT,
@@ -696,15 +730,18 @@ REFUSALS = [
     ),
     ("regions: {eu: {windows: []}}\n" + MERCHANT, "regions.eu.windows: expected 'always' or"),
     (
-        "merchants: [{id: M1, token: t, start: 2023-02-30}]\n",
+        "merchants: [{id: M1, token: t-token-16-chars, start: 2023-02-30}]\n",
         "merchants[0].start: cannot read '2023-02-30' as a date (YYYY-MM-DD) "
         "or an ISO-8601 instant with offset",
     ),
     (
-        "merchants: [{id: M1, token: t, start: 2023-01-01 10:00:00}]\n",
+        "merchants: [{id: M1, token: t-token-16-chars, start: 2023-01-01 10:00:00}]\n",
         "merchants[0].start: cannot read '2023-01-01 10:00:00' as a date",
     ),
-    ("merchants: [{id: M1, token: t, start: 5}]\n", "merchants[0].start: cannot read '5'"),
+    (
+        "merchants: [{id: M1, token: t-token-16-chars, start: 5}]\n",
+        "merchants[0].start: cannot read '5'",
+    ),
     ("default_start: soon\n" + MERCHANT, "default_start: cannot read 'soon' as a date"),
 ]
 
