@@ -280,7 +280,13 @@ def build_harvest(
     Without `lease`, the harvest takes one of its own for its run."""
     hosts = Hosts(config, session, store, clock, rng, factories, observer, lease=lease, stop=stop)
     downloader = Downloader(
-        session, store, clock, config.timing, config.max_concurrent_downloads, rng
+        session,
+        store,
+        clock,
+        config.timing,
+        config.max_concurrent_downloads,
+        rng,
+        config.max_file_bytes,
     )
     return Harvest(config, store, hosts, downloader, output, clock, stop, rng, observer), hosts
 
@@ -315,7 +321,17 @@ async def _harvest(
             observer,
             lease,
         )
-        summary = await harvest.run(work)
+        try:
+            summary = await harvest.run(work)
+        except asyncio.CancelledError:
+            # The shutdown grace ran out (or a second signal came): what was done is still
+            # reported; what was cut short is picked up by the next run.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            summary = harvest.summary
+            summary.stopped = True
+            summary.problems.append("the shutdown grace ran out: work in flight was abandoned")
     # Totals only: the per-merchant tallies are the summary on stdout (1 MB at 1,000 merchants).
     log.info("run.finished", **summary.totals())
     return summary

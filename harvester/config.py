@@ -157,6 +157,7 @@ class Config:
     timing: Timing
     max_concurrent_downloads: int
     max_file_bytes: int  # a file larger than this has failed (an endless body fills no disk)
+    min_free_bytes: int  # free space the output folder needs before an export is created
     max_export_attempts: int
     lookback_days: int
     default_start: datetime | None
@@ -181,6 +182,7 @@ _TOP_KEYS = (
     "timing",
     "max_concurrent_downloads",
     "max_file_bytes",
+    "min_free_bytes",
     "max_export_attempts",
     "lookback_days",
     "default_start",
@@ -211,6 +213,7 @@ _MAX_PART_MIB = 5 * 1024
 _MERCHANT_KEYS = ("id", "region", "token", "refresh_token", "client_id", "types", "start")
 # Clover's files hold at most 1000 objects, a few megabytes: this is far above any of them.
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
+DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -234,6 +237,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         timing=_read_timing(top.section("timing", _TIMING_KEYS)),
         max_concurrent_downloads=top.whole("max_concurrent_downloads", 8, minimum=1),
         max_file_bytes=top.whole("max_file_bytes", DEFAULT_MAX_FILE_BYTES, minimum=1024),
+        min_free_bytes=top.whole("min_free_bytes", DEFAULT_MIN_FREE_BYTES, minimum=0),
         max_export_attempts=top.whole("max_export_attempts", 3, minimum=1),
         lookback_days=top.whole("lookback_days", 0, minimum=0),
         default_start=_instant(top.get("default_start"), "default_start"),

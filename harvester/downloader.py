@@ -8,19 +8,40 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import aiohttp
 
 from harvester.backoff import backoff_delay
 from harvester.chunks import ExportType
 from harvester.clock import Clock
-from harvester.clover import download_file
+from harvester.clover import Writer, download_file
 from harvester.config import Timing
-from harvester.errors import BadFile, CloverUnavailable, FileExpired, HarvesterError
+from harvester.errors import (
+    BadFile,
+    CloverUnavailable,
+    FileExpired,
+    FileTooLarge,
+    HarvesterError,
+)
 from harvester.logs import get_logger
 from harvester.output import EmptyReason, Manifest, PartInfo
+from harvester.room import output_error
+from harvester.scrub import describe_url
 from harvester.state import ChunkRecord, ExportRecord, PartRecord, StateStore
 from harvester.target import ChunkTarget
+
+
+def download_deadline_s(received: int, timing: Timing) -> float:
+    """How long a download may have taken once `received` bytes have arrived.
+
+    A body must average `download_min_bytes_per_s` after the first `download_floor_s`, and
+    no download takes longer than `download_cap_s`: a body that trickles in has failed.
+    """
+    return min(
+        timing.download_cap_s,
+        timing.download_floor_s + received / timing.download_min_bytes_per_s,
+    )
 
 
 class Downloader:
@@ -34,6 +55,7 @@ class Downloader:
         timing: Timing,
         max_concurrent: int,
         rng: random.Random,
+        max_file_bytes: int | None = None,
     ) -> None:
         self._session = session
         self._store = store
@@ -41,6 +63,7 @@ class Downloader:
         self._timing = timing
         self._limit = asyncio.Semaphore(max_concurrent)
         self._rng = rng
+        self._max_file_bytes = max_file_bytes
 
     async def publish_chunk(
         self, output: ChunkTarget, chunk: ChunkRecord, export: ExportRecord
@@ -89,7 +112,10 @@ class Downloader:
             parts=parts,
             empty_reason=empty_reason,
         )
-        return await output.publish(manifest)
+        try:
+            return await output.publish(manifest)
+        except OSError as exc:
+            raise output_error(exc) from exc
 
     def _check_available(self, export: ExportRecord) -> None:
         if export.available_until is not None and self._clock.now() >= export.available_until:
@@ -107,19 +133,13 @@ class Downloader:
             self._check_available(export)
             try:
                 async with self._limit:
-                    writer = await output.open_part(index)
-                    async with writer:
-                        size = await download_file(
-                            self._session,
-                            export.urls[url_index],
-                            writer,
-                            self._timing.request_timeout_s,
-                        )
-                        info = await writer.commit(size, url_index)
+                    info = await self._download(output, export.urls[url_index], index, url_index)
                 part = PartRecord(export.id, index, url_index, info.size, info.sha256, info.objects)
                 await asyncio.shield(self._store.record_part(part))
                 log.info("file.saved", size=info.size, objects=info.objects)
                 return info
+            except OSError as exc:
+                raise output_error(exc) from exc
             except (BadFile, CloverUnavailable) as exc:
                 failures += 1
                 if failures >= self._timing.max_attempts:
@@ -129,6 +149,66 @@ class Downloader:
                 )
                 log.warning("file.retry", error=str(exc), attempt=failures, wait_s=round(delay, 3))
                 await self._clock.sleep(delay)
+
+    async def _download(
+        self, output: ChunkTarget, url: str, index: int, url_index: int
+    ) -> PartInfo:
+        """One try at one file, within its deadline (real time, like every network timeout)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        received = 0
+        deadline = asyncio.timeout_at(started + download_deadline_s(0, self._timing))
+
+        def on_size(size: int) -> None:
+            nonlocal received
+            received = size
+            deadline.reschedule(started + download_deadline_s(size, self._timing))
+
+        try:
+            async with deadline:
+                part = await output.open_part(index)
+                async with part:
+                    size = await download_file(
+                        self._session,
+                        url,
+                        CappedWriter(part, self._max_file_bytes, on_size),
+                        self._timing.request_timeout_s,
+                    )
+                    return await part.commit(size, url_index)
+        except FileTooLarge as exc:
+            # Not tried again: the same export's file would be just as big.
+            raise FileTooLarge(f"{describe_url(url)}: {exc}; download stopped") from exc
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            elapsed = loop.time() - started
+            raise CloverUnavailable(
+                f"{describe_url(url)}: too slow: {received} bytes in {elapsed:.1f} s "
+                f"(a download must average {self._timing.download_min_bytes_per_s:g} bytes/s "
+                f"after {self._timing.download_floor_s:g} s, and end within "
+                f"{self._timing.download_cap_s:g} s)"
+            ) from None
+
+
+class CappedWriter:
+    """Passes a file's bytes on to its part, never letting it grow past `max_bytes`.
+
+    The write that would pass the cap raises FileTooLarge and writes nothing: an endless
+    body fills no disk. `on_size` hears the size after each write (the deadline grows).
+    """
+
+    def __init__(self, part: Writer, max_bytes: int | None, on_size: Callable[[int], None]) -> None:
+        self._part = part
+        self._max_bytes = max_bytes
+        self._on_size = on_size
+        self.size = 0
+
+    async def write(self, data: bytes) -> None:
+        if self._max_bytes is not None and self.size + len(data) > self._max_bytes:
+            raise FileTooLarge(f"larger than max_file_bytes ({self._max_bytes} bytes)")
+        await self._part.write(data)
+        self.size += len(data)
+        self._on_size(self.size)
 
 
 def _most_telling(errors: ExceptionGroup[Exception]) -> Exception:

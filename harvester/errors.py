@@ -110,9 +110,20 @@ class BadFile(DownloadError):
     """The body was truncated, not JSON, or broke the 1000-object rule: download it again."""
 
 
+class FileTooLarge(DownloadError):
+    """The file grew past max_file_bytes: not downloaded again, it would be just as big."""
+
+
 class FileExpired(DownloadError):
     """The file host answered 403/404/410, or availableUntil has passed: export again."""
 
 
 class OutputError(HarvesterError):
-    """The output (the folder or the bucket) could not be read or written."""
+    """The output (the folder or the bucket) could not be read or written.
+
+    `errno` is the OSError's code when a folder failed (ENOSPC, EROFS, ...), else None.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

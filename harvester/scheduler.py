@@ -41,8 +41,10 @@ from harvester.errors import (
     ExportNotFound,
     FileExpired,
     HarvesterError,
+    OutputError,
     PermissionMissing,
     ServerBusy,
+    StoreError,
     TokenRejected,
     Unavailable503,
     WindowClosed,
@@ -53,6 +55,7 @@ from harvester.merchant import MerchantClient
 from harvester.observer import RunObserver
 from harvester.orphans import OrphanHolds
 from harvester.polling import next_poll_delay, progress_elapsed_s
+from harvester.room import OutputRoom
 from harvester.slots import Slot
 from harvester.state import ChunkRecord, ChunkStatus, ExportRecord, ExportState, StateStore
 from harvester.summary import Summary
@@ -113,6 +116,7 @@ class Harvest:
         self._stop = stop
         self._rng = rng or random.Random()
         self._orphans = OrphanHolds(clock)
+        self._room = OutputRoom(config.output_dir, config.min_free_bytes)
         self.summary = Summary()
 
     @property
@@ -139,6 +143,12 @@ class Harvest:
                         group.create_task(
                             self._merchant_worker(item), name=f"merchant-{item.merchant.id}"
                         )
+        except* StoreError as errors:
+            # Nothing can be recorded any more (the state's disk is full, say): every worker
+            # has stopped, and what was not recorded is redone by the next run.
+            error = _first(errors)
+            self.summary.problems.append(f"stopped: {error}")
+            get_logger().error("run.state_failed", error=str(error))
         finally:
             await self._orphans.close()
         self.summary.stopped = self._stop.is_set() and not self.summary.all_done
@@ -232,6 +242,8 @@ class Harvest:
                 log.warning("chunk.claim_lost", error=str(exc))
                 await self._output(chunk).discard_staging()
                 state.deferred.append(chunk)
+            except StoreError:
+                raise  # the run cannot go on without its state
             except Exception as exc:  # one chunk's bug must not tear down the others
                 log.exception("chunk.crashed")
                 await self._fail(chunk, f"unexpected error: {type(exc).__name__}: {exc}")
@@ -264,6 +276,7 @@ class Harvest:
                     log.info("staging.adopted", path=str(adopted))
                 manifest = await self._downloader.publish_chunk(output, chunk, export)
                 await asyncio.shield(self._store.complete_chunk(chunk.id))
+                self._room.published(sum(part.size for part in manifest.parts))
                 objects = sum(part.objects for part in manifest.parts)
                 tally.chunks_done += 1
                 tally.chunks_empty += manifest.empty_reason is not None
@@ -326,6 +339,14 @@ class Harvest:
             except TokenRejected as exc:
                 await self._refuse(state, chunk, "token rejected", exc)
                 return
+            except OutputError as exc:
+                if self._room.failed(exc):
+                    self.summary.problems.append(f"{exc}: no more exports were created")
+                    get_logger().error("output.unusable", error=str(exc))
+                await self._fail(chunk, str(exc))
+                return
+            except StoreError:
+                raise
             except HarvesterError as exc:
                 await self._fail(chunk, str(exc))
                 return
@@ -381,6 +402,9 @@ class Harvest:
         host = state.host
         log = get_logger()
         transient_failures = 0
+        # An export's slot is scarce: never spend one on files that cannot be written. The
+        # disk is looked at once per chunk; a write failing meanwhile is seen below.
+        await asyncio.to_thread(self._room.check)
         while True:
             pause_s = 0.0
             # The slots (this process's, then the host's across processes) before the gate:
@@ -397,6 +421,9 @@ class Harvest:
                     # The host may have said "closed" or "busy" to another lane meanwhile.
                     if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
                         continue
+                    refusal = self._room.refusal()  # a write failed while this lane waited
+                    if refusal is not None:
+                        raise refusal
                     try:
                         info = await self._create_export(state, chunk)
                     except ServerBusy as exc:
@@ -538,3 +565,11 @@ class Harvest:
 
     async def _nap(self, seconds: float) -> bool:
         return await nap(self._clock, seconds, self._stop)
+
+
+def _first(errors: BaseExceptionGroup[StoreError]) -> StoreError:
+    error: BaseException = errors
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, StoreError)
+    return error

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import stat
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -25,6 +27,7 @@ from typing import TypeVar
 from harvester.chunks import EPOCH, ONE_MS, ExportType, TimeRange
 from harvester.clock import Clock
 from harvester.errors import ChunkOverlap, StoreError
+from harvester.logs import get_logger
 from harvester.state import (
     ChunkRecord,
     ChunkStatus,
@@ -315,11 +318,50 @@ def _is_locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _connect(path: Path, migrations: Sequence[tuple[str, ...]]) -> sqlite3.Connection:
+def _create_private(path: Path) -> None:
+    """Create the state file (and its folder) readable by its owner only: it holds tokens.
+
+    SQLite gives its -wal and -shm files the mode of the database file.
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"state store {path}: cannot create its folder: {exc.strerror}") from exc
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        _warn_if_readable(path)
+    except OSError as exc:
+        raise StoreError(f"state store {path}: cannot create: {exc.strerror}") from exc
+
+
+def _warn_if_readable(path: Path) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # sqlite3 says what is wrong with it in a moment
+    if mode & 0o077:
+        get_logger().warning(
+            "state.readable_by_others",
+            path=str(path),
+            mode=oct(mode),
+            advice=f"it holds refresh tokens: chmod 600 {path}",
+        )
+
+
+def _check_integrity(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse a damaged file before anything is written to it."""
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)").fetchall()]
+    if problems != ["ok"]:
+        raise StoreError(
+            f"state store {path}: the file is damaged ({'; '.join(problems)}); "
+            "nothing was written to it: restore it from a backup or move it aside"
+        )
+
+
+def _connect(path: Path, migrations: Sequence[tuple[str, ...]]) -> sqlite3.Connection:
+    _create_private(path)
     try:
         # isolation_level=None: transactions are begun and committed explicitly, one per call.
         # timeout: SQLite's busy_timeout, how long a statement waits for another process's
@@ -329,6 +371,7 @@ def _connect(path: Path, migrations: Sequence[tuple[str, ...]]) -> sqlite3.Conne
         raise StoreError(f"state store {path}: cannot open: {exc}") from exc
     try:
         connection.row_factory = sqlite3.Row
+        _check_integrity(connection, path)
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"state store {path}: cannot switch to WAL mode (got {mode!r})")
@@ -1186,9 +1229,7 @@ def read_snapshot(path: Path, now: datetime | None = None) -> Snapshot:
     if not path.is_file():
         raise StoreError(f"state store {path}: no such file")
     try:
-        connection = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
-        )
+        connection = _open_read_only(path)
     except sqlite3.Error as exc:
         raise StoreError(f"state store {path}: cannot open read-only: {exc}") from exc
     try:
@@ -1196,6 +1237,11 @@ def read_snapshot(path: Path, now: datetime | None = None) -> Snapshot:
         # One read transaction: chunks and exports come from the same committed state.
         connection.execute("BEGIN")
         version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"state store {path}: schema version {version} is newer than this harvester "
+                f"reads ({len(MIGRATIONS)}); use a newer harvester"
+            )
         if version != len(MIGRATIONS):
             raise StoreError(
                 f"state store {path}: schema version {version}, this harvester reads "
@@ -1246,9 +1292,7 @@ def read_export_durations(path: Path, latest: int = 1000) -> list[float]:
     if not path.is_file():
         return []
     try:
-        connection = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
-        )
+        connection = _open_read_only(path)
     except sqlite3.Error as exc:
         raise StoreError(f"state store {path}: cannot open read-only: {exc}") from exc
     try:
@@ -1262,3 +1306,29 @@ def read_export_durations(path: Path, latest: int = 1000) -> list[float]:
     finally:
         connection.close()
     return [row[0] / 1000 for row in rows]
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write, while a run may be writing or on read-only media.
+
+    `mode=ro` reads through the WAL a running harvester keeps. On read-only media SQLite
+    cannot create the WAL's shared-memory file, so the file is opened `immutable` instead:
+    nothing can be writing to it there.
+    """
+    uri = path.resolve().as_uri()
+    connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+    try:
+        connection.execute("PRAGMA user_version").fetchone()
+    except sqlite3.OperationalError:
+        connection.close()
+        if os.access(path.parent, os.W_OK) and not _read_only_media(path):
+            raise
+        connection = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+    return connection
+
+
+def _read_only_media(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

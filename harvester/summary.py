@@ -35,6 +35,7 @@ class Summary:
     tallies: dict[tuple[str, ExportType], Tally] = field(default_factory=dict)
     refusals: dict[str, str] = field(default_factory=dict)  # merchant id -> why it was flagged
     events: Counter[str] = field(default_factory=Counter)  # busy_503, window_503, ...
+    problems: list[str] = field(default_factory=list)  # what stopped the run short, if anything
     stopped: bool = False
 
     @property
@@ -47,8 +48,10 @@ class Summary:
 
     @property
     def all_done(self) -> bool:
-        return not self.refusals and all(
-            t.chunks_done == t.chunks_planned for t in self.tallies.values()
+        return (
+            not self.refusals
+            and not self.problems
+            and all(t.chunks_done == t.chunks_planned for t in self.tallies.values())
         )
 
     @property
@@ -60,6 +63,7 @@ class Summary:
             "all_done": self.all_done,
             "stopped": self.stopped,
             "refusals": dict(self.refusals),
+            "problems": list(self.problems),
             "events": dict(self.events),
             "orphans": self.orphans,
             "merchants": [
@@ -101,6 +105,7 @@ class Summary:
             "chunks_empty": sum(t.chunks_empty for t in tallies),
             "lost_creates": self.orphans,
             "merchants_refused": len(self.refusals),
+            "problems": list(self.problems),
             "events": dict(self.events),
         }
 
@@ -140,6 +145,8 @@ class Summary:
                 f"orphans: {self.orphans} create(s) lost their answer; the exports may exist "
                 "(a slot was held for each)"
             )
+        for problem in self.problems:
+            lines.append(f"problem: {problem}")
         if self.events:
             lines.append("events: " + ", ".join(f"{k}={v}" for k, v in sorted(self.events.items())))
         verdict = "all requested work done" if self.all_done else "some work is not done"
