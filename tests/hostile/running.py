@@ -1,0 +1,82 @@
+"""Running the real CLI against the hostile server: a config, a subprocess, what it left."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOKEN = "tok-H0st1le-5ecret-0123456789abcdef"
+MERCHANT = "HOSTILEMERCH1"
+ONE_CHUNK = ("--from", "2025-01-01", "--to", "2025-01-31")
+THREE_CHUNKS = ("--from", "2025-01-01", "--to", "2025-03-31")
+QUICK_TIMING: dict[str, float] = {
+    "poll_min_s": 0.02,
+    "poll_max_s": 0.1,
+    "backoff_base_s": 0.01,
+    "backoff_max_s": 0.05,
+    "max_attempts": 2,
+    "export_cooldown_s": 0.01,
+    "request_timeout_s": 5,
+    "shutdown_grace_s": 0.5,
+}
+
+
+def write_config(tmp_path: Path, api_url: str, **top: Any) -> Path:
+    """A config harvesting one merchant from `api_url`; `top` overrides top-level keys."""
+    timing = {**QUICK_TIMING, **top.pop("timing", {})}
+    document = {
+        "output_dir": "data",
+        "state_path": "state/harvester.sqlite3",
+        "max_export_attempts": 1,
+        "timing": timing,
+        "regions": {
+            "local": {"base_url": api_url, "windows": "always", "max_concurrent_exports": 1}
+        },
+        "merchants": [
+            {"id": MERCHANT, "region": "local", "token": "${HOSTILE_TOKEN}", "types": ["ORDERS"]}
+        ],
+        **top,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+async def run_cli(*args: str, inside: str | None = None, env: dict[str, str] | None = None) -> Ran:
+    """`python -m harvester ARGS`; `inside`, if given, is shell run first in a private mount
+    namespace (as root of a new user namespace), to mount a read-only or full file system."""
+    command: Sequence[str] = (sys.executable, "-m", "harvester", *args)
+    if inside is not None:
+        script = f"set -e; {inside}; exec {shlex.join(command)}"
+        command = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script)
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env={**os.environ, "HOSTILE_TOKEN": TOKEN, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())
+
+
+def written(folder: Path) -> bytes:
+    """Every file under `folder` but the config: output, state, logs."""
+    return b"".join(
+        p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "config.yaml"
+    )
