@@ -352,7 +352,10 @@ def _warn_if_readable(path: Path) -> None:
 
 def _check_integrity(connection: sqlite3.Connection, path: Path) -> None:
     """Refuse a damaged file before anything is written to it."""
-    problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)").fetchall()]
+    try:
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
     if problems != ["ok"]:
         raise StoreError(
             f"state store {path}: the file is damaged ({'; '.join(problems)}); "

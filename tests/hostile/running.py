@@ -59,10 +59,16 @@ class Ran:
 
 async def run_cli(*args: str, inside: str | None = None, env: dict[str, str] | None = None) -> Ran:
     """`python -m harvester ARGS`; `inside`, if given, is shell run first in a private mount
-    namespace (as root of a new user namespace), to mount a read-only or full file system."""
+    namespace (as root of a new user namespace), to mount a read-only or full file system.
+    If `inside` names HARVESTER, the harvester runs there instead of after it."""
     command: Sequence[str] = (sys.executable, "-m", "harvester", *args)
     if inside is not None:
-        script = f"set -e; {inside}; exec {shlex.join(command)}"
+        harvester = shlex.join(command)
+        script = (
+            f"set -e; {inside.replace('HARVESTER', harvester)}"
+            if "HARVESTER" in inside
+            else f"set -e; {inside}; exec {harvester}"
+        )
         command = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script)
     process = await asyncio.create_subprocess_exec(
         *command,

@@ -49,6 +49,7 @@ class HostileServer:
         self._release = release  # HOLD_CREATE: answer the create once this file exists
         self._arrived = arrived  # HOLD_CREATE: created when the create arrives
         self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()  # set on exit: hanging answers end
         self.url = ""
 
     async def __aenter__(self) -> HostileServer:
@@ -68,6 +69,7 @@ class HostileServer:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
+        self._closing.set()
         await self._runner.cleanup()
 
     def _export(
@@ -134,7 +136,8 @@ class HostileServer:
         if self.mode is Mode.FILE_ERROR_500:
             return web.Response(status=500, text=f"cannot serve {request.path_qs}")
         if self.mode is Mode.HANG_FILE:
-            await asyncio.sleep(3600)
+            await self._closing.wait()
+            return web.Response(status=503)
         response = web.StreamResponse()
         await response.prepare(request)
         if self.mode is Mode.ENDLESS_FILE:
