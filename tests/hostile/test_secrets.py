@@ -83,3 +83,13 @@ async def test_short_tokens_are_refused_outside_loopback(tmp_path: Path) -> None
     local = "regions: {local: {base_url: 'http://127.0.0.1:9'}}\n"
     path.write_text(local + "merchants: [{id: M1, region: local, token: x}]\n")
     assert (await run_cli("check-config", "--config", str(path))).code == 0
+
+
+async def test_a_short_loopback_token_does_not_mangle_log_lines(tmp_path: Path) -> None:
+    """With the token 'x', log lines keep their words: export.created, not e***port.created."""
+    async with HostileServer(Mode.GOOD) as server:
+        config = str(write_config(tmp_path, server.url))
+        run = await run_cli("backfill", "--config", config, *ONE_CHUNK, env={"HOSTILE_TOKEN": "x"})
+    assert run.code == 0, run.err
+    assert '"event": "export.created"' in run.err
+    assert "e***port" not in run.err

@@ -1,0 +1,74 @@
+"""Bounds in pure form: a part's size cap, a download's deadline, the output folder's room."""
+
+from __future__ import annotations
+
+import errno
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from harvester.chunks import ExportType, TimeRange
+from harvester.config import Timing
+from harvester.downloader import download_deadline_s
+from harvester.errors import FileTooLarge, OutputError
+from harvester.output import ChunkOutput
+from harvester.room import OutputRoom
+
+RANGE = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
+
+
+async def test_a_part_never_grows_past_its_cap_on_disk(tmp_path: Path) -> None:
+    """The write that would pass max_bytes raises FileTooLarge and writes nothing of it."""
+    output = ChunkOutput(tmp_path, "M1", ExportType.ORDERS, RANGE)
+    sizes: list[int] = []
+    writer = await output.open_part(1, max_bytes=10_000, on_size=sizes.append)
+    async with writer:
+        for _ in range(9):
+            await writer.write(b"x" * 1000)
+        with pytest.raises(FileTooLarge, match="larger than max_file_bytes"):
+            await writer.write(b"x" * 1001)
+        temp = output.staging_dir / ".part-00001.json.tmp"
+        await writer.write(b"x" * 1000)  # exactly the cap is allowed
+        assert writer.size == 10_000
+        assert sizes[-1] == 10_000
+    assert not temp.exists()  # left without a commit: deleted
+
+
+@pytest.mark.parametrize(
+    ("received", "expected_s"),
+    [
+        (0, 120.0),  # the floor
+        (65_536, 121.0),  # one second more per download_min_bytes_per_s
+        (65_536 * 1000, 1120.0),
+        (10**12, 3600.0),  # never past the cap
+    ],
+)
+def test_a_download_deadline_grows_with_its_size(received: int, expected_s: float) -> None:
+    """floor + bytes / min rate, capped."""
+    assert download_deadline_s(received, Timing()) == pytest.approx(expected_s)
+
+
+def test_only_a_full_or_read_only_disk_ends_exports() -> None:
+    """ENOSPC/EROFS end exports for the run (once); another write error does not."""
+    room = OutputRoom(Path("/nowhere"), 0)
+    assert not room.failed(OutputError("permission", errno=errno.EACCES))
+    assert room.refusal() is None
+    assert room.failed(OutputError("full", errno=errno.ENOSPC))
+    assert not room.failed(OutputError("read-only", errno=errno.EROFS))  # not the first
+    refusal = room.refusal()
+    assert refusal is not None
+    assert str(refusal) == "no export created: full"
+
+
+def test_room_is_checked_by_writing_and_by_free_space(tmp_path: Path) -> None:
+    """A writable folder with room passes; asking more room than the disk has fails."""
+    OutputRoom(tmp_path / "data", 0).check()
+    assert (tmp_path / "data").is_dir()
+    assert not list((tmp_path / "data").iterdir())  # the probe is gone
+    with pytest.raises(OutputError, match="bytes free, less than"):
+        OutputRoom(tmp_path / "data", 2**62).check()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError, match="cannot write"):
+        OutputRoom(blocker, 0).check()
