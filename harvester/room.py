@@ -57,7 +57,10 @@ class OutputRoom:
         return OutputError(f"no export created: {self.lost}", errno=self.lost.errno)
 
     def check(self) -> None:
-        """OutputError if the folder cannot take a chunk now. Blocking: run it in a thread."""
+        """OutputError if the folder cannot take a chunk now. Blocking: run it in a thread.
+
+        The caller reports the error with `failed()`, as it does a failed write.
+        """
         refusal = self.refusal()
         if refusal is not None:
             raise refusal
@@ -73,9 +76,7 @@ class OutputRoom:
             os.unlink(probe)
             stats = os.statvfs(self._folder)
         except OSError as exc:
-            error = output_error(exc, self._folder)
-            self.failed(error)
-            raise OutputError(f"no export created: {error}", errno=error.errno) from exc
+            raise output_error(exc, self._folder) from exc
         free = stats.f_bavail * stats.f_frsize
         needed = self._min_free_bytes + self._largest_chunk
         if free < needed:

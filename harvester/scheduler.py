@@ -341,7 +341,7 @@ class Harvest:
                 return
             except OutputError as exc:
                 if self._room.failed(exc):
-                    self.summary.problems.append(f"{exc}: no more exports were created")
+                    self.summary.problems.append(f"{exc}: no more exports created this run")
                     get_logger().error("output.unusable", error=str(exc))
                 await self._fail(chunk, str(exc))
                 return

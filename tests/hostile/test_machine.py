@@ -43,6 +43,7 @@ async def test_a_read_only_output_folder_fails_before_any_export_is_created(
     assert run.code == 1, run.err
     assert server.requests["create"] == 0
     assert "Read-only file system (EROFS)" in run.out
+    assert "problem: output folder" in run.out
     clean_failure(run.out, run.err)
 
 
@@ -64,6 +65,7 @@ async def test_an_output_folder_without_room_fails_before_any_export_is_created(
     assert run.code == 1, run.err
     assert server.requests["create"] == 0
     assert "less than the 8388608 a chunk may need" in run.out
+    assert "problem: no export created" in run.out
     clean_failure(run.out, run.err)
 
 
