@@ -10,7 +10,7 @@ it several times faster than pure Python and refuses nesting past 1000 levels.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +101,30 @@ class _Loader(_SafeLoader):
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
-def _children(node: yaml.Node) -> Iterable[yaml.Node]:
+def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
         return node.value  # type: ignore[no-any-return]
     if isinstance(node, yaml.MappingNode):
         return [item for pair in node.value for item in pair]
-    return ()
+    return []
+
+
+def _is_collection(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.SequenceNode | yaml.MappingNode)
 
 
 def _check_aliases(root: yaml.Node, path: Path) -> None:
     """Refuse a document whose aliases expand it far beyond its size, or that holds itself.
 
-    One pass over the distinct nodes (an aliased node is one node reached several times),
-    without recursion: each node's expanded size is the sum of its children's.
+    One pass over the distinct lists and mappings (an aliased one is one node reached
+    several times), without recursion: each one's expanded size is one, plus its scalars,
+    plus its lists' and mappings' expanded sizes. Scalars are not tracked one by one: an
+    alias of a scalar adds one value, as its `*name` does to the file.
     """
+    if not _is_collection(root):
+        return
     sizes: dict[int, int] = {}
+    held = 0  # values written: each distinct list or mapping, and the scalars it holds
     expanding: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -123,19 +132,30 @@ def _check_aliases(root: yaml.Node, path: Path) -> None:
         key = id(node)
         if children_counted:
             expanding.discard(key)
-            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            scalars, inner = 0, 0
+            for child in _children(node):
+                if _is_collection(child):
+                    inner += sizes[id(child)]
+                else:
+                    scalars += 1
+            sizes[key] = 1 + scalars + inner
+            held += 1 + scalars
             continue
         if key in sizes:
             continue
         if key in expanding:
             raise ConfigError(
-                f"{path}: an alias refers to a value that holds it (line "
-                f"{node.start_mark.line + 1})"
+                f"{path}: an alias refers to a value that holds it "
+                f"(line {node.start_mark.line + 1})"
             )
         expanding.add(key)
         stack.append((node, True))
-        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
-    expanded, held = sizes[id(root)], len(sizes)
+        stack.extend(
+            (child, False)
+            for child in _children(node)
+            if _is_collection(child) and id(child) not in sizes
+        )
+    expanded = sizes[id(root)]
     if expanded > ALIAS_EXPANSION_FACTOR * held + ALIAS_EXPANSION_SLACK:
         raise ConfigError(
             f"{path}: its aliases (*name) expand {held} values into {_count(expanded)}: "

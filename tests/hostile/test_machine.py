@@ -121,10 +121,11 @@ async def harvested_state(tmp_path: Path) -> Path:
 
 async def test_status_and_plan_on_a_newer_schema_ask_for_a_newer_harvester(tmp_path: Path) -> None:
     """A state written by a newer harvester is refused by status and plan in those words."""
-    state = await harvested_state(tmp_path)
+    config = str(write_config(tmp_path, "http://127.0.0.1:9"))
+    state = tmp_path / "state" / "harvester.sqlite3"
+    state.parent.mkdir()
     with sqlite3.connect(state) as connection:
         connection.execute("PRAGMA user_version = 99")
-    config = str(tmp_path / "config.yaml")
     for args in (("status",), ("plan", *ONE_CHUNK)):
         run = await run_cli(*args, "--config", config)
         assert run.code == 1
