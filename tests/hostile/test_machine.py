@@ -174,10 +174,11 @@ async def test_when_the_grace_runs_out_the_summary_is_still_printed(tmp_path: Pa
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        for _ in range(1000):
+        for _ in range(3000):
             if server.requests["file"]:
                 break
             await asyncio.sleep(0.01)
+        assert server.requests["file"] == 1
         process.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 128 + signal.SIGTERM
