@@ -19,15 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-BOMB = "".join(
-    [
-        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n',
-        *(
-            f"{name}: &{name} [{', '.join(['*' + previous] * 9)}]\n"
-            for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
-        ),
-        "merchants: *i\n",
-    ]
+# Billion laughs where the config reads a value (a merchant id): 440 bytes, 9^9 strings.
+_LEVELS = [
+    '&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+    *(
+        f"&{name} [{','.join(['*' + previous] * 9)}]"
+        for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
+    ),
+]
+BOMB = (
+    "merchants:\n  - id: [" + ",\n        ".join(_LEVELS) + "]\n    token: tok-0123456789abcdef\n"
 )
 
 

@@ -14,18 +14,20 @@ from harvester.config import _show, load_config
 from harvester.errors import ConfigError
 from harvester.yaml_file import MAX_CONFIG_BYTES
 
-# 559 bytes that expand to 9^9 (387 million) strings: "billion laughs".
+# 440 bytes that expand to 9^9 (387 million) strings, "billion laughs", where the config
+# reads a value: a merchant id. (Anchors under unknown keys would be refused for the key.)
 ALIAS_BOMB = """\
-a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
-merchants: *i
+merchants:
+  - id: [&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"],
+        &b [*a,*a,*a,*a,*a,*a,*a,*a,*a],
+        &c [*b,*b,*b,*b,*b,*b,*b,*b,*b],
+        &d [*c,*c,*c,*c,*c,*c,*c,*c,*c],
+        &e [*d,*d,*d,*d,*d,*d,*d,*d,*d],
+        &f [*e,*e,*e,*e,*e,*e,*e,*e,*e],
+        &g [*f,*f,*f,*f,*f,*f,*f,*f,*f],
+        &h [*g,*g,*g,*g,*g,*g,*g,*g,*g],
+        &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]]
+    token: tok-0123456789abcdef
 """
 
 
