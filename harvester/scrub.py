@@ -6,8 +6,9 @@ before it is stored, printed or raised; the log processor runs it once more on e
 
 A token is replaced where it occurs as a whole: not inside a longer run of letters and
 digits, so a short loopback token like `x` never turns `export.created` into
-`e***port.created`. (The config refuses tokens shorter than `MIN_TOKEN_CHARS` outside
-loopback: a real one is never a piece of an ordinary word.)
+`e***port.created`. A token of `MIN_TOKEN_CHARS` or more (the config refuses shorter ones
+outside loopback) is also replaced where an echo glued it to other characters: so long a
+run of random characters is never a piece of an ordinary word.
 
 Pre-signed file URLs grant access by their query string: `describe_url()` is how one is
 shown (host and path), and `scrub_url()` takes a URL's query out of a library's message.
@@ -30,27 +31,33 @@ _QUERY = re.compile(r"\?[^\s\"'<>]+")
 # Where a whole token may begin: a letter or digit that does not follow one.
 _WORD_START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]")
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-_KEY_CHARS = 8  # secrets are looked up by their first characters: linear in the text
+_PREFIX_CHARS = 8  # long tokens are first looked up by these: one set lookup per place
+# Where a long token glued to other characters can hide: a long run of token-like characters.
+_LONG_RUN = re.compile(rf"[A-Za-z0-9._~+/=-]{{{MIN_TOKEN_CHARS},}}")
 
 
 class _Secrets:
     """Every secret the process knows (config tokens, refreshed tokens), indexed for lookup.
 
     A run may know hundreds of thousands of tokens: a text is scanned once, and at each
-    place a token could begin, only the tokens starting with the same characters are tried.
+    place a token could begin, one set lookup of the next few characters says whether a
+    long token may start there; only then is each length tried. Short (loopback) tokens
+    are tried by length at word starts.
     """
 
     def __init__(self) -> None:
         self.known: set[str] = set()
-        self._by_key: dict[str, list[str]] = {}
-        self._short: set[str] = set()
-        self._short_lengths: list[int] = []
+        self._by_length: dict[int, set[str]] = {}
+        self._long_prefixes: set[str] = set()
+        self._long_lengths: list[int] = []  # MIN_TOKEN_CHARS or more, longest first
+        self._short_lengths: list[int] = []  # the others, longest first
         self._odd: list[str] = []  # secrets that do not start with a letter or digit
 
     def clear(self) -> None:
         self.known.clear()
-        self._by_key.clear()
-        self._short.clear()
+        self._by_length.clear()
+        self._long_prefixes.clear()
+        self._long_lengths.clear()
         self._short_lengths.clear()
         self._odd.clear()
 
@@ -60,13 +67,15 @@ class _Secrets:
         self.known.add(secret)
         if secret[0] not in _ALNUM:
             self._odd.append(secret)
-        elif len(secret) < _KEY_CHARS:
-            self._short.add(secret)
-            self._short_lengths = sorted({len(s) for s in self._short}, reverse=True)
-        else:
-            bucket = self._by_key.setdefault(secret[:_KEY_CHARS], [])
-            bucket.append(secret)
-            bucket.sort(key=len, reverse=True)
+            return
+        same_length = self._by_length.setdefault(len(secret), set())
+        if not same_length:
+            lengths = sorted(self._by_length, reverse=True)
+            self._long_lengths = [n for n in lengths if n >= MIN_TOKEN_CHARS]
+            self._short_lengths = [n for n in lengths if n < MIN_TOKEN_CHARS]
+        same_length.add(secret)
+        if len(secret) >= MIN_TOKEN_CHARS:
+            self._long_prefixes.add(secret[:_PREFIX_CHARS])
 
     def replace(self, text: str) -> str:
         if not self.known:
@@ -79,23 +88,55 @@ class _Secrets:
             start = match.start()
             if start < done:
                 continue
-            found = self._match_at(text, start)
+            found = self._whole_at(text, start)
             if found:
                 pieces += (text[done:start], REDACTED)
                 done = start + found
-        if not pieces:
+        if pieces:
+            pieces.append(text[done:])
+            text = "".join(pieces)
+        return self._replace_glued(text) if self._long_lengths else text
+
+    def _whole_at(self, text: str, start: int) -> int:
+        """The length of the longest whole secret at `start`; 0 if none."""
+        if text[start : start + _PREFIX_CHARS] in self._long_prefixes:
+            for length in self._long_lengths:
+                end = start + length
+                if text[start:end] in self._by_length[length] and _ends_whole(text, end):
+                    return length
+        for length in self._short_lengths:
+            end = start + length
+            if text[start:end] in self._by_length[length] and _ends_whole(text, end):
+                return length
+        return 0
+
+    def _replace_glued(self, text: str) -> str:
+        """`text` without long tokens glued to other characters (whole ones are gone)."""
+        spans: list[tuple[int, int]] = []
+        for run in _LONG_RUN.finditer(text):
+            position, end = run.start(), run.end()
+            while position <= end - MIN_TOKEN_CHARS:
+                length = self._long_at(text, position)
+                if length:
+                    spans.append((position, position + length))
+                    position += length
+                else:
+                    position += 1
+        if not spans:
             return text
+        pieces: list[str] = []
+        done = 0
+        for start, stop in spans:
+            pieces += (text[done:start], REDACTED)
+            done = stop
         pieces.append(text[done:])
         return "".join(pieces)
 
-    def _match_at(self, text: str, start: int) -> int:
-        """The length of the longest whole secret at `start`; 0 if none."""
-        for secret in self._by_key.get(text[start : start + _KEY_CHARS], ()):
-            if text.startswith(secret, start) and _ends_whole(text, start + len(secret)):
-                return len(secret)
-        for length in self._short_lengths:
-            end = start + length
-            if text[start:end] in self._short and _ends_whole(text, end):
+    def _long_at(self, text: str, start: int) -> int:
+        if text[start : start + _PREFIX_CHARS] not in self._long_prefixes:
+            return 0
+        for length in self._long_lengths:
+            if text[start : start + length] in self._by_length[length]:
                 return length
         return 0
 

@@ -26,19 +26,23 @@ def known() -> Iterator[None]:
         (f'{{"token": "{TOKEN}"}}', '{"token": "***"}'),
         (f"?access_token={TOKEN}&x=1", "?access_token=***&x=1"),
         (f"{TOKEN}", "***"),
-        (f"{TOKEN}Z", f"{TOKEN}Z"),  # not a whole occurrence: another, longer word
+        (f"Z{TOKEN}Z", "Z***Z"),  # glued by an echo: a long token goes all the same
+        (f"{TOKEN} and {TOKEN}{TOKEN}", "*** and ******"),
     ],
 )
-def test_a_known_token_is_replaced_where_it_occurs_whole(text: str, expected: str) -> None:
-    """A registered token is blotted out as a whole word, not inside a longer one."""
+def test_a_known_token_is_replaced_wherever_it_occurs(text: str, expected: str) -> None:
+    """A registered token of Clover's length is blotted out alone or glued to other text."""
     register_secret(TOKEN)
     assert scrub(text) == expected
 
 
 def test_a_short_token_leaves_words_that_contain_it_alone() -> None:
-    """The loopback token 'x' never turns export.created into e***port.created."""
+    """The loopback token 'x' (or 'abcdefghij') is replaced only as a whole word: never
+    export.created into e***port.created."""
     register_secret("x")
+    register_secret("abcdefghij")
     assert scrub("export.created x-ray x") == "export.created ***-ray ***"
+    assert scrub("abcdefghij abcdefghijk zabcdefghij") == "*** abcdefghijk zabcdefghij"
 
 
 def test_anything_after_bearer_is_replaced_even_when_unknown() -> None:

@@ -89,9 +89,9 @@ class HostileServer:
         self.requests["create"] += 1
         authorization = request.headers.get("Authorization", "")
         if self.mode is Mode.ECHO_CREATE_400:
-            echo = (
-                f"bad request: you sent Authorization: {authorization} and {await request.text()}"
-            )
+            glued = f"X{authorization.removeprefix('Bearer ')}X"  # an echo without a boundary
+            body = await request.text()
+            echo = f"bad request: you sent Authorization: {authorization}, {glued} and {body}"
             return web.Response(status=400, text=echo)
         if self.mode is Mode.EXPORT_ID_PATH:
             return web.json_response(self._export("../../../etc", "PENDING"))
