@@ -10,7 +10,7 @@ import pytest
 
 from harvester.chunks import ExportType, TimeRange
 from harvester.config import Timing
-from harvester.downloader import download_deadline_s
+from harvester.downloader import CappedWriter, download_deadline_s
 from harvester.errors import FileTooLarge, OutputError
 from harvester.output import ChunkOutput
 from harvester.room import OutputRoom
@@ -19,19 +19,23 @@ RANGE = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo
 
 
 async def test_a_part_never_grows_past_its_cap_on_disk(tmp_path: Path) -> None:
-    """The write that would pass max_bytes raises FileTooLarge and writes nothing of it."""
+    """The write that would pass max_file_bytes raises FileTooLarge and writes nothing of it."""
     output = ChunkOutput(tmp_path, "M1", ExportType.ORDERS, RANGE)
     sizes: list[int] = []
-    writer = await output.open_part(1, max_bytes=10_000, on_size=sizes.append)
-    async with writer:
+    part = await output.open_part(1)
+    temp = output.staging_dir / ".part-00001.json.tmp"
+    async with part:
+        capped = CappedWriter(part, 10_000, sizes.append)
         for _ in range(9):
-            await writer.write(b"x" * 1000)
+            await capped.write(b"x" * 1000)
         with pytest.raises(FileTooLarge, match="larger than max_file_bytes"):
-            await writer.write(b"x" * 1001)
-        temp = output.staging_dir / ".part-00001.json.tmp"
-        await writer.write(b"x" * 1000)  # exactly the cap is allowed
-        assert writer.size == 10_000
+            await capped.write(b"x" * 1001)
+        await capped.write(b"x" * 1000)  # exactly the cap is allowed
+        assert capped.size == 10_000
         assert sizes[-1] == 10_000
+        with pytest.raises(FileTooLarge):
+            await capped.write(b"x")
+        assert temp.stat().st_size <= 10_000
     assert not temp.exists()  # left without a commit: deleted
 
 
