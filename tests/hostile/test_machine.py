@@ -14,7 +14,14 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from tests.hostile.running import ONE_CHUNK, THREE_CHUNKS, TOKEN, run_cli, write_config
+from tests.hostile.running import (
+    ONE_CHUNK,
+    THREE_CHUNKS,
+    TOKEN,
+    run_cli,
+    run_here,
+    write_config,
+)
 from tests.hostile.server import HostileServer, Mode
 
 
@@ -119,7 +126,7 @@ async def harvested_state(tmp_path: Path) -> Path:
     return tmp_path / "state" / "harvester.sqlite3"
 
 
-async def test_status_and_plan_on_a_newer_schema_ask_for_a_newer_harvester(tmp_path: Path) -> None:
+def test_status_and_plan_on_a_newer_schema_ask_for_a_newer_harvester(tmp_path: Path) -> None:
     """A state written by a newer harvester is refused by status and plan in those words."""
     config = str(write_config(tmp_path, "http://127.0.0.1:9"))
     state = tmp_path / "state" / "harvester.sqlite3"
@@ -127,7 +134,7 @@ async def test_status_and_plan_on_a_newer_schema_ask_for_a_newer_harvester(tmp_p
     with sqlite3.connect(state) as connection:
         connection.execute("PRAGMA user_version = 99")
     for args in (("status",), ("plan", *ONE_CHUNK)):
-        run = await run_cli(*args, "--config", config)
+        run = run_here(*args, "--config", config)
         assert run.code == 1
         assert "use a newer harvester" in run.err
         assert "bring it up to date" not in run.err

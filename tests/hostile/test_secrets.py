@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.running import ONE_CHUNK, TOKEN, run_cli, write_config, written
+from tests.hostile.running import ONE_CHUNK, TOKEN, run_cli, run_here, write_config, written
 from tests.hostile.server import SIGNATURE, HostileServer, Mode
 
 
@@ -22,8 +22,8 @@ async def test_an_echoed_token_reaches_no_output_and_no_file(tmp_path: Path, mod
     async with HostileServer(mode) as server:
         config = str(write_config(tmp_path, server.url))
         run = await run_cli("backfill", "--config", config, *ONE_CHUNK, "--log-level", "debug")
-    status = await run_cli("status", "--config", config)
-    status_json = await run_cli("status", "--config", config, "--json")
+    status = run_here("status", "--config", config)
+    status_json = run_here("status", "--config", config, "--json")
     assert run.code == 1, run.err
     assert status.code == status_json.code == 0
     assert "last error" in status.out
@@ -72,17 +72,20 @@ async def test_file_url_grants_stay_out_of_logs(tmp_path: Path) -> None:
     assert "X-Amz-Signature" not in run.out + run.err
 
 
-async def test_short_tokens_are_refused_outside_loopback(tmp_path: Path) -> None:
+def test_short_tokens_are_refused_outside_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A token shorter than Clover's (16 characters) is a config error naming it, exit 2,
     unless its region is on loopback."""
+    monkeypatch.setenv("HOSTILE_TOKEN_SHORT", "x")
     path = tmp_path / "config.yaml"
     path.write_text("merchants: [{id: M1, region: us, token: '${HOSTILE_TOKEN_SHORT}'}]\n")
-    refused = await run_cli("check-config", "--config", str(path), env={"HOSTILE_TOKEN_SHORT": "x"})
+    refused = run_here("check-config", "--config", str(path))
     assert refused.code == 2
     assert "merchants[0].token: shorter than 16 characters" in refused.err
     local = "regions: {local: {base_url: 'http://127.0.0.1:9'}}\n"
     path.write_text(local + "merchants: [{id: M1, region: local, token: x}]\n")
-    assert (await run_cli("check-config", "--config", str(path))).code == 0
+    assert run_here("check-config", "--config", str(path)).code == 0
 
 
 async def test_a_short_loopback_token_does_not_mangle_log_lines(tmp_path: Path) -> None:
