@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 
 from harvester.clock import Clock, SystemClock
 from harvester.config import Config
-from harvester.logs import register_secret
 from harvester.pgstore import PgStore, safe_url
 from harvester.pgstore import read_export_durations as read_pg_durations
 from harvester.pgstore import read_snapshot as read_pg_snapshot
+from harvester.scrub import register_secret
 from harvester.state import Snapshot, StateStore
 from harvester.store import Store
 from harvester.store import read_export_durations as read_sqlite_durations

@@ -22,7 +22,7 @@ from harvester.downloader import Downloader
 from harvester.errors import ChunkOverlap, ConfigError
 from harvester.estimate import Estimate, estimate
 from harvester.hosts import HostFactories, Hosts
-from harvester.logs import get_logger, register_secret
+from harvester.logs import get_logger
 from harvester.observer import RunObserver
 from harvester.pgstore import PgStore
 from harvester.planning import (
@@ -33,6 +33,7 @@ from harvester.planning import (
     plan_chunks,
 )
 from harvester.scheduler import Harvest, MerchantWork
+from harvester.scrub import register_secret
 from harvester.state import ChunkRecord, ChunkStatus, Snapshot, StateStore
 from harvester.store import Store
 from harvester.summary import Summary

@@ -347,6 +347,8 @@ def _state_url(top: _Section) -> Secret | None:
     assert value is not None
     return Secret(value)
 
+
+def substitute(text: str, where: str, environ: Mapping[str, str]) -> str:
     """`text` with every ${VAR} replaced from `environ`."""
 
     def replace(match: re.Match[str]) -> str:

@@ -354,6 +354,8 @@ def _check_integrity(connection: sqlite3.Connection, path: Path) -> None:
     """Refuse a damaged file before anything is written to it."""
     try:
         problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)").fetchall()]
+    except sqlite3.OperationalError:
+        raise  # locked by another process, say: not damage
     except sqlite3.DatabaseError as exc:
         problems = [str(exc)]
     if problems != ["ok"]:
