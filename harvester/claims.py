@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from harvester.clock import Clock
-from harvester.errors import HarvesterError
+from harvester.errors import HarvesterError, StoreError
 from harvester.logs import get_logger
 from harvester.state import ClaimResult, ProcessRecord, StateStore
 
@@ -171,7 +171,12 @@ class ProcessLease:
                 await self._heartbeat
             self._heartbeat = None
         # Shielded: the others should not have to wait out the lease of a process that left.
-        await asyncio.shield(self.store.end_process(self.owner.id))
+        try:
+            await asyncio.shield(self.store.end_process(self.owner.id))
+        except StoreError as error:
+            # The state cannot be written (its disk is full, say): the run's own report
+            # matters more. The lease lapses by itself, at once for a dead pid on this machine.
+            get_logger().warning("lease.not_ended", error=str(error))
 
     async def renew(self) -> None:
         """Extend the lease now; warn if it had lapsed (claims may have been taken over)."""

@@ -330,7 +330,7 @@ async def test_a_plan_cut_from_a_stale_listing_is_cut_again(
 ) -> None:
     """Two processes plan overlapping ranges at once: the one whose new chunks collide with
     the other's plans again around them instead of failing."""
-    config = load(tmp_path, "merchants:\n  - {id: M1, token: t, types: [ORDERS]}\n")
+    config = load(tmp_path, "merchants:\n  - {id: M1, token: t-token-16-chars, types: [ORDERS]}\n")
     mid = TimeRange(datetime(2025, 1, 15, tzinfo=UTC), datetime(2025, 2, 14, tzinfo=UTC))
     (theirs,) = await store.add_chunks("M1", ExportType.ORDERS, [mid])
     requested = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 3, 2, tzinfo=UTC))
