@@ -48,8 +48,14 @@ from harvester.chunks import ExportType, TimeRange
 from harvester.config import Bucket, Secret, Timing
 from harvester.errors import BadFile, ConfigError, OutputError
 from harvester.export_file import StreamCheck
-from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo, check_folder_name
-from harvester.target import KeepStaging
+from harvester.output import (
+    MANIFEST_NAME,
+    ChunkOutput,
+    KeepStaging,
+    Manifest,
+    PartInfo,
+    check_folder_name,
+)
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client

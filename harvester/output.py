@@ -54,6 +54,10 @@ _RENAME_EXCHANGE = 2
 # Errors that mean "this kernel, libc or file system cannot exchange": take the fallback.
 _EXCHANGE_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
+# (merchant id, type folder, chunk name) -> True if that chunk's export is still in flight,
+# so that its staged parts are kept for the next run.
+KeepStaging = Callable[[str, str, str], bool]
+
 
 @dataclass(frozen=True, slots=True)
 class PartInfo:
@@ -466,7 +470,7 @@ class FolderOutput:
 
     async def recover(
         self,
-        keep_staging: Callable[[str, str, str], bool],
+        keep_staging: KeepStaging,
         owner_gone: Callable[[str | None], bool] | None = None,
     ) -> list[str]:
         """`recover` below, in a worker thread; the paths touched, as text."""
@@ -573,7 +577,7 @@ def _is_temp_file(path: Path) -> bool:
 
 def recover(
     output_dir: Path,
-    keep_staging: Callable[[str, str, str], bool],
+    keep_staging: KeepStaging,
     owner_gone: Callable[[str | None], bool] | None = None,
 ) -> list[Path]:
     """Clear what a crash left in the output folder; call at start-up, before any work.
@@ -626,7 +630,7 @@ def _is_owner_id(owner: str) -> bool:
 def _recover_type_dir(
     merchant_id: str,
     type_dir: Path,
-    keep_staging: Callable[[str, str, str], bool],
+    keep_staging: KeepStaging,
     owner_gone: Callable[[str | None], bool],
 ) -> list[Path]:
     touched: list[Path] = []

@@ -15,11 +15,7 @@ from typing import Protocol, Self
 
 from harvester.chunks import ExportType, TimeRange
 from harvester.config import Config
-from harvester.output import FolderOutput, Manifest, PartInfo
-
-# (merchant id, type folder, chunk name) -> True if that chunk's export is still in flight,
-# so that its staged parts are kept for the next run.
-KeepStaging = Callable[[str, str, str], bool]
+from harvester.output import FolderOutput, KeepStaging, Manifest, PartInfo
 
 
 class StagedPart(Protocol):
