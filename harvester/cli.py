@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"harvester: error: {message}\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
         "--log-format",
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     clock = clock or SystemClock()
     try:
         if args.command == "simulate":

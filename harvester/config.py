@@ -220,7 +220,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and check the YAML config at `path`; `environ` (default os.environ) fills ${VAR}."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
-        got = "an empty file" if raw is None else _show(raw)
+        got = "an empty file" if raw is None else shown(raw)
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {got}")
     top = _Section(raw, "", _TOP_KEYS, os.environ if environ is None else environ)
     config_path = path.resolve()
@@ -268,7 +268,7 @@ def _listen(section: _Section) -> tuple[str, int] | None:
         return None
     text = str(value).strip() if isinstance(value, int | str) else None
     if text is None or isinstance(value, bool):
-        raise ConfigError(f"{where}: expected HOST:PORT, got {_show(value)}")
+        raise ConfigError(f"{where}: expected HOST:PORT, got {shown(value)}")
     host, colon, port_text = text.rpartition(":")
     if not colon:
         host, port_text = "", text
@@ -320,7 +320,7 @@ def _read_schedule(section: _Section) -> Schedule:
         raise ConfigError(f'{where}: quote the time of day, like "00:30" (YAML read a number)')
     match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip()) if isinstance(value, str) else None
     if match is None or int(match[1]) > 23 or int(match[2]) > 59:
-        raise ConfigError(f'{where}: expected a UTC time of day like "00:30", got {_show(value)}')
+        raise ConfigError(f'{where}: expected a UTC time of day like "00:30", got {shown(value)}')
     return Schedule(time(int(match[1]), int(match[2])))
 
 
@@ -378,7 +378,7 @@ class _Section:
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise ConfigError(f"{prefix}: expected a mapping, got {_show(value)}")
+            raise ConfigError(f"{prefix}: expected a mapping, got {shown(value)}")
         for key in value:
             if key not in known:
                 raise ConfigError(_unknown_key(_join(prefix, key), str(key), known))
@@ -409,7 +409,7 @@ class _Section:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise ConfigError(f"{self.path(key)}: expected text, got {_show(value)}")
+            raise ConfigError(f"{self.path(key)}: expected text, got {shown(value)}")
         if not value.strip():
             raise ConfigError(f"{self.path(key)}: must not be empty")
         return value
@@ -448,7 +448,7 @@ class _Section:
             return default
         where = self.path(key)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected a whole number, got {_show(value)}")
+            raise ConfigError(f"{where}: expected a whole number, got {shown(value)}")
         number = value
         if maximum is not None and not minimum <= number <= maximum:
             raise ConfigError(f"{where}: must be {minimum}..{maximum}, got {number}")
@@ -483,7 +483,7 @@ class _Section:
             or not isinstance(value, int | float)
             or not math.isfinite(number := float(value))
         ):
-            raise ConfigError(f"{self.path(key)}: expected a number, got {_show(value)}")
+            raise ConfigError(f"{self.path(key)}: expected a number, got {shown(value)}")
         return number
 
 
@@ -606,7 +606,7 @@ def _read_regions(top: _Section) -> dict[str, Region]:
     if value is None:
         return regions
     if not isinstance(value, dict):
-        raise ConfigError(f"regions: expected a mapping of region names, got {_show(value)}")
+        raise ConfigError(f"regions: expected a mapping of region names, got {shown(value)}")
     for name, settings in value.items():
         where = f"regions.{name}"
         if not isinstance(name, str) or not _REGION_NAME.fullmatch(name):
@@ -699,7 +699,7 @@ def _read_merchants(top: _Section, regions: Mapping[str, Region]) -> tuple[Merch
     if value is None or value == []:
         raise ConfigError("merchants: at least one merchant is required")
     if not isinstance(value, list):
-        raise ConfigError(f"merchants: expected a list of merchants, got {_show(value)}")
+        raise ConfigError(f"merchants: expected a list of merchants, got {shown(value)}")
     first_index: dict[str, int] = {}
     merchants: list[Merchant] = []
     for index, item in enumerate(value):
@@ -719,7 +719,7 @@ def _read_merchant(
 ) -> Merchant:
     where = f"merchants[{index}]"
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping with an id and a token, got {_show(value)}")
+        raise ConfigError(f"{where}: expected a mapping with an id and a token, got {shown(value)}")
     section = top.within(value, where, _MERCHANT_KEYS)
     merchant_id = _merchant_id(section)
     region_name = section.text("region") or "us"
@@ -769,7 +769,7 @@ def _merchant_id(section: _Section) -> str:
         raise ConfigError(f"{where}: required")
     if not isinstance(value, str):
         # YAML reads 0123 as the number 83: a merchant id must be quoted if it looks like one.
-        raise ConfigError(f"{where}: expected text (quote it), got {_show(value)}")
+        raise ConfigError(f"{where}: expected text (quote it), got {shown(value)}")
     if not _MERCHANT_ID.fullmatch(value):
         raise ConfigError(
             f"{where}: {value!r} is not 1 to 64 ASCII letters and digits (it names a folder)"
@@ -783,16 +783,16 @@ def _types(section: _Section) -> tuple[ExportType, ...]:
     if value is None:
         return (ExportType.PAYMENTS, ExportType.ORDERS)
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: expected a list like [PAYMENTS, ORDERS], got {_show(value)}")
+        raise ConfigError(f"{where}: expected a list like [PAYMENTS, ORDERS], got {shown(value)}")
     types: list[ExportType] = []
     for i, item in enumerate(value):
         export_type = ExportType.__members__.get(item.upper()) if isinstance(item, str) else None
         if export_type is None:
             raise ConfigError(
-                f"{where}[{i}]: unknown type {_show(item)} (expected PAYMENTS or ORDERS)"
+                f"{where}[{i}]: unknown type {shown(item)} (expected PAYMENTS or ORDERS)"
             )
         if export_type in types:
-            raise ConfigError(f"{where}[{i}]: duplicate type {_show(item)}")
+            raise ConfigError(f"{where}[{i}]: duplicate type {shown(item)}")
         types.append(export_type)
     return tuple(types)
 
@@ -840,7 +840,7 @@ _SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxset = 6
 _SHORT_REPR.maxstring = _SHORT_REPR.maxlong = _SHORT_REPR.maxother = 80
 
 
-def _show(value: object) -> str:
+def shown(value: object) -> str:
     """A value for a message, cut short: configs can hold long lists."""
     text = _SHORT_REPR.repr(value)
     return text if len(text) <= 80 else f"{text[:77]}..."

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harvester.cli import _parser
+from harvester.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -34,7 +34,7 @@ def directives(unit: Path) -> dict[str, list[str]]:
 
 def assert_harvester_words(args: list[str]) -> None:
     """The arguments parse with the harvester's own command line."""
-    _parser().parse_args(args)
+    build_parser().parse_args(args)
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import _show, load_config
+from harvester.config import load_config, shown
 from harvester.errors import ConfigError
 from harvester.yaml_file import MAX_CONFIG_BYTES
 
@@ -104,9 +104,9 @@ def test_show_never_builds_a_whole_repr() -> None:
     for _ in range(9):
         value = [value] * 10
     started = time.process_time()
-    shown = _show(value)
-    assert len(shown) <= 80
-    assert shown.startswith("[[[")
+    text = shown(value)
+    assert len(text) <= 80
+    assert text.startswith("[[[")
     assert time.process_time() - started < 1.0
 
 
