@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from harvester.clock import SystemClock
 from harvester.config import load_config
 from harvester.simulator import Account, Faults, Simulator
 from harvester.state import Snapshot
+from tests.backfills import start_backfill
 from tests.conftest import DATA_START, harvested, ids, sim_settings
 
 FROM, TO = "2025-01-01", "2025-03-02"  # two 30-day chunks per merchant and type
@@ -99,24 +99,7 @@ class Harvesters:
 
     async def backfill(self, *extra: str) -> asyncio.subprocess.Process:
         """Start `harvester backfill` over FROM..TO (plus `extra` words)."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "harvester",
-            "backfill",
-            "--config",
-            str(self.config),
-            "--from",
-            FROM,
-            "--to",
-            TO,
-            "--log-format",
-            "json",
-            *extra,
-            env={**os.environ, **self.environ},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await start_backfill(self.config, FROM, TO, self.environ, *extra)
         assert process.stderr is not None
         self._readers[process.pid] = asyncio.create_task(process.stderr.read())
         return process

@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from harvester.errors import BadFile, ConfigError, OutputError
 from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo
 from harvester.simulator import Account, Faults, Simulator
 from harvester.store import Store
+from tests.backfills import start_backfill
 from tests.conftest import BUCKET, FAST_TIMING, Scenario, ids, new_token, sim_settings
 from tests.fakeclock import FakeClock
 from tests.faultproxy import Fault, fault_proxy
@@ -617,23 +617,7 @@ def write_cli_config(
 async def run_cli(
     config: Path, env: dict[str, str]
 ) -> tuple[asyncio.subprocess.Process, asyncio.Task[bytes]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "harvester",
-        "backfill",
-        "--config",
-        str(config),
-        "--from",
-        FROM,
-        "--to",
-        TO,
-        "--log-format",
-        "json",
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_backfill(config, FROM, TO, env)
     assert process.stderr is not None
     return process, asyncio.create_task(process.stderr.read())
 

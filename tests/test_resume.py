@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator
 from harvester.state import ChunkStatus
 from harvester.store import read_snapshot
+from tests.backfills import start_backfill
 from tests.conftest import DATA_START, harvested, ids, merchant_ids, new_token, sim_settings
 
 FROM, TO = "2025-01-01", "2025-03-02"  # two 30-day chunks per merchant and type
@@ -47,23 +46,7 @@ def write_config(tmp_path: Path, api_url: str, merchants: list[str]) -> Path:
 
 
 async def start_cli(config: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "harvester",
-        "backfill",
-        "--config",
-        str(config),
-        "--from",
-        FROM,
-        "--to",
-        TO,
-        "--log-format",
-        "json",
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await start_backfill(config, FROM, TO, env)
 
 
 def simulator(merchants: dict[str, str]) -> Simulator:
