@@ -2,7 +2,7 @@
 merchant's tokens and client.
 
 `Harvest` is handed a `Hosts` and asks it for what a merchant needs; tests pass their own
-gate or slots factories to watch what the harvest does with them. What several processes
+gate, slots or limiter factories to watch what the harvest does with them. What several processes
 on one state share (export slots, refresh locks) goes through this process's lease.
 """
 
@@ -19,7 +19,7 @@ import aiohttp
 from harvester.claims import Owner, ProcessLease
 from harvester.clock import Clock, SystemClock
 from harvester.clover import CloverApi, TokenGrant
-from harvester.config import Config, Merchant, Region, Timing
+from harvester.config import Config, Merchant, RateLimits, Region, Timing
 from harvester.gate import HostGate
 from harvester.merchant import MerchantClient
 from harvester.observer import RunObserver
@@ -58,16 +58,28 @@ def make_slots(region: Region) -> ExportSlots:
     return ExportSlots(region.max_concurrent_exports)
 
 
+def make_limiter(limits: RateLimits, clock: Clock) -> RequestLimiter:
+    return RequestLimiter(
+        clock,
+        limits.token_requests_per_s,
+        limits.token_concurrent,
+        limits.app_requests_per_s,
+        limits.app_concurrent,
+    )
+
+
 GateFactory = Callable[[Region, Timing, Clock, random.Random], HostGate]
 SlotsFactory = Callable[[Region], ExportSlots]
+LimiterFactory = Callable[[RateLimits, Clock], RequestLimiter]
 
 
 @dataclass(frozen=True, slots=True)
 class HostFactories:
-    """How a host's gate and export slots are made (tests pass spies)."""
+    """How a host's gate, export slots and request limiter are made (tests pass spies)."""
 
     gate: GateFactory = make_gate
     slots: SlotsFactory = make_slots
+    limiter: LimiterFactory = make_limiter
 
 
 class Hosts:
@@ -110,14 +122,7 @@ class Hosts:
     def host(self, region: Region) -> Host:
         host = self._hosts.get(region.name)
         if host is None:
-            limits = region.rate_limits
-            limiter = RequestLimiter(
-                self._clock,
-                limits.token_requests_per_s,
-                limits.token_concurrent,
-                limits.app_requests_per_s,
-                limits.app_concurrent,
-            )
+            limiter = self._factories.limiter(region.rate_limits, self._clock)
             api = CloverApi(
                 self._session, region.base_url, limiter, self._config.timing.request_timeout_s
             )

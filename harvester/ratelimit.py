@@ -65,11 +65,21 @@ class _Budget:
         self.in_flight += 1
         self.recent_starts.append(now)
 
+    def unstart(self, at: float) -> None:
+        """Take back a start made at `at` (a grant revoked before its request went out).
+
+        A start that pushed the oldest one out of a full window left nothing behind that the
+        window still needed: that one was at least a window old, or the start would have waited.
+        """
+        self.in_flight -= 1
+        self.recent_starts.remove(at)
+
 
 @dataclass(slots=True, eq=False)
 class _Waiter:
     key: str
     granted: bool = False
+    granted_at: float = 0.0  # the start the grant took, on the clock's monotonic scale
     # Set while the waiter waits for an event rather than for a time; resolving it makes the
     # waiter look at the limiter again.
     wakeup: asyncio.Future[None] | None = None
@@ -88,6 +98,9 @@ class RequestLimiter:
     A waiter blocked only by time (a rate or a pause) sleeps until then; one blocked by
     concurrency waits for a release. Whoever changes the state hands out what it freed, so a
     granted waiter may still be asleep for an instant; it counts as in flight all the same.
+    Until it runs, its request has not gone out: a pause that covers it takes the grant back.
+    That matters because a request leaves its block (and hands its place on) before its 429
+    is read and the pause set.
     """
 
     def __init__(
@@ -112,6 +125,8 @@ class RequestLimiter:
         self._app = _Budget(app_requests_per_s, app_concurrent)
         self._tokens: dict[str, _Budget] = {}
         self._waiters: deque[_Waiter] = deque()
+        # Granted, but their tasks have not run since: their requests have not gone out yet.
+        self._granted: list[_Waiter] = []
         self._max_in_flight_seen = 0
 
     def request(self, key: str) -> AbstractAsyncContextManager[None]:
@@ -121,10 +136,18 @@ class RequestLimiter:
     def pause(self, scope: Scope, key: str, seconds: float) -> None:
         """Start no request of `key` (TOKEN) or of anyone (APP) before now + seconds.
 
-        A pause only ever extends an earlier one.
+        A pause only ever extends an earlier one. It covers the requests granted but not yet
+        sent as well: they go back to the head of the line.
         """
         budget = self._app if scope is Scope.APP else self._token(key)
         budget.paused_until = max(budget.paused_until, self._clock.monotonic() + seconds)
+        revoked = [w for w in self._granted if scope is Scope.APP or w.key == key]
+        for waiter in reversed(revoked):
+            self._granted.remove(waiter)
+            waiter.granted = False
+            self._token(waiter.key).unstart(waiter.granted_at)
+            self._app.unstart(waiter.granted_at)
+            self._waiters.appendleft(waiter)
         self._grant()
 
     def in_flight(self, key: str) -> int:
@@ -171,9 +194,11 @@ class RequestLimiter:
                     finally:
                         waiter.wakeup = None
                 self._grant()
+            self._granted.remove(waiter)
         except BaseException:
             # Cancelled, possibly right after being granted: give back what was handed over.
             if waiter.granted:
+                self._granted.remove(waiter)
                 self._release(key)
             else:
                 self._waiters.remove(waiter)
@@ -218,6 +243,8 @@ class RequestLimiter:
             self._app.start(now)
             self._max_in_flight_seen = max(self._max_in_flight_seen, self._app.in_flight)
             waiter.granted = True
+            waiter.granted_at = now
+            self._granted.append(waiter)
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.set_result(None)
         # A waiter that waits for an event but is now held back by time would never be woken

@@ -10,6 +10,8 @@ export slots and limiters afterwards.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import json
 import random
 import re
@@ -26,8 +28,11 @@ import aiohttp
 
 from harvester import commands
 from harvester.chunks import TimeRange
+from harvester.clock import Clock
+from harvester.config import RateLimits
 from harvester.hosts import Host, HostFactories, Hosts
 from harvester.planning import select
+from harvester.ratelimit import RequestLimiter, Scope
 from harvester.scheduler import Harvest, MerchantWork
 from harvester.simulator import Account, Faults, Simulator
 from harvester.slots import ExportSlots
@@ -54,10 +59,14 @@ _MERCHANT_PATH = re.compile(
 )
 
 
+API_KINDS = ("create", "poll", "merchant", "refresh")
+
+
 @dataclass(slots=True)
 class Sent:
     """One request the harvester sent."""
 
+    order: int  # its place among the requests and pauses of its `Requests`
     at: float  # clock.monotonic() when it started
     method: str
     url: str
@@ -67,12 +76,27 @@ class Sent:
     status: int | None = None  # None: no answer (connection error, timeout) or none yet
 
 
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """The harvester read a 429 and paused a token (TOKEN: `key`) or its host (APP)."""
+
+    order: int  # its place among the requests and pauses of its `Requests`
+    scope: Scope
+    key: str
+    at: float
+    until: float  # clock.monotonic() when this pause ends
+
+
 class Requests:
-    """Every request of the sessions it is traced into, in the order they started."""
+    """Every request of the sessions it is traced into, in the order they started, and every
+    pause their limiters were told of, in one order: what came before what, exactly, even
+    where the fake clock shows one instant."""
 
     def __init__(self, clock: FakeClock) -> None:
         self._clock = clock
+        self._order = itertools.count()
         self.sent: list[Sent] = []
+        self.pauses: list[Paused] = []
         self.config = aiohttp.TraceConfig()
         self.config.on_request_start.append(self._started)
         self.config.on_request_end.append(self._ended)
@@ -92,6 +116,30 @@ class Requests:
         """Requests that started before `seconds` on the clock's monotonic scale."""
         return [s for s in self.sent if s.at < seconds]
 
+    def limiter(self, limits: RateLimits, clock: Clock) -> RequestLimiter:
+        """A `LimiterFactory` whose limiters record their pauses here."""
+        return _RecordingLimiter(self, limits, clock)
+
+    def note_pause(self, scope: Scope, key: str, seconds: float) -> None:
+        now = self._clock.monotonic()
+        self.pauses.append(Paused(next(self._order), scope, key, now, now + seconds))
+
+    def started_in_a_pause(self) -> list[tuple[Paused, Sent]]:
+        """Pairs (a pause, an API request it covers that started after it and before its end).
+
+        A request sent before the harvester read the 429 is on its way and is no such pair;
+        one that starts after it, of the token paused (or of anyone, for APP), is.
+        """
+        return [
+            (pause, sent)
+            for pause in self.pauses
+            for sent in self.sent
+            if sent.kind in API_KINDS
+            and sent.order > pause.order
+            and sent.at < pause.until
+            and (pause.scope is Scope.APP or sent.merchant == pause.key)
+        ]
+
     async def _started(
         self,
         session: aiohttp.ClientSession,
@@ -109,6 +157,7 @@ class Requests:
         else:
             kind = "poll" if match["poll"] else "create"
         sent = Sent(
+            order=next(self._order),
             at=self._clock.monotonic(),
             method=params.method,
             url=str(params.url),
@@ -126,6 +175,24 @@ class Requests:
         params: aiohttp.TraceRequestEndParams,
     ) -> None:
         context.sent.status = params.response.status
+
+
+class _RecordingLimiter(RequestLimiter):
+    """The production limiter, noting each pause in its `Requests` as it is set."""
+
+    def __init__(self, requests: Requests, limits: RateLimits, clock: Clock) -> None:
+        super().__init__(
+            clock,
+            limits.token_requests_per_s,
+            limits.token_concurrent,
+            limits.app_requests_per_s,
+            limits.app_concurrent,
+        )
+        self._requests = requests
+
+    def pause(self, scope: Scope, key: str, seconds: float) -> None:
+        self._requests.note_pause(scope, key, seconds)
+        super().pause(scope, key, seconds)
 
 
 @dataclass(slots=True)
@@ -180,7 +247,7 @@ async def harvest(
                 clock,
                 stop or asyncio.Event(),
                 random.Random(seed),
-                factories,
+                dataclasses.replace(factories or HostFactories(), limiter=requests.limiter),
             )
             watcher = asyncio.create_task(beside(runner)) if beside is not None else None
             try:

@@ -23,7 +23,6 @@ from tests.conftest import DATA_START, FAST_TIMING
 from tests.fakeclock import FakeClock
 from tests.harness import (
     Requests,
-    Sent,
     assert_exactly_once,
     harvest,
     log_events,
@@ -157,21 +156,18 @@ async def test_a_429_pauses_the_token_or_the_host_as_its_header_says(
             assert wait_s == 1.0
         else:
             assert retry_after_s <= wait_s <= retry_after_s * 1.1
-        # Requests already granted may still start in the instant the 429 came back.
-        paused = (refused.at + 0.05, refused.at + wait_s - 0.001)
-
-        def started_in_pause(sent: Sent) -> bool:
-            return sent.kind != "file" and paused[0] < sent.at < paused[1]
-
+        # Exactly: nothing of the token (or, for app, of anyone) starts after the 429 was
+        # read and before the pause ends; requests already on their way are no such thing.
+        (pause,) = run.requests.pauses
+        assert (pause.scope, pause.key) == (scope, refused.merchant)
+        assert pause.until == pytest.approx(pause.at + wait_s, abs=0.001)
+        assert run.requests.started_in_a_pause() == []
         mine = run.requests.of(merchant=refused.merchant)
-        assert [s for s in mine if started_in_pause(s)] == []
-        resumed = next(s for s in mine if s.at > paused[0])
-        assert resumed.at >= refused.at + wait_s - 0.001
+        resumed = next(s for s in mine if s.order > pause.order)
+        assert resumed.at >= pause.until
         others = [s for s in run.requests.sent if s.merchant not in (None, refused.merchant)]
-        if scope == "app":
-            assert [s for s in others if started_in_pause(s)] == []
-        else:
-            went_on = [s for s in others if paused[0] < s.at < resumed.at]
+        if scope == "token":
+            went_on = [s for s in others if pause.order < s.order and s.at < pause.until]
             assert went_on, "the other tokens were held back too"
 
 
@@ -196,3 +192,35 @@ async def test_without_retry_after_429s_back_off_exponentially_from_one_second(
             assert 1.0 <= wait_s <= ceiling
         for earlier, later, wait_s in zip(posts, posts[1:], waits, strict=False):
             assert wait_s - 0.001 <= later.at - earlier.at <= wait_s + 0.1
+
+
+@pytest.mark.parametrize(
+    ("header", "scope"), [(CONCURRENT_HEADER, "token"), (APP_CONCURRENT_HEADER, "app")]
+)
+async def test_a_request_handed_the_place_of_a_refused_one_waits_out_its_pause(
+    tmp_path: Path, clock: FakeClock, header: str, scope: str
+) -> None:
+    """Issue 16's early retry, reproduced end to end. One request in flight per token: the
+    second create waits for the first. The first is answered 429; leaving its block hands the
+    place on before the 429 is read. The second must still wait out the retry-after."""
+    faults = Faults(rate_limit_header=header)
+    faults.script(FaultKind.API_429)
+    async with simulated(
+        tmp_path, clock, merchants=1, faults=faults, retry_after_s=3, api_latency_s=0.5
+    ) as scenario:
+        scenario.region["rate_limits"] = {"token_concurrent": 1}
+
+        async def slow_time(runner: Harvest) -> None:
+            # Time creeps while the 429 is answered: the second create is queued by then.
+            await metronome(clock, 1.0, step_s=0.01)
+
+        run = await harvest(scenario, clock, MONTH, beside=slow_time)
+
+        assert run.summary.exit_code == 0, run.summary.render()
+        creates = run.requests.of("create")
+        assert [s.status for s in creates][:2] == [429, 200]
+        (pause,) = run.requests.pauses
+        assert pause.scope == scope
+        assert run.requests.started_in_a_pause() == []
+        assert creates[1].at >= pause.until >= creates[0].at + 3
+        assert_exactly_once(scenario, MONTH)

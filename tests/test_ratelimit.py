@@ -333,3 +333,46 @@ async def test_cancelled_before_its_turn_uses_no_start(clock: FakeClock) -> None
     assert traffic.starts["m1"] == [0.0]
     assert limiter.in_flight("m1") == 0
     assert limiter.waiting == 0
+
+
+@pytest.mark.parametrize("scope", [Scope.TOKEN, Scope.APP])
+async def test_a_429_read_holds_back_a_waiter_granted_in_the_same_instant(
+    clock: FakeClock, scope: Scope
+) -> None:
+    """The early retry of issue 16, reproduced: a request gets a 429; leaving its block hands
+    its place to the next waiter of the token, and only then is the 429 read and the pause
+    set. The waiter, granted but not yet running, must wait out the pause like any other."""
+    limiter = RequestLimiter(clock, 16, 1, 50, 10)
+    traffic = Traffic(clock, limiter)
+    refused = limiter.request("m1")
+    await refused.__aenter__()
+    waiter = asyncio.create_task(traffic.request("m1", 0.0))
+    await until(lambda: limiter.waiting == 1)
+
+    await refused.__aexit__(None, None, None)  # the 429 has come back: its place is handed on
+    assert limiter.in_flight("m1") == 1  # granted to the waiter, which has not run yet
+    limiter.pause(scope, "m1", 2.0)  # the 429 is read, in the same instant
+    await waiter
+
+    assert traffic.starts["m1"] == [2.0]
+    assert limiter.in_flight("m1") == 0
+    assert limiter.in_flight_total == 0
+
+
+async def test_a_pause_gives_a_taken_back_grant_to_another_token(clock: FakeClock) -> None:
+    """A grant taken back by a TOKEN pause frees the app's place for other tokens at once."""
+    limiter = RequestLimiter(clock, 16, 1, 50, app_concurrent=1)
+    traffic = Traffic(clock, limiter)
+    refused = limiter.request("m1")
+    await refused.__aenter__()
+    paused = asyncio.create_task(traffic.request("m1", 0.0))
+    await until(lambda: limiter.waiting == 1)
+    other = asyncio.create_task(traffic.request("m2", 0.0))
+    await until(lambda: limiter.waiting == 2)
+
+    await refused.__aexit__(None, None, None)  # granted to m1's waiter, first in line
+    limiter.pause(Scope.TOKEN, "m1", 2.0)
+    await asyncio.gather(paused, other)
+
+    assert traffic.starts == {"m1": [2.0], "m2": [0.0]}
+    assert limiter.in_flight_total == 0
