@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit demo bench bench-processes soak clean
+.PHONY: install test lint typecheck unit demo bench bench-processes bench-scale soak clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ bench: install
 # Figures, not pass/fail: one harvester process against three on the same work.
 bench-processes: install
 	$(BIN)/python benchmarks/bench_processes.py
+
+# Figures, not pass/fail: 1,000 and 10,000 merchants against Clover's app limit (issue 18).
+bench-scale: install
+	$(BIN)/python -m benchmarks.bench_scale
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-output

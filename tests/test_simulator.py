@@ -1171,3 +1171,16 @@ async def test_serve_prints_its_addresses_and_stops_when_told(
     assert (await call(session, "GET", f"{api_url}/_simulator/stats")).status == 200
     stop.set()
     await asyncio.wait_for(task, timeout=10)
+
+
+async def test_the_most_requests_in_any_second_is_counted_refused_ones_too(
+    clock: FakeClock, sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """The server's own count of its busiest sliding second, 429s included: 3 polls, a pause
+    of a second, then 5 more: the busiest second held 5."""
+    for _ in range(3):
+        await poll(session, sim, "X")
+    clock.advance(1.0)
+    for _ in range(5):
+        await poll(session, sim, "X")
+    assert sim.stats.max_requests_in_a_second == 5

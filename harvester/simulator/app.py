@@ -162,6 +162,7 @@ class SimulatorStats:
     busy_503s: int = 0  # injected ones included, as for every outcome counter
     window_503s: int = 0
     rate_limited: Counter[str] = field(default_factory=Counter)  # by header name
+    max_requests_in_a_second: int = 0  # the most API requests of any sliding second, refused too
     requests: Counter[str] = field(default_factory=Counter)  # create/poll/refresh/file
     file_downloads: int = 0  # files served whole and intact
     file_auth_headers: int = 0  # file-host requests that carried an Authorization header
@@ -615,6 +616,10 @@ class Simulator:
             while times and times[0] <= now - 1.0:
                 times.popleft()
             times.append(now)
+            if header == APP_RATE_HEADER:
+                self._stats.max_requests_in_a_second = max(
+                    self._stats.max_requests_in_a_second, len(times)
+                )
             if broken is None and len(times) > self._limits[header]:
                 broken = header
         if broken is not None:
