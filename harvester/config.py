@@ -90,6 +90,8 @@ class RateLimits:
     token_concurrent: int = 5
     app_requests_per_s: float = 50.0
     app_concurrent: int = 10
+    # Aim this share below each rate: the server counts arrivals, which come bunched.
+    margin: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +467,15 @@ class _Section:
             raise ConfigError(f"{self.path(key)}: must be at least {minimum:g}, got {value:g}")
         return value
 
+    def fraction(self, key: str, default: float) -> float:
+        """A number within 0..1, 1 excluded (a share), or `default` when absent."""
+        value = self._real(key)
+        if value is None:
+            return default
+        if not 0 <= value < 1:
+            raise ConfigError(f"{self.path(key)}: must be at least 0 and below 1, got {value:g}")
+        return value
+
     def duration(self, key: str, default: float) -> float:
         """A positive number of seconds, or `default` when absent."""
         value = self._real(key)
@@ -654,6 +665,7 @@ def _read_region(name: str, section: _Section, regions: Mapping[str, Region]) ->
                 "app_requests_per_s", old_limits.app_requests_per_s, minimum=1
             ),
             app_concurrent=limits.whole("app_concurrent", old_limits.app_concurrent, minimum=1),
+            margin=limits.fraction("margin", old_limits.margin),
         ),
     )
 

@@ -65,6 +65,7 @@ def make_limiter(limits: RateLimits, clock: Clock) -> RequestLimiter:
         limits.token_concurrent,
         limits.app_requests_per_s,
         limits.app_concurrent,
+        margin=limits.margin,
     )
 
 

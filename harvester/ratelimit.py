@@ -42,15 +42,26 @@ def scope_of_header(headers: Mapping[str, str]) -> Scope:
 
 
 class _Budget:
-    """One party's limits (a token, or the app): concurrency, a rate, and a pause."""
+    """One party's limits (a token, or the app): concurrency, a rate, and a pause.
+
+    The rate can drop below its ceiling after a 429 (`slow_down`) and climbs back by one for
+    every window's worth of starts that follows, as the export slots do after a busy 503.
+    """
 
     def __init__(self, requests_per_s: float, concurrent: int) -> None:
         self.concurrent = concurrent
         self.in_flight = 0
+        self.ceiling = max(1, math.floor(requests_per_s))
         # The starts of the last N requests (N the rate): the next may start once the oldest of
         # them is a full window old, so no sliding window ever holds more than N.
-        self.recent_starts: deque[float] = deque(maxlen=math.floor(requests_per_s))
+        self.recent_starts: deque[float] = deque(maxlen=self.ceiling)
         self.paused_until = -math.inf
+        self._starts_at_rate = 0  # starts since the rate last changed
+
+    @property
+    def rate(self) -> int:
+        """Starts allowed in any sliding window now."""
+        return self.ceiling if self.recent_starts.maxlen is None else self.recent_starts.maxlen
 
     def ready_at(self) -> float:
         """The earliest monotonic instant at which the rate and the pause allow a start."""
@@ -64,6 +75,9 @@ class _Budget:
     def start(self, now: float) -> None:
         self.in_flight += 1
         self.recent_starts.append(now)
+        self._starts_at_rate += 1
+        if self.rate < self.ceiling and self._starts_at_rate >= self.rate:
+            self._set_rate(self.rate + 1)
 
     def unstart(self, at: float) -> None:
         """Take back a start made at `at` (a grant revoked before its request went out).
@@ -72,7 +86,18 @@ class _Budget:
         window still needed: that one was at least a window old, or the start would have waited.
         """
         self.in_flight -= 1
-        self.recent_starts.remove(at)
+        if at in self.recent_starts:  # a lower rate since may have dropped it already
+            self.recent_starts.remove(at)
+
+    def slow_down(self) -> None:
+        """The server refused for this party's sake: a fifth fewer starts per window (at least
+        one fewer, never below one), climbing back as starts go through."""
+        self._set_rate(max(1, min(self.rate - 1, math.floor(self.rate * 0.8))))
+
+    def _set_rate(self, rate: int) -> None:
+        # The newest starts stay: the window they are in is still being counted.
+        self.recent_starts = deque(self.recent_starts, maxlen=rate)
+        self._starts_at_rate = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -110,7 +135,11 @@ class RequestLimiter:
         token_concurrent: int,
         app_requests_per_s: float,
         app_concurrent: int,
+        *,
+        margin: float = 0.0,
     ) -> None:
+        """`margin` (0 <= margin < 1): aim that share below each rate. Starts are spaced by our
+        clock, but the server counts arrivals, and the network and a busy loop bunch them."""
         for name, value in (
             ("token_requests_per_s", token_requests_per_s),
             ("token_concurrent", token_concurrent),
@@ -119,10 +148,12 @@ class RequestLimiter:
         ):
             if not value >= 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must be within 0..1 (1 excluded), got {margin}")
         self._clock = clock
-        self._token_requests_per_s = token_requests_per_s
+        self._token_requests_per_s = token_requests_per_s * (1.0 - margin)
         self._token_concurrent = token_concurrent
-        self._app = _Budget(app_requests_per_s, app_concurrent)
+        self._app = _Budget(app_requests_per_s * (1.0 - margin), app_concurrent)
         self._tokens: dict[str, _Budget] = {}
         self._waiters: deque[_Waiter] = deque()
         # Granted, but their tasks have not run since: their requests have not gone out yet.
@@ -137,10 +168,15 @@ class RequestLimiter:
         """Start no request of `key` (TOKEN) or of anyone (APP) before now + seconds.
 
         A pause only ever extends an earlier one. It covers the requests granted but not yet
-        sent as well: they go back to the head of the line.
+        sent as well: they go back to the head of the line. The first APP pause of a burst
+        (none was in force) also lowers the app's rate: a 429 for every token at once says
+        that what we send reaches the server faster than we count it.
         """
+        now = self._clock.monotonic()
         budget = self._app if scope is Scope.APP else self._token(key)
-        budget.paused_until = max(budget.paused_until, self._clock.monotonic() + seconds)
+        if scope is Scope.APP and budget.paused_until <= now:
+            budget.slow_down()
+        budget.paused_until = max(budget.paused_until, now + seconds)
         revoked = [w for w in self._granted if scope is Scope.APP or w.key == key]
         for waiter in reversed(revoked):
             self._granted.remove(waiter)
@@ -154,6 +190,11 @@ class RequestLimiter:
         """Requests of `key` now inside their block."""
         budget = self._tokens.get(key)
         return 0 if budget is None else budget.in_flight
+
+    @property
+    def app_rate(self) -> int:
+        """Requests per second the app may start now: below its ceiling after an APP 429."""
+        return self._app.rate
 
     @property
     def in_flight_total(self) -> int:

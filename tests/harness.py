@@ -187,6 +187,7 @@ class _RecordingLimiter(RequestLimiter):
             limits.token_concurrent,
             limits.app_requests_per_s,
             limits.app_concurrent,
+            margin=limits.margin,
         )
         self._requests = requests
 

@@ -159,7 +159,7 @@ def test_override_changes_only_the_keys_given(tmp_path: Path) -> None:
         regions:
           us:
             windows: ["every day 08:00-12:00"]
-            rate_limits: {app_concurrent: 4}
+            rate_limits: {app_concurrent: 4, margin: 0.25}
           eu:
             max_concurrent_exports: 1
             client_id: EUAPP
@@ -170,7 +170,7 @@ def test_override_changes_only_the_keys_given(tmp_path: Path) -> None:
     assert us.base_url == "https://api.clover.com"
     assert us.windows.describe() == "every day 08:00-12:00"
     assert us.max_concurrent_exports == 3
-    assert us.rate_limits == RateLimits(app_concurrent=4)
+    assert us.rate_limits == RateLimits(app_concurrent=4, margin=0.25)
     assert eu.base_url == "https://api.eu.clover.com"
     assert eu.windows == BUILTIN_REGIONS["eu"].windows
     assert (eu.max_concurrent_exports, eu.client_id) == (1, "EUAPP")
@@ -634,6 +634,14 @@ REFUSALS = [
     (
         "regions: {eu: {rate_limits: {app_requests_per_s: 0}}}\n" + MERCHANT,
         "regions.eu.rate_limits.app_requests_per_s: must be at least 1, got 0",
+    ),
+    (
+        "regions: {eu: {rate_limits: {margin: 1}}}\n" + MERCHANT,
+        "regions.eu.rate_limits.margin: must be at least 0 and below 1, got 1",
+    ),
+    (
+        "regions: {eu: {rate_limits: {margin: -0.1}}}\n" + MERCHANT,
+        "regions.eu.rate_limits.margin: must be at least 0 and below 1, got -0.1",
     ),
     (
         "regions: {eu: {rate_limits: {app_concurrent: -1}}}\n" + MERCHANT,

@@ -376,3 +376,72 @@ async def test_a_pause_gives_a_taken_back_grant_to_another_token(clock: FakeCloc
 
     assert traffic.starts == {"m1": [2.0], "m2": [0.0]}
     assert limiter.in_flight_total == 0
+
+
+async def test_a_margin_aims_below_each_rate(clock: FakeClock) -> None:
+    """margin 0.1: 16/s becomes 14 starts in any second for a token, 50/s becomes 45."""
+    limiter = RequestLimiter(clock, 16, 100, 50, 100, margin=0.1)
+    traffic = Traffic(clock, limiter)
+    async with asyncio.TaskGroup() as group:
+        for _ in range(40):
+            group.create_task(traffic.request("m1", 0.0))
+        for n in range(100):
+            group.create_task(traffic.request(f"k{n}", 0.0))
+    assert most_starts_in_one_second(traffic.starts["m1"]) == 14
+    assert most_starts_in_one_second(traffic.all_starts) == 45
+    assert limiter.app_rate == 45
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.0])
+def test_limiter_rejects_a_margin_outside_zero_to_one(clock: FakeClock, margin: float) -> None:
+    with pytest.raises(ValueError, match="margin"):
+        RequestLimiter(clock, 16, 5, 50, 10, margin=margin)
+
+
+async def test_an_app_429_lowers_the_app_rate_once_per_burst_then_it_climbs_back(
+    clock: FakeClock,
+) -> None:
+    """The first APP pause of a burst takes a fifth off the app's rate; more 429s of the same
+    burst (answers to requests already on their way) take nothing more. Every window's worth
+    of starts after it gives one back, up to the ceiling. A TOKEN pause leaves it alone."""
+    limiter = RequestLimiter(clock, 1000, 1000, 50, 1000)
+    limiter.pause(Scope.TOKEN, "m1", 1.0)
+    assert limiter.app_rate == 50
+    limiter.pause(Scope.APP, "m1", 1.0)
+    limiter.pause(Scope.APP, "m2", 2.0)
+    assert limiter.app_rate == 40
+
+    traffic = Traffic(clock, limiter)
+    async with asyncio.TaskGroup() as group:
+        for n in range(40):
+            group.create_task(traffic.request(f"k{n}", 0.0))
+    assert traffic.all_starts == [2.0] * 40  # after the pause, at the lowered rate
+    assert limiter.app_rate == 41
+    limiter.pause(Scope.APP, "m1", 0.5)  # a new burst, after the last pause ended
+    assert limiter.app_rate == 32
+
+    climbed: list[int] = []
+    for n in range(2000):
+        await traffic.request(f"c{n}", 0.0)
+        climbed.append(limiter.app_rate)
+    assert climbed[-1] == 50
+    assert climbed == sorted(climbed)
+    assert most_starts_in_one_second(traffic.all_starts) <= 50
+
+
+async def test_a_rate_lowered_under_a_revoked_grant_leaks_nothing(clock: FakeClock) -> None:
+    """An APP pause both takes back a grant and lowers the rate: nothing is lost or counted
+    twice, and the waiter starts when the pause ends."""
+    limiter = RequestLimiter(clock, 16, 1, 2, 10)
+    traffic = Traffic(clock, limiter)
+    refused = limiter.request("m1")
+    await refused.__aenter__()
+    waiter = asyncio.create_task(traffic.request("m1", 0.0))
+    await until(lambda: limiter.waiting == 1)
+    await refused.__aexit__(None, None, None)
+    limiter.pause(Scope.APP, "m1", 1.5)
+    assert limiter.app_rate == 1
+    await waiter
+    assert limiter.app_rate == 2  # a window's worth of starts (one) went through
+    assert traffic.starts["m1"] == [1.5]
+    assert limiter.in_flight_total == 0
