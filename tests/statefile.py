@@ -11,8 +11,8 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
-from harvester.chunks import EPOCH, ONE_MS
-from harvester.state import ExportRecord, ExportState
+from harvester.clover.chunks import EPOCH, ONE_MS
+from harvester.state.records import ExportRecord, ExportState
 
 
 def _instant(ms: int | None) -> datetime | None:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from harvester.chunks import ExportType, TimeRange
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.errors import StoreError
-from harvester.state import ChunkRecord, ChunkStatus, ExportState, PartRecord, StateStore
-from harvester.store import MIGRATIONS, SCHEMA_VERSION, Store, read_snapshot
+from harvester.state.records import ChunkRecord, ChunkStatus, ExportState, PartRecord, StateStore
+from harvester.state.sqlite import MIGRATIONS, SCHEMA_VERSION, Store, read_snapshot
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
 from tests.statefile import exports_in
