@@ -28,6 +28,7 @@ from harvester.clock import Clock
 from harvester.errors import StoreError
 from harvester.state import queries
 from harvester.state.records import Snapshot
+from harvester.state.schema import POSTGRES_MIGRATIONS
 from harvester.state.sql import Fetch, Work, execute, one, postgres_text
 from harvester.state.sqlstore import SqlStore
 
@@ -38,129 +39,7 @@ Connection = psycopg.AsyncConnection[Row]
 _MIGRATION_LOCK = 7_311_902_001  # advisory lock key: one migrating process at a time
 _CONNECT_TIMEOUT_S = 30
 
-# Applied in order, each with the version it brings. Append; never edit one that shipped.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE chunks (
-            id BIGSERIAL PRIMARY KEY,
-            merchant_id TEXT NOT NULL,
-            type TEXT NOT NULL CHECK (type IN ('PAYMENTS', 'ORDERS')),
-            start_ms BIGINT NOT NULL,
-            end_ms BIGINT NOT NULL,
-            status TEXT NOT NULL
-                CHECK (status IN ('pending', 'exporting', 'downloading', 'complete', 'failed')),
-            export_id TEXT,
-            exports_created INTEGER NOT NULL DEFAULT 0,
-            completed_at_ms BIGINT,
-            last_error TEXT,
-            last_error_at_ms BIGINT,
-            updated_at_ms BIGINT NOT NULL,
-            lost_creates INTEGER NOT NULL DEFAULT 0,
-            UNIQUE (merchant_id, type, start_ms, end_ms),
-            CHECK (start_ms < end_ms)
-        )
-        """,
-        """
-        CREATE TABLE exports (
-            id TEXT PRIMARY KEY,
-            chunk_id BIGINT NOT NULL REFERENCES chunks (id),
-            state TEXT NOT NULL
-                CHECK (state IN ('running', 'done', 'failed', 'expired', 'lost')),
-            status TEXT NOT NULL,
-            percent DOUBLE PRECISION NOT NULL,
-            created_at_ms BIGINT NOT NULL,
-            updated_at_ms BIGINT NOT NULL,
-            available_until_ms BIGINT,
-            urls TEXT NOT NULL DEFAULT '[]',
-            seq BIGSERIAL
-        )
-        """,
-        "ALTER TABLE chunks ADD FOREIGN KEY (export_id) REFERENCES exports (id)",
-        "CREATE INDEX exports_by_chunk ON exports (chunk_id)",
-        """
-        CREATE TABLE parts (
-            export_id TEXT NOT NULL REFERENCES exports (id),
-            part_index INTEGER NOT NULL CHECK (part_index >= 1),
-            url_index INTEGER NOT NULL CHECK (url_index >= 0),
-            size BIGINT NOT NULL CHECK (size >= 0),
-            sha256 TEXT NOT NULL,
-            objects INTEGER NOT NULL CHECK (objects >= 0),
-            PRIMARY KEY (export_id, part_index)
-        )
-        """,
-        """
-        CREATE TABLE refresh_tokens (
-            merchant_id TEXT PRIMARY KEY,
-            token TEXT NOT NULL,
-            expires_at_ms BIGINT,
-            updated_at_ms BIGINT NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE processes (
-            id TEXT PRIMARY KEY,
-            host TEXT NOT NULL,
-            pid INTEGER NOT NULL,
-            machine TEXT NOT NULL,
-            command TEXT NOT NULL,
-            started_at_ms BIGINT NOT NULL,
-            lease_until_ms BIGINT NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE claims (
-            chunk_id BIGINT PRIMARY KEY REFERENCES chunks (id),
-            owner TEXT NOT NULL REFERENCES processes (id),
-            claimed_at_ms BIGINT NOT NULL
-        )
-        """,
-        "CREATE INDEX claims_by_owner ON claims (owner)",
-        """
-        CREATE TABLE hosts (
-            host TEXT PRIMARY KEY,
-            slot_limit INTEGER NOT NULL CHECK (slot_limit >= 1),
-            run INTEGER NOT NULL DEFAULT 0,
-            grants BIGINT NOT NULL DEFAULT 0,
-            busy_until_ms BIGINT
-        )
-        """,
-        """
-        CREATE TABLE slots (
-            id BIGSERIAL PRIMARY KEY,
-            host TEXT NOT NULL,
-            owner TEXT NOT NULL REFERENCES processes (id),
-            merchant_id TEXT NOT NULL,
-            granted_at_ms BIGINT NOT NULL
-        )
-        """,
-        "CREATE INDEX slots_by_host ON slots (host)",
-        """
-        CREATE TABLE slot_waiters (
-            id BIGSERIAL PRIMARY KEY,
-            host TEXT NOT NULL,
-            owner TEXT NOT NULL REFERENCES processes (id),
-            merchant_id TEXT NOT NULL,
-            since_ms BIGINT NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE served (
-            host TEXT NOT NULL,
-            merchant_id TEXT NOT NULL,
-            last_grant BIGINT NOT NULL,
-            PRIMARY KEY (host, merchant_id)
-        )
-        """,
-        """
-        CREATE TABLE token_locks (
-            merchant_id TEXT PRIMARY KEY,
-            owner TEXT NOT NULL REFERENCES processes (id),
-            since_ms BIGINT NOT NULL
-        )
-        """,
-    ),
-)
+MIGRATIONS = POSTGRES_MIGRATIONS  # applied in order on open; see schema.py
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -332,7 +211,7 @@ class PgStore(SqlStore):
             )
             return counts
 
-        return await self._write("load", work())
+        return await self._transact("load", work(), write=True)
 
 
 async def read_snapshot(url: str, clock: Clock, now: datetime | None) -> Snapshot | None:

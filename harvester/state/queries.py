@@ -2,7 +2,7 @@
 
 Each function is an operation (`sql.Work`): it yields its queries and returns the result,
 so both backends run the very same steps, one transaction each (`sqlstore.SqlStore`).
-`where` names the store in messages; `now` is the caller's clock, in milliseconds.
+Each takes an `At` first: the store's name for messages, and the time of the call.
 
 Where processes race, the row that decides is locked first (`{lock}`: the chunk for a
 claim or an export, the host for its slots, the process for its lease), or a key is
@@ -32,6 +32,7 @@ from harvester.state.records import (
 )
 from harvester.state.sql import (
     SERIALISE,
+    At,
     Row,
     Work,
     chunk_record,
@@ -54,17 +55,17 @@ ENDED_EXPORT_STATES = frozenset({ExportState.FAILED, ExportState.EXPIRED, Export
 _HELD_BY_PROCESSES = ("claims", "slots", "slot_waiters", "token_locks")
 
 
-def _missing(where: str, what: str) -> StoreError:
-    return StoreError(f"state store {where}: no {what}")
+def _missing(at: At, what: str) -> StoreError:
+    return StoreError(f"state store {at.where}: no {what}")
 
 
-def _chunk_row(where: str, chunk_id: int, lock: bool = False) -> Work[Row]:
+def _chunk_row(at: At, chunk_id: int, lock: bool = False) -> Work[Row]:
     query = (
         "SELECT * FROM chunks WHERE id = ?{lock}" if lock else "SELECT * FROM chunks WHERE id = ?"
     )
     row: Row | None = yield from one(query, (chunk_id,))
     if row is None:
-        raise _missing(where, f"chunk {chunk_id}")
+        raise _missing(at, f"chunk {chunk_id}")
     return row
 
 
@@ -72,8 +73,13 @@ def _chunk_row(where: str, chunk_id: int, lock: bool = False) -> Work[Row]:
 
 
 def add_chunks(
-    where: str, now: int, merchant_id: str, type: ExportType, ranges: Sequence[TimeRange]
+    at: At, merchant_id: str, type: ExportType, ranges: Sequence[TimeRange]
 ) -> Work[list[ChunkRecord]]:
+    """One row per range, in the order given: existing ones unchanged, new ones PENDING.
+
+    Refuses the whole batch if a new range overlaps a known chunk of the same merchant
+    and type with other bounds: covered intervals never overlap.
+    """
     # One merchant and type at a time: the overlap check must see every insert.
     yield from execute(SERIALISE, (f"chunks:{merchant_id}:{type}",))
     records = []
@@ -93,19 +99,20 @@ def add_chunks(
             if clash is not None:
                 existing = TimeRange.from_ms(clash["start_ms"], clash["end_ms"])
                 raise ChunkOverlap(
-                    f"state store {where}: chunk {wanted} of merchant "
+                    f"state store {at.where}: chunk {wanted} of merchant "
                     f"{merchant_id} {type.value} overlaps the known chunk {existing}"
                 )
             row = yield from one(
                 "INSERT INTO chunks (merchant_id, type, start_ms, end_ms, status, updated_at_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-                (*key, ChunkStatus.PENDING.value, now),
+                (*key, ChunkStatus.PENDING.value, at.now),
             )
         records.append(chunk_record(row))
     return records
 
 
-def covered(merchant_id: str, type: ExportType) -> Work[list[TimeRange]]:
+def covered(at: At, merchant_id: str, type: ExportType) -> Work[list[TimeRange]]:
+    """Ranges of this merchant and type whose folder has been put in place, sorted."""
     rows = yield from every(
         "SELECT start_ms, end_ms FROM chunks"
         " WHERE merchant_id = ? AND type = ? AND completed_at_ms IS NOT NULL ORDER BY start_ms",
@@ -115,8 +122,12 @@ def covered(merchant_id: str, type: ExportType) -> Work[list[TimeRange]]:
 
 
 def chunks(
-    merchant_id: str | None, type: ExportType | None, statuses: Collection[ChunkStatus] | None
+    at: At,
+    merchant_id: str | None = None,
+    type: ExportType | None = None,
+    statuses: Collection[ChunkStatus] | None = None,
 ) -> Work[list[ChunkRecord]]:
+    """Chunks matching every filter given, sorted by merchant, type, start."""
     conditions, params = ["1 = 1"], []
     if merchant_id is not None:
         conditions.append("merchant_id = ?")
@@ -136,30 +147,42 @@ def chunks(
     return [chunk_record(row) for row in rows]
 
 
-def get_chunk(where: str, chunk_id: int) -> Work[ChunkRecord]:
-    return chunk_record((yield from _chunk_row(where, chunk_id)))
+def get_chunk(at: At, chunk_id: int) -> Work[ChunkRecord]:
+    """The chunk with this id (StoreError if there is none)."""
+    return chunk_record((yield from _chunk_row(at, chunk_id)))
 
 
-def reset_for_reharvest(where: str, now: int, chunk_id: int) -> Work[ChunkRecord]:
+def reset_for_reharvest(at: At, chunk_id: int) -> Work[ChunkRecord]:
+    """Lookback: a COMPLETE chunk is due again, yet stays covered (completed_at kept).
+
+    Its old folder stays in place until the new harvest replaces it. A chunk in any
+    other status is already due and is returned unchanged.
+    """
     yield from execute(
         "UPDATE chunks SET status = ?, export_id = NULL, updated_at_ms = ?"
         " WHERE id = ? AND status = ?",
-        (ChunkStatus.PENDING.value, now, chunk_id, ChunkStatus.COMPLETE.value),
+        (ChunkStatus.PENDING.value, at.now, chunk_id, ChunkStatus.COMPLETE.value),
     )
-    return chunk_record((yield from _chunk_row(where, chunk_id)))
+    return chunk_record((yield from _chunk_row(at, chunk_id)))
 
 
-def complete_chunk(where: str, now: int, chunk_id: int) -> Work[None]:
+def complete_chunk(at: At, chunk_id: int) -> Work[None]:
+    """The chunk's folder is in place: COMPLETE, covered from now, errors cleared."""
     changed = yield from count(
         "UPDATE chunks SET status = ?, completed_at_ms = ?, last_error = NULL,"
         " last_error_at_ms = NULL, updated_at_ms = ? WHERE id = ?",
-        (ChunkStatus.COMPLETE.value, now, now, chunk_id),
+        (ChunkStatus.COMPLETE.value, at.now, at.now, chunk_id),
     )
     if changed == 0:
-        raise _missing(where, f"chunk {chunk_id}")
+        raise _missing(at, f"chunk {chunk_id}")
 
 
-def fail_chunk(where: str, now: int, chunk_id: int, error: str) -> Work[None]:
+def fail_chunk(at: At, chunk_id: int, error: str) -> Work[None]:
+    """Give up on the chunk for this run.
+
+    It keeps an export that is still RUNNING or DONE, so the next run re-attaches to it
+    instead of spending a new server slot.
+    """
     changed = yield from count(
         "UPDATE chunks SET status = :failed, last_error = :error,"
         " last_error_at_ms = :now, updated_at_ms = :now,"
@@ -169,25 +192,31 @@ def fail_chunk(where: str, now: int, chunk_id: int, error: str) -> Work[None]:
         {
             "failed": ChunkStatus.FAILED.value,
             "error": error,
-            "now": now,
+            "now": at.now,
             "running": ExportState.RUNNING.value,
             "done": ExportState.DONE.value,
             "chunk_id": chunk_id,
         },
     )
     if changed == 0:
-        raise _missing(where, f"chunk {chunk_id}")
+        raise _missing(at, f"chunk {chunk_id}")
 
 
-def note_lost_create(where: str, chunk_id: int) -> Work[None]:
+def note_lost_create(at: At, chunk_id: int) -> Work[None]:
+    """A create for the chunk lost its answer: an export may exist that we know no id of."""
     changed = yield from count(
         "UPDATE chunks SET lost_creates = lost_creates + 1 WHERE id = ?", (chunk_id,)
     )
     if changed == 0:
-        raise _missing(where, f"chunk {chunk_id}")
+        raise _missing(at, f"chunk {chunk_id}")
 
 
-def start_run(now: int) -> Work[None]:
+def start_run(at: At) -> Work[None]:
+    """A new run retries what the last one gave up on.
+
+    FAILED chunks go back to PENDING, or straight to EXPORTING / DOWNLOADING when their
+    export is still RUNNING / DONE.
+    """
     # SET expressions all see the row as it was, so export_id below is the old one.
     yield from execute(
         "UPDATE chunks SET"
@@ -204,7 +233,7 @@ def start_run(now: int) -> Work[None]:
             "downloading": ChunkStatus.DOWNLOADING.value,
             "pending": ChunkStatus.PENDING.value,
             "failed": ChunkStatus.FAILED.value,
-            "now": now,
+            "now": at.now,
         },
     )
 
@@ -213,63 +242,77 @@ def start_run(now: int) -> Work[None]:
 
 
 def record_export(
-    where: str, now: int, chunk_id: int, export_id: str, status: str, percent: float
+    at: At, chunk_id: int, export_id: str, status: str, percent: float
 ) -> Work[ExportRecord]:
-    yield from _chunk_row(where, chunk_id, lock=True)
+    """Remember an export the moment Clover created it, before the first poll.
+
+    The export is RUNNING and becomes the chunk's current one; the chunk is EXPORTING.
+    Recording the same export for the same chunk again changes nothing.
+    """
+    yield from _chunk_row(at, chunk_id, lock=True)
     existing = yield from one("SELECT * FROM exports WHERE id = ?", (export_id,))
     if existing is not None:
         if existing["chunk_id"] != chunk_id:
             raise StoreError(
-                f"state store {where}: export {export_id} already belongs to "
+                f"state store {at.where}: export {export_id} already belongs to "
                 f"chunk {existing['chunk_id']}, not {chunk_id}"
             )
         return export_record(existing)
     row = yield from one(
         "INSERT INTO exports (id, chunk_id, state, status, percent, created_at_ms, updated_at_ms)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
-        (export_id, chunk_id, ExportState.RUNNING.value, status, percent, now, now),
+        (export_id, chunk_id, ExportState.RUNNING.value, status, percent, at.now, at.now),
     )
     yield from execute(
         "UPDATE chunks SET export_id = ?, status = ?,"
         " exports_created = exports_created + 1, updated_at_ms = ? WHERE id = ?",
-        (export_id, ChunkStatus.EXPORTING.value, now, chunk_id),
+        (export_id, ChunkStatus.EXPORTING.value, at.now, chunk_id),
     )
     return export_record(row)
 
 
-def update_export(where: str, now: int, export_id: str, status: str, percent: float) -> Work[None]:
+def update_export(at: At, export_id: str, status: str, percent: float) -> Work[None]:
+    """Store what the latest poll said."""
     changed = yield from count(
         "UPDATE exports SET status = ?, percent = ?, updated_at_ms = ? WHERE id = ?",
-        (status, percent, now, export_id),
+        (status, percent, at.now, export_id),
     )
     if changed == 0:
-        raise _missing(where, f"export {export_id}")
+        raise _missing(at, f"export {export_id}")
 
 
 def export_done(
-    where: str, now: int, export_id: str, available_until: datetime | None, urls: Sequence[str]
+    at: At, export_id: str, available_until: datetime | None, urls: Sequence[str]
 ) -> Work[None]:
+    """Clover says DONE: keep its file URLs; its chunk moves on to DOWNLOADING."""
     until = None if available_until is None else to_ms(available_until)
     changed = yield from count(
         "UPDATE exports SET state = ?, status = 'DONE', percent = 100.0,"
         " available_until_ms = ?, urls = ?, updated_at_ms = ? WHERE id = ?",
-        (ExportState.DONE.value, until, json.dumps(list(urls)), now, export_id),
+        (ExportState.DONE.value, until, json.dumps(list(urls)), at.now, export_id),
     )
     if changed == 0:
-        raise _missing(where, f"export {export_id}")
+        raise _missing(at, f"export {export_id}")
     yield from execute(
         "UPDATE chunks SET status = ?, updated_at_ms = ? WHERE export_id = ? AND status = ?",
-        (ChunkStatus.DOWNLOADING.value, now, export_id, ChunkStatus.EXPORTING.value),
+        (ChunkStatus.DOWNLOADING.value, at.now, export_id, ChunkStatus.EXPORTING.value),
     )
 
 
-def end_export(where: str, now: int, export_id: str, state: ExportState, error: str) -> Work[None]:
+def end_export(at: At, export_id: str, state: ExportState, error: str) -> Work[None]:
+    """The export will deliver nothing (more): its chunk drops it and is due again.
+
+    `state` is FAILED, EXPIRED or LOST. A chunk FAILED for this run stays FAILED; a
+    COMPLETE chunk is not touched (its folder is in place already).
+    """
+    if state not in ENDED_EXPORT_STATES:
+        raise ValueError(f"end_export needs an ending state, not {state}")
     changed = yield from count(
         "UPDATE exports SET state = ?, updated_at_ms = ? WHERE id = ?",
-        (state.value, now, export_id),
+        (state.value, at.now, export_id),
     )
     if changed == 0:
-        raise _missing(where, f"export {export_id}")
+        raise _missing(at, f"export {export_id}")
     yield from execute(
         "UPDATE chunks SET export_id = NULL,"
         " status = CASE status WHEN :failed THEN :failed ELSE :pending END,"
@@ -280,13 +323,14 @@ def end_export(where: str, now: int, export_id: str, state: ExportState, error: 
             "pending": ChunkStatus.PENDING.value,
             "complete": ChunkStatus.COMPLETE.value,
             "error": error,
-            "now": now,
+            "now": at.now,
             "export_id": export_id,
         },
     )
 
 
-def get_export(export_id: str) -> Work[ExportRecord | None]:
+def get_export(at: At, export_id: str) -> Work[ExportRecord | None]:
+    """The export with this id, if known."""
     row = yield from one("SELECT * FROM exports WHERE id = ?", (export_id,))
     return None if row is None else export_record(row)
 
@@ -303,7 +347,8 @@ def export_durations(latest: int) -> Work[list[float]]:
 # -- parts and refresh tokens -------------------------------------------------------------
 
 
-def record_part(part: PartRecord) -> Work[None]:
+def record_part(at: At, part: PartRecord) -> Work[None]:
+    """A part is saved. Recording the same part number again overwrites its entry."""
     yield from execute(
         "INSERT INTO parts (export_id, part_index, url_index, size, sha256, objects)"
         " VALUES (?, ?, ?, ?, ?, ?)"
@@ -314,14 +359,16 @@ def record_part(part: PartRecord) -> Work[None]:
     )
 
 
-def parts(export_id: str) -> Work[list[PartRecord]]:
+def parts(at: At, export_id: str) -> Work[list[PartRecord]]:
+    """The saved parts of an export, by part number."""
     rows = yield from every(
         "SELECT * FROM parts WHERE export_id = ? ORDER BY part_index", (export_id,)
     )
     return [part_record(row) for row in rows]
 
 
-def refresh_token(merchant_id: str) -> Work[tuple[str, datetime | None] | None]:
+def refresh_token(at: At, merchant_id: str) -> Work[tuple[str, datetime | None] | None]:
+    """The merchant's latest refresh token and its expiry, if one was saved."""
     row = yield from one(
         "SELECT token, expires_at_ms FROM refresh_tokens WHERE merchant_id = ?", (merchant_id,)
     )
@@ -329,21 +376,23 @@ def refresh_token(merchant_id: str) -> Work[tuple[str, datetime | None] | None]:
 
 
 def save_refresh_token(
-    now: int, merchant_id: str, token: str, expires_at: datetime | None
+    at: At, merchant_id: str, token: str, expires_at: datetime | None
 ) -> Work[None]:
+    """Durably replace the merchant's refresh token (they are single-use)."""
     yield from execute(
         "INSERT INTO refresh_tokens (merchant_id, token, expires_at_ms, updated_at_ms)"
         " VALUES (?, ?, ?, ?)"
         " ON CONFLICT (merchant_id) DO UPDATE SET token = excluded.token,"
         " expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
-        (merchant_id, token, None if expires_at is None else to_ms(expires_at), now),
+        (merchant_id, token, None if expires_at is None else to_ms(expires_at), at.now),
     )
 
 
 # -- processes and claims -----------------------------------------------------------------
 
 
-def register_process(process: ProcessRecord) -> Work[None]:
+def register_process(at: At, process: ProcessRecord) -> Work[None]:
+    """Enter (or re-enter) a process sharing the state, with its lease."""
     yield from execute(
         "INSERT INTO processes (id, host, pid, machine, command, started_at_ms, lease_until_ms)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -360,38 +409,48 @@ def register_process(process: ProcessRecord) -> Work[None]:
     )
 
 
-def renew_process(where: str, now: int, process_id: str, lease_until: datetime) -> Work[bool]:
+def renew_process(at: At, process_id: str, lease_until: datetime) -> Work[bool]:
+    """Extend a process's lease. False if it had already ended or lapsed (then it is
+    renewed all the same: claims nobody took meanwhile are its own again)."""
     row = yield from one("SELECT lease_until_ms FROM processes WHERE id = ?{lock}", (process_id,))
     if row is None:
-        raise _missing(where, f"process {process_id}")
+        raise _missing(at, f"process {process_id}")
     yield from execute(
         "UPDATE processes SET lease_until_ms = ? WHERE id = ?", (to_ms(lease_until), process_id)
     )
-    return bool(row["lease_until_ms"] > now)
+    return bool(row["lease_until_ms"] > at.now)
 
 
-def end_process(now: int, process_id: str) -> Work[None]:
+def end_process(at: At, process_id: str) -> Work[None]:
+    """The process is done (or known dead): its lease ends now, its claims, slots and
+    locks go."""
     for table in _HELD_BY_PROCESSES:
         yield from execute(f"DELETE FROM {table} WHERE owner = ?", (process_id,))  # noqa: S608
     yield from execute(
         "UPDATE processes SET lease_until_ms = CASE WHEN lease_until_ms < :now"
         " THEN lease_until_ms ELSE :now END WHERE id = :id",
-        {"now": now, "id": process_id},
+        {"now": at.now, "id": process_id},
     )
 
 
-def processes() -> Work[list[ProcessRecord]]:
+def processes(at: At) -> Work[list[ProcessRecord]]:
+    """Every process that ever shared the state, oldest first."""
     rows = yield from every("SELECT * FROM processes ORDER BY started_at_ms, id")
     return [process_record(row) for row in rows]
 
 
-def claim_chunk(where: str, now: int, chunk_id: int, owner: str) -> Work[ClaimResult]:
+def claim_chunk(at: At, chunk_id: int, owner: str) -> Work[ClaimResult]:
+    """Take the chunk for `owner` unless a process whose lease runs holds it.
+
+    A claim of a process whose lease has ended passes to `owner`: the chunk is taken
+    over as it stands (its export, its saved parts).
+    """
     # The chunk's row lock: claimers of one chunk take turns.
-    chunk = chunk_record((yield from _chunk_row(where, chunk_id, lock=True)))
+    chunk = chunk_record((yield from _chunk_row(at, chunk_id, lock=True)))
     holder = yield from one(
         "SELECT processes.* FROM claims JOIN processes ON processes.id = claims.owner"
         " WHERE claims.chunk_id = ? AND claims.owner != ? AND lease_until_ms > ?",
-        (chunk_id, owner, now),
+        (chunk_id, owner, at.now),
     )
     if holder is not None:
         return ClaimResult(chunk, process_record(holder))
@@ -399,17 +458,19 @@ def claim_chunk(where: str, now: int, chunk_id: int, owner: str) -> Work[ClaimRe
         "INSERT INTO claims (chunk_id, owner, claimed_at_ms) VALUES (?, ?, ?)"
         " ON CONFLICT (chunk_id) DO UPDATE SET owner = excluded.owner,"
         " claimed_at_ms = excluded.claimed_at_ms WHERE claims.owner != excluded.owner",
-        (chunk_id, owner, now),
+        (chunk_id, owner, at.now),
     )
     return ClaimResult(chunk, None)
 
 
-def holds_chunk(chunk_id: int, owner: str) -> Work[bool]:
+def holds_chunk(at: At, chunk_id: int, owner: str) -> Work[bool]:
+    """True while `owner` holds the chunk's claim (nobody took it over)."""
     row = yield from one("SELECT 1 FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
     return row is not None
 
 
-def release_chunk(chunk_id: int, owner: str) -> Work[None]:
+def release_chunk(at: At, chunk_id: int, owner: str) -> Work[None]:
+    """`owner` is done with the chunk (if it still held it)."""
     yield from execute("DELETE FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
 
 
@@ -447,8 +508,16 @@ def next_in_line(
 
 
 def take_slot(
-    now: int, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
+    at: At, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
 ) -> Work[SlotTry]:
+    """Ask for one of the host's export slots for `merchant_id`.
+
+    Granted when the live processes together hold fewer than the shared limit, no busy
+    backoff is running, and the merchant's waiter is among the next in line: merchants
+    served least recently first, then the longest waiting, as ExportSlots does in one
+    process. Otherwise the waiter keeps its place: ask again with `waiter_id`. Slots and
+    waiters of processes whose lease ended are dropped.
+    """
     state = yield from _host_row(host, maximum)
     limit = min(int(state["slot_limit"]), maximum)
     if limit != state["slot_limit"]:
@@ -457,7 +526,7 @@ def take_slot(
         yield from execute(
             f"DELETE FROM {table} WHERE host = ? AND owner NOT IN"  # noqa: S608 -- ours
             " (SELECT id FROM processes WHERE lease_until_ms > ?)",
-            (host, now),
+            (host, at.now),
         )
     waiter = waiter_id
     if (
@@ -467,13 +536,13 @@ def take_slot(
         row = yield from one(
             "INSERT INTO slot_waiters (host, owner, merchant_id, since_ms)"
             " VALUES (?, ?, ?, ?) RETURNING id",
-            (host, owner, merchant_id, now),
+            (host, owner, merchant_id, at.now),
         )
         waiter = int(row["id"])
     busy_until_ms: int | None = state["busy_until_ms"]
     busy_until = maybe_from_ms(busy_until_ms)
     in_use = int((yield from one("SELECT count(*) AS n FROM slots WHERE host = ?", (host,)))["n"])
-    if (busy_until_ms is not None and busy_until_ms > now) or in_use >= limit:
+    if (busy_until_ms is not None and busy_until_ms > at.now) or in_use >= limit:
         return SlotTry(None, waiter, limit, in_use, busy_until)
     served_rows = yield from every(
         "SELECT merchant_id, last_grant FROM served WHERE host = ?", (host,)
@@ -497,27 +566,34 @@ def take_slot(
     slot = yield from one(
         "INSERT INTO slots (host, owner, merchant_id, granted_at_ms) VALUES (?, ?, ?, ?)"
         " RETURNING id",
-        (host, owner, merchant_id, now),
+        (host, owner, merchant_id, at.now),
     )
     return SlotTry(int(slot["id"]), waiter, limit, in_use + 1, busy_until)
 
 
-def reset_hosts() -> Work[None]:
+def reset_hosts(at: At) -> Work[None]:
+    """Forget the shared limits and backoffs: for a process alone on the state, which
+    starts from the configured limits as it would by itself."""
     yield from execute("DELETE FROM hosts")
 
 
-def leave_slot_queue(waiter_id: int) -> Work[None]:
+def leave_slot_queue(at: At, waiter_id: int) -> Work[None]:
+    """Stop waiting for a slot (the waiter was cancelled)."""
     yield from execute("DELETE FROM slot_waiters WHERE id = ?", (waiter_id,))
 
 
-def release_slot(slot_id: int) -> Work[None]:
+def release_slot(at: At, slot_id: int) -> Work[None]:
+    """Give a slot back."""
     yield from execute("DELETE FROM slots WHERE id = ?", (slot_id,))
 
 
-def slot_busy(now: int, host: str, until: datetime, maximum: int, limit: int) -> Work[int]:
+def slot_busy(at: At, host: str, until: datetime, maximum: int, limit: int) -> Work[int]:
+    """A busy 503 on the host: the shared limit drops to `limit` (what the process that
+    saw it now allows itself) if lower, and nothing is granted before `until` (a later
+    end already set stays). Returns the new limit."""
     state = yield from _host_row(host, maximum)
     lowered = max(1, min(int(state["slot_limit"]), limit))
-    busy_until = max(to_ms(until), now, state["busy_until_ms"] or now)
+    busy_until = max(to_ms(until), at.now, state["busy_until_ms"] or at.now)
     yield from execute(
         "UPDATE hosts SET slot_limit = ?, run = 0, busy_until_ms = ? WHERE host = ?",
         (lowered, busy_until, host),
@@ -525,7 +601,9 @@ def slot_busy(now: int, host: str, until: datetime, maximum: int, limit: int) ->
     return lowered
 
 
-def slot_went_through(host: str, maximum: int) -> Work[int]:
+def slot_went_through(at: At, host: str, maximum: int) -> Work[int]:
+    """An export was created on the host: the backoff ends; after as many in a row as
+    the limit, the limit grows by one up to `maximum`. Returns the limit."""
     state = yield from _host_row(host, maximum)
     limit, run = int(state["slot_limit"]), int(state["run"]) + 1
     if run >= limit:
@@ -537,12 +615,14 @@ def slot_went_through(host: str, maximum: int) -> Work[int]:
     return limit
 
 
-def lock_token(now: int, merchant_id: str, owner: str) -> Work[ProcessRecord | None]:
+def lock_token(at: At, merchant_id: str, owner: str) -> Work[ProcessRecord | None]:
+    """Take the merchant's refresh lock: None once `owner` holds it, else the live
+    process holding it. The lock of a process whose lease ended passes on."""
     yield from execute(SERIALISE, (f"token:{merchant_id}",))
     holder = yield from one(
         "SELECT processes.* FROM token_locks JOIN processes ON processes.id = token_locks.owner"
         " WHERE merchant_id = ? AND owner != ? AND lease_until_ms > ?",
-        (merchant_id, owner, now),
+        (merchant_id, owner, at.now),
     )
     if holder is not None:
         return process_record(holder)
@@ -550,12 +630,13 @@ def lock_token(now: int, merchant_id: str, owner: str) -> Work[ProcessRecord | N
         "INSERT INTO token_locks (merchant_id, owner, since_ms) VALUES (?, ?, ?)"
         " ON CONFLICT (merchant_id) DO UPDATE SET owner = excluded.owner,"
         " since_ms = excluded.since_ms",
-        (merchant_id, owner, now),
+        (merchant_id, owner, at.now),
     )
     return None
 
 
-def unlock_token(merchant_id: str, owner: str) -> Work[None]:
+def unlock_token(at: At, merchant_id: str, owner: str) -> Work[None]:
+    """Give the merchant's refresh lock back (if `owner` still holds it)."""
     yield from execute(
         "DELETE FROM token_locks WHERE merchant_id = ? AND owner = ?", (merchant_id, owner)
     )
@@ -564,7 +645,8 @@ def unlock_token(merchant_id: str, owner: str) -> Work[None]:
 # -- what `status` shows ------------------------------------------------------------------
 
 
-def snapshot(now: datetime | None) -> Work[Snapshot]:
+def snapshot(at: At, now: datetime | None = None) -> Work[Snapshot]:
+    """What `status` shows, in one transaction (with `now`: the live claims too)."""
     chunk_rows = yield from every("SELECT * FROM chunks ORDER BY merchant_id, type, start_ms")
     export_rows = yield from every(
         "SELECT exports.* FROM exports JOIN chunks ON chunks.export_id = exports.id"

@@ -54,6 +54,14 @@ class Query:
     fetch: Fetch
 
 
+@dataclass(frozen=True, slots=True)
+class At:
+    """What every operation is given: the store's name for messages, and the time."""
+
+    where: str  # a path, or a URL without its password
+    now: int  # the caller's clock, in milliseconds since the epoch
+
+
 class Row(Protocol):
     """A row by column name: sqlite3.Row, or the dict psycopg's dict_row makes."""
 

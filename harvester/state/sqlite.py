@@ -28,144 +28,14 @@ from harvester.errors import StoreError
 from harvester.logs import get_logger
 from harvester.state import queries
 from harvester.state.records import Snapshot
-from harvester.state.sql import Fetch, Work, sqlite_text
+from harvester.state.schema import SQLITE_MIGRATIONS
+from harvester.state.sql import At, Fetch, Work, sqlite_text
 from harvester.state.sqlstore import SqlStore
 
 T = TypeVar("T")
 
 
-# Applied in order on open, each in the transaction that raises PRAGMA user_version to its
-# 1-based position. Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE chunks (
-            id INTEGER PRIMARY KEY,
-            merchant_id TEXT NOT NULL,
-            type TEXT NOT NULL CHECK (type IN ('PAYMENTS', 'ORDERS')),
-            start_ms INTEGER NOT NULL,
-            end_ms INTEGER NOT NULL,
-            status TEXT NOT NULL
-                CHECK (status IN ('pending', 'exporting', 'downloading', 'complete', 'failed')),
-            export_id TEXT REFERENCES exports (id),
-            exports_created INTEGER NOT NULL DEFAULT 0,
-            completed_at_ms INTEGER,
-            last_error TEXT,
-            last_error_at_ms INTEGER,
-            updated_at_ms INTEGER NOT NULL,
-            UNIQUE (merchant_id, type, start_ms, end_ms),
-            CHECK (start_ms < end_ms)
-        )
-        """,
-        """
-        CREATE TABLE exports (
-            id TEXT PRIMARY KEY,
-            chunk_id INTEGER NOT NULL REFERENCES chunks (id),
-            state TEXT NOT NULL
-                CHECK (state IN ('running', 'done', 'failed', 'expired', 'lost')),
-            status TEXT NOT NULL,
-            percent REAL NOT NULL,
-            created_at_ms INTEGER NOT NULL,
-            updated_at_ms INTEGER NOT NULL,
-            available_until_ms INTEGER,
-            urls TEXT NOT NULL DEFAULT '[]'
-        )
-        """,
-        "CREATE INDEX exports_by_chunk ON exports (chunk_id)",
-        """
-        CREATE TABLE parts (
-            export_id TEXT NOT NULL REFERENCES exports (id),
-            part_index INTEGER NOT NULL CHECK (part_index >= 1),
-            url_index INTEGER NOT NULL CHECK (url_index >= 0),
-            size INTEGER NOT NULL CHECK (size >= 0),
-            sha256 TEXT NOT NULL,
-            objects INTEGER NOT NULL CHECK (objects >= 0),
-            PRIMARY KEY (export_id, part_index)
-        )
-        """,
-        """
-        CREATE TABLE refresh_tokens (
-            merchant_id TEXT PRIMARY KEY,
-            token TEXT NOT NULL,
-            expires_at_ms INTEGER,
-            updated_at_ms INTEGER NOT NULL
-        )
-        """,
-    ),
-    # Issue 7: creates whose answer was lost (orphans), counted per chunk.
-    ("ALTER TABLE chunks ADD COLUMN lost_creates INTEGER NOT NULL DEFAULT 0",),
-    (
-        # Processes sharing the state, each with a lease it renews while it lives.
-        """
-        CREATE TABLE processes (
-            id TEXT PRIMARY KEY,
-            host TEXT NOT NULL,
-            pid INTEGER NOT NULL,
-            machine TEXT NOT NULL,
-            command TEXT NOT NULL,
-            started_at_ms INTEGER NOT NULL,
-            lease_until_ms INTEGER NOT NULL
-        )
-        """,
-        # A chunk is worked on by the process holding its claim, while that one's lease runs.
-        """
-        CREATE TABLE claims (
-            chunk_id INTEGER PRIMARY KEY REFERENCES chunks (id),
-            owner TEXT NOT NULL REFERENCES processes (id),
-            claimed_at_ms INTEGER NOT NULL
-        )
-        """,
-        "CREATE INDEX claims_by_owner ON claims (owner)",
-    ),
-    (
-        # One Clover host's export slots, shared by every process: the adaptive limit, the
-        # busy backoff, and the order of grants (fairness between merchants).
-        """
-        CREATE TABLE hosts (
-            host TEXT PRIMARY KEY,
-            slot_limit INTEGER NOT NULL CHECK (slot_limit >= 1),
-            run INTEGER NOT NULL DEFAULT 0,
-            grants INTEGER NOT NULL DEFAULT 0,
-            busy_until_ms INTEGER
-        )
-        """,
-        """
-        CREATE TABLE slots (
-            id INTEGER PRIMARY KEY,
-            host TEXT NOT NULL,
-            owner TEXT NOT NULL REFERENCES processes (id),
-            merchant_id TEXT NOT NULL,
-            granted_at_ms INTEGER NOT NULL
-        )
-        """,
-        "CREATE INDEX slots_by_host ON slots (host)",
-        """
-        CREATE TABLE slot_waiters (
-            id INTEGER PRIMARY KEY,
-            host TEXT NOT NULL,
-            owner TEXT NOT NULL REFERENCES processes (id),
-            merchant_id TEXT NOT NULL,
-            since_ms INTEGER NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE served (
-            host TEXT NOT NULL,
-            merchant_id TEXT NOT NULL,
-            last_grant INTEGER NOT NULL,
-            PRIMARY KEY (host, merchant_id)
-        )
-        """,
-        # One refresh per merchant at a time, whichever process does it.
-        """
-        CREATE TABLE token_locks (
-            merchant_id TEXT PRIMARY KEY,
-            owner TEXT NOT NULL REFERENCES processes (id),
-            since_ms INTEGER NOT NULL
-        )
-        """,
-    ),
-)
+MIGRATIONS = SQLITE_MIGRATIONS  # applied in order on open; see schema.py
 
 SCHEMA_VERSION = len(MIGRATIONS)  # what PRAGMA user_version says once open
 
@@ -289,26 +159,30 @@ def _connect(path: Path, migrations: Sequence[tuple[str, ...]]) -> sqlite3.Conne
 
 
 def run_work(connection: sqlite3.Connection, work: Work[T]) -> T:
-    """Run an operation's queries on this connection, one after another."""
+    """Run an operation's queries on this connection, one after another (in one hop)."""
+    result: Any = None
     try:
-        query = next(work)
         while True:
-            result: Any = None
-            text = sqlite_text(query.sql)
-            if text is not None:
-                cursor = connection.execute(text, query.params)
-                if query.fetch is Fetch.ONE:
-                    result = cursor.fetchone()
-                elif query.fetch is Fetch.ALL:
-                    result = cursor.fetchall()
-                elif query.fetch is Fetch.COUNT:
-                    result = cursor.rowcount
             query = work.send(result)
+            text = sqlite_text(query.sql)  # None: SQLite has nothing to do for it
+            result = (
+                None
+                if text is None
+                else _FETCH[query.fetch](connection.execute(text, query.params))
+            )
     except StopIteration as done:
         value: T = done.value
         return value
     finally:
         work.close()
+
+
+_FETCH: dict[Fetch, Callable[[sqlite3.Cursor], Any]] = {
+    Fetch.ONE: sqlite3.Cursor.fetchone,
+    Fetch.ALL: sqlite3.Cursor.fetchall,
+    Fetch.COUNT: lambda cursor: cursor.rowcount,
+    Fetch.NOTHING: lambda cursor: None,
+}
 
 
 class Store(SqlStore):
@@ -449,7 +323,7 @@ def read_snapshot(path: Path, now: datetime | None = None) -> Snapshot:
                 f"state store {path}: schema version {version}, this harvester reads "
                 f"{len(MIGRATIONS)}; run the harvester once to bring it up to date"
             )
-        snapshot = run_work(connection, queries.snapshot(now))
+        snapshot = run_work(connection, queries.snapshot(At(str(path), 0), now))
         connection.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StoreError(f"state store {path}: cannot read: {exc}") from exc
