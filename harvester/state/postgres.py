@@ -98,22 +98,21 @@ async def _migrate(
 
 
 async def run_work(connection: Connection, work: Work[T]) -> T:
-    """Run an operation's queries on this connection, one after another."""
+    """Await an operation's queries on this connection, one after another."""
+    answer: Any = None
     try:
-        query = next(work)
         while True:
-            cursor = await connection.execute(postgres_text(query.sql), query.params)
-            result: Any = None
-            if query.fetch is Fetch.ONE:
-                result = await cursor.fetchone()
-            elif query.fetch is Fetch.ALL:
-                result = await cursor.fetchall()
-            elif query.fetch is Fetch.COUNT:
-                result = cursor.rowcount
-            query = work.send(result)
-    except StopIteration as done:
-        value: T = done.value
-        return value
+            sql, params, fetch = work.send(answer)
+            cursor = await connection.execute(postgres_text(sql), params)
+            if fetch is Fetch.ONE:
+                answer = await cursor.fetchone()
+            elif fetch is Fetch.ALL:
+                answer = await cursor.fetchall()
+            else:
+                answer = cursor.rowcount if fetch is Fetch.COUNT else None
+    except StopIteration as finished:
+        returned: T = finished.value
+        return returned
     finally:
         work.close()
 
@@ -176,7 +175,7 @@ class PgStore(SqlStore):
         chunks, exports, parts and refresh tokens, ids kept. Returns rows per table."""
 
         def work() -> Work[dict[str, int]]:
-            known = yield from one("SELECT count(*) AS n FROM chunks")
+            known = yield one("SELECT count(*) AS n FROM chunks")
             if known["n"]:
                 raise StoreError(
                     f"state store {self._where}: already holds {known['n']} chunks; "
@@ -196,16 +195,14 @@ class PgStore(SqlStore):
                     columns = list(values)
                     if not all(column.isidentifier() for column in columns):
                         raise StoreError(f"state store {self._where}: odd columns in {table}")
-                    yield from execute(
+                    yield execute(
                         f"INSERT INTO {table} ({', '.join(columns)})"  # noqa: S608 -- checked
                         f" VALUES ({', '.join(['?'] * len(columns))})",
                         [values[c] for c in columns],
                     )
             for chunk_id, export_id in current:
-                yield from execute(
-                    "UPDATE chunks SET export_id = ? WHERE id = ?", (export_id, chunk_id)
-                )
-            yield from execute(
+                yield execute("UPDATE chunks SET export_id = ? WHERE id = ?", (export_id, chunk_id))
+            yield execute(
                 "SELECT setval(pg_get_serial_sequence('chunks', 'id'),"
                 " greatest(1, (SELECT coalesce(max(id), 0) FROM chunks)))"
             )

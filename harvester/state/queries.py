@@ -63,7 +63,7 @@ def _chunk_row(at: At, chunk_id: int, lock: bool = False) -> Work[Row]:
     query = (
         "SELECT * FROM chunks WHERE id = ?{lock}" if lock else "SELECT * FROM chunks WHERE id = ?"
     )
-    row: Row | None = yield from one(query, (chunk_id,))
+    row: Row | None = yield one(query, (chunk_id,))
     if row is None:
         raise _missing(at, f"chunk {chunk_id}")
     return row
@@ -81,17 +81,17 @@ def add_chunks(
     and type with other bounds: covered intervals never overlap.
     """
     # One merchant and type at a time: the overlap check must see every insert.
-    yield from execute(SERIALISE, (f"chunks:{merchant_id}:{type}",))
+    yield execute(SERIALISE, (f"chunks:{merchant_id}:{type}",))
     records = []
     for wanted in ranges:
         key = (merchant_id, type.value, wanted.start_ms, wanted.end_ms)
-        row = yield from one(
+        row = yield one(
             "SELECT * FROM chunks"
             " WHERE merchant_id = ? AND type = ? AND start_ms = ? AND end_ms = ?",
             key,
         )
         if row is None:
-            clash = yield from one(
+            clash = yield one(
                 "SELECT start_ms, end_ms FROM chunks"
                 " WHERE merchant_id = ? AND type = ? AND start_ms < ? AND end_ms > ? LIMIT 1",
                 (merchant_id, type.value, wanted.end_ms, wanted.start_ms),
@@ -102,7 +102,7 @@ def add_chunks(
                     f"state store {at.where}: chunk {wanted} of merchant "
                     f"{merchant_id} {type.value} overlaps the known chunk {existing}"
                 )
-            row = yield from one(
+            row = yield one(
                 "INSERT INTO chunks (merchant_id, type, start_ms, end_ms, status, updated_at_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
                 (*key, ChunkStatus.PENDING.value, at.now),
@@ -113,7 +113,7 @@ def add_chunks(
 
 def covered(at: At, merchant_id: str, type: ExportType) -> Work[list[TimeRange]]:
     """Ranges of this merchant and type whose folder has been put in place, sorted."""
-    rows = yield from every(
+    rows = yield every(
         "SELECT start_ms, end_ms FROM chunks"
         " WHERE merchant_id = ? AND type = ? AND completed_at_ms IS NOT NULL ORDER BY start_ms",
         (merchant_id, type.value),
@@ -139,7 +139,7 @@ def chunks(
         wanted = sorted({status.value for status in statuses})
         conditions.append(f"status IN ({', '.join(['?'] * len(wanted))})" if wanted else "1 = 0")
         params.extend(wanted)
-    rows = yield from every(
+    rows = yield every(
         f"SELECT * FROM chunks WHERE {' AND '.join(conditions)}"  # noqa: S608 -- ours, bound
         " ORDER BY merchant_id, type, start_ms",
         params,
@@ -158,7 +158,7 @@ def reset_for_reharvest(at: At, chunk_id: int) -> Work[ChunkRecord]:
     Its old folder stays in place until the new harvest replaces it. A chunk in any
     other status is already due and is returned unchanged.
     """
-    yield from execute(
+    yield execute(
         "UPDATE chunks SET status = ?, export_id = NULL, updated_at_ms = ?"
         " WHERE id = ? AND status = ?",
         (ChunkStatus.PENDING.value, at.now, chunk_id, ChunkStatus.COMPLETE.value),
@@ -168,7 +168,7 @@ def reset_for_reharvest(at: At, chunk_id: int) -> Work[ChunkRecord]:
 
 def complete_chunk(at: At, chunk_id: int) -> Work[None]:
     """The chunk's folder is in place: COMPLETE, covered from now, errors cleared."""
-    changed = yield from count(
+    changed = yield count(
         "UPDATE chunks SET status = ?, completed_at_ms = ?, last_error = NULL,"
         " last_error_at_ms = NULL, updated_at_ms = ? WHERE id = ?",
         (ChunkStatus.COMPLETE.value, at.now, at.now, chunk_id),
@@ -183,7 +183,7 @@ def fail_chunk(at: At, chunk_id: int, error: str) -> Work[None]:
     It keeps an export that is still RUNNING or DONE, so the next run re-attaches to it
     instead of spending a new server slot.
     """
-    changed = yield from count(
+    changed = yield count(
         "UPDATE chunks SET status = :failed, last_error = :error,"
         " last_error_at_ms = :now, updated_at_ms = :now,"
         " export_id = CASE WHEN (SELECT state FROM exports WHERE id = chunks.export_id)"
@@ -204,7 +204,7 @@ def fail_chunk(at: At, chunk_id: int, error: str) -> Work[None]:
 
 def note_lost_create(at: At, chunk_id: int) -> Work[None]:
     """A create for the chunk lost its answer: an export may exist that we know no id of."""
-    changed = yield from count(
+    changed = yield count(
         "UPDATE chunks SET lost_creates = lost_creates + 1 WHERE id = ?", (chunk_id,)
     )
     if changed == 0:
@@ -218,7 +218,7 @@ def start_run(at: At) -> Work[None]:
     export is still RUNNING / DONE.
     """
     # SET expressions all see the row as it was, so export_id below is the old one.
-    yield from execute(
+    yield execute(
         "UPDATE chunks SET"
         " status = CASE (SELECT state FROM exports WHERE id = chunks.export_id)"
         "   WHEN :running THEN :exporting WHEN :done THEN :downloading ELSE :pending END,"
@@ -250,7 +250,7 @@ def record_export(
     Recording the same export for the same chunk again changes nothing.
     """
     yield from _chunk_row(at, chunk_id, lock=True)
-    existing = yield from one("SELECT * FROM exports WHERE id = ?", (export_id,))
+    existing = yield one("SELECT * FROM exports WHERE id = ?", (export_id,))
     if existing is not None:
         if existing["chunk_id"] != chunk_id:
             raise StoreError(
@@ -258,12 +258,12 @@ def record_export(
                 f"chunk {existing['chunk_id']}, not {chunk_id}"
             )
         return export_record(existing)
-    row = yield from one(
+    row = yield one(
         "INSERT INTO exports (id, chunk_id, state, status, percent, created_at_ms, updated_at_ms)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
         (export_id, chunk_id, ExportState.RUNNING.value, status, percent, at.now, at.now),
     )
-    yield from execute(
+    yield execute(
         "UPDATE chunks SET export_id = ?, status = ?,"
         " exports_created = exports_created + 1, updated_at_ms = ? WHERE id = ?",
         (export_id, ChunkStatus.EXPORTING.value, at.now, chunk_id),
@@ -273,7 +273,7 @@ def record_export(
 
 def update_export(at: At, export_id: str, status: str, percent: float) -> Work[None]:
     """Store what the latest poll said."""
-    changed = yield from count(
+    changed = yield count(
         "UPDATE exports SET status = ?, percent = ?, updated_at_ms = ? WHERE id = ?",
         (status, percent, at.now, export_id),
     )
@@ -286,14 +286,14 @@ def export_done(
 ) -> Work[None]:
     """Clover says DONE: keep its file URLs; its chunk moves on to DOWNLOADING."""
     until = None if available_until is None else to_ms(available_until)
-    changed = yield from count(
+    changed = yield count(
         "UPDATE exports SET state = ?, status = 'DONE', percent = 100.0,"
         " available_until_ms = ?, urls = ?, updated_at_ms = ? WHERE id = ?",
         (ExportState.DONE.value, until, json.dumps(list(urls)), at.now, export_id),
     )
     if changed == 0:
         raise _missing(at, f"export {export_id}")
-    yield from execute(
+    yield execute(
         "UPDATE chunks SET status = ?, updated_at_ms = ? WHERE export_id = ? AND status = ?",
         (ChunkStatus.DOWNLOADING.value, at.now, export_id, ChunkStatus.EXPORTING.value),
     )
@@ -307,13 +307,13 @@ def end_export(at: At, export_id: str, state: ExportState, error: str) -> Work[N
     """
     if state not in ENDED_EXPORT_STATES:
         raise ValueError(f"end_export needs an ending state, not {state}")
-    changed = yield from count(
+    changed = yield count(
         "UPDATE exports SET state = ?, updated_at_ms = ? WHERE id = ?",
         (state.value, at.now, export_id),
     )
     if changed == 0:
         raise _missing(at, f"export {export_id}")
-    yield from execute(
+    yield execute(
         "UPDATE chunks SET export_id = NULL,"
         " status = CASE status WHEN :failed THEN :failed ELSE :pending END,"
         " last_error = :error, last_error_at_ms = :now, updated_at_ms = :now"
@@ -331,12 +331,12 @@ def end_export(at: At, export_id: str, state: ExportState, error: str) -> Work[N
 
 def get_export(at: At, export_id: str) -> Work[ExportRecord | None]:
     """The export with this id, if known."""
-    row = yield from one("SELECT * FROM exports WHERE id = ?", (export_id,))
+    row = yield one("SELECT * FROM exports WHERE id = ?", (export_id,))
     return None if row is None else export_record(row)
 
 
 def export_durations(latest: int) -> Work[list[float]]:
-    rows = yield from every(
+    rows = yield every(
         "SELECT updated_at_ms - created_at_ms AS ms FROM exports WHERE state = ?"
         " ORDER BY created_at_ms DESC LIMIT ?",
         (ExportState.DONE.value, latest),
@@ -349,7 +349,7 @@ def export_durations(latest: int) -> Work[list[float]]:
 
 def record_part(at: At, part: PartRecord) -> Work[None]:
     """A part is saved. Recording the same part number again overwrites its entry."""
-    yield from execute(
+    yield execute(
         "INSERT INTO parts (export_id, part_index, url_index, size, sha256, objects)"
         " VALUES (?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (export_id, part_index) DO UPDATE SET"
@@ -361,15 +361,13 @@ def record_part(at: At, part: PartRecord) -> Work[None]:
 
 def parts(at: At, export_id: str) -> Work[list[PartRecord]]:
     """The saved parts of an export, by part number."""
-    rows = yield from every(
-        "SELECT * FROM parts WHERE export_id = ? ORDER BY part_index", (export_id,)
-    )
+    rows = yield every("SELECT * FROM parts WHERE export_id = ? ORDER BY part_index", (export_id,))
     return [part_record(row) for row in rows]
 
 
 def refresh_token(at: At, merchant_id: str) -> Work[tuple[str, datetime | None] | None]:
     """The merchant's latest refresh token and its expiry, if one was saved."""
-    row = yield from one(
+    row = yield one(
         "SELECT token, expires_at_ms FROM refresh_tokens WHERE merchant_id = ?", (merchant_id,)
     )
     return None if row is None else (row["token"], maybe_from_ms(row["expires_at_ms"]))
@@ -379,7 +377,7 @@ def save_refresh_token(
     at: At, merchant_id: str, token: str, expires_at: datetime | None
 ) -> Work[None]:
     """Durably replace the merchant's refresh token (they are single-use)."""
-    yield from execute(
+    yield execute(
         "INSERT INTO refresh_tokens (merchant_id, token, expires_at_ms, updated_at_ms)"
         " VALUES (?, ?, ?, ?)"
         " ON CONFLICT (merchant_id) DO UPDATE SET token = excluded.token,"
@@ -393,7 +391,7 @@ def save_refresh_token(
 
 def register_process(at: At, process: ProcessRecord) -> Work[None]:
     """Enter (or re-enter) a process sharing the state, with its lease."""
-    yield from execute(
+    yield execute(
         "INSERT INTO processes (id, host, pid, machine, command, started_at_ms, lease_until_ms)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET lease_until_ms = excluded.lease_until_ms",
@@ -412,10 +410,10 @@ def register_process(at: At, process: ProcessRecord) -> Work[None]:
 def renew_process(at: At, process_id: str, lease_until: datetime) -> Work[bool]:
     """Extend a process's lease. False if it had already ended or lapsed (then it is
     renewed all the same: claims nobody took meanwhile are its own again)."""
-    row = yield from one("SELECT lease_until_ms FROM processes WHERE id = ?{lock}", (process_id,))
+    row = yield one("SELECT lease_until_ms FROM processes WHERE id = ?{lock}", (process_id,))
     if row is None:
         raise _missing(at, f"process {process_id}")
-    yield from execute(
+    yield execute(
         "UPDATE processes SET lease_until_ms = ? WHERE id = ?", (to_ms(lease_until), process_id)
     )
     return bool(row["lease_until_ms"] > at.now)
@@ -425,8 +423,8 @@ def end_process(at: At, process_id: str) -> Work[None]:
     """The process is done (or known dead): its lease ends now, its claims, slots and
     locks go."""
     for table in _HELD_BY_PROCESSES:
-        yield from execute(f"DELETE FROM {table} WHERE owner = ?", (process_id,))  # noqa: S608
-    yield from execute(
+        yield execute(f"DELETE FROM {table} WHERE owner = ?", (process_id,))  # noqa: S608
+    yield execute(
         "UPDATE processes SET lease_until_ms = CASE WHEN lease_until_ms < :now"
         " THEN lease_until_ms ELSE :now END WHERE id = :id",
         {"now": at.now, "id": process_id},
@@ -435,7 +433,7 @@ def end_process(at: At, process_id: str) -> Work[None]:
 
 def processes(at: At) -> Work[list[ProcessRecord]]:
     """Every process that ever shared the state, oldest first."""
-    rows = yield from every("SELECT * FROM processes ORDER BY started_at_ms, id")
+    rows = yield every("SELECT * FROM processes ORDER BY started_at_ms, id")
     return [process_record(row) for row in rows]
 
 
@@ -447,14 +445,14 @@ def claim_chunk(at: At, chunk_id: int, owner: str) -> Work[ClaimResult]:
     """
     # The chunk's row lock: claimers of one chunk take turns.
     chunk = chunk_record((yield from _chunk_row(at, chunk_id, lock=True)))
-    holder = yield from one(
+    holder = yield one(
         "SELECT processes.* FROM claims JOIN processes ON processes.id = claims.owner"
         " WHERE claims.chunk_id = ? AND claims.owner != ? AND lease_until_ms > ?",
         (chunk_id, owner, at.now),
     )
     if holder is not None:
         return ClaimResult(chunk, process_record(holder))
-    yield from execute(
+    yield execute(
         "INSERT INTO claims (chunk_id, owner, claimed_at_ms) VALUES (?, ?, ?)"
         " ON CONFLICT (chunk_id) DO UPDATE SET owner = excluded.owner,"
         " claimed_at_ms = excluded.claimed_at_ms WHERE claims.owner != excluded.owner",
@@ -465,13 +463,13 @@ def claim_chunk(at: At, chunk_id: int, owner: str) -> Work[ClaimResult]:
 
 def holds_chunk(at: At, chunk_id: int, owner: str) -> Work[bool]:
     """True while `owner` holds the chunk's claim (nobody took it over)."""
-    row = yield from one("SELECT 1 FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
+    row = yield one("SELECT 1 FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
     return row is not None
 
 
 def release_chunk(at: At, chunk_id: int, owner: str) -> Work[None]:
     """`owner` is done with the chunk (if it still held it)."""
-    yield from execute("DELETE FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
+    yield execute("DELETE FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
 
 
 # -- shared export slots and refresh locks ------------------------------------------------
@@ -479,11 +477,11 @@ def release_chunk(at: At, chunk_id: int, owner: str) -> Work[None]:
 
 def _host_row(host: str, maximum: int) -> Work[Row]:
     """The host's row, created if needed and locked: its slots' changes take turns."""
-    yield from execute(
+    yield execute(
         "INSERT INTO hosts (host, slot_limit) VALUES (?, ?) ON CONFLICT (host) DO NOTHING",
         (host, maximum),
     )
-    row: Row = yield from one("SELECT * FROM hosts WHERE host = ?{lock}", (host,))
+    row: Row = yield one("SELECT * FROM hosts WHERE host = ?{lock}", (host,))
     return row
 
 
@@ -521,19 +519,16 @@ def take_slot(
     state = yield from _host_row(host, maximum)
     limit = min(int(state["slot_limit"]), maximum)
     if limit != state["slot_limit"]:
-        yield from execute("UPDATE hosts SET slot_limit = ? WHERE host = ?", (limit, host))
+        yield execute("UPDATE hosts SET slot_limit = ? WHERE host = ?", (limit, host))
     for table in ("slots", "slot_waiters"):
-        yield from execute(
+        yield execute(
             f"DELETE FROM {table} WHERE host = ? AND owner NOT IN"  # noqa: S608 -- ours
             " (SELECT id FROM processes WHERE lease_until_ms > ?)",
             (host, at.now),
         )
     waiter = waiter_id
-    if (
-        waiter is None
-        or (yield from one("SELECT 1 FROM slot_waiters WHERE id = ?", (waiter,))) is None
-    ):
-        row = yield from one(
+    if waiter is None or (yield one("SELECT 1 FROM slot_waiters WHERE id = ?", (waiter,))) is None:
+        row = yield one(
             "INSERT INTO slot_waiters (host, owner, merchant_id, since_ms)"
             " VALUES (?, ?, ?, ?) RETURNING id",
             (host, owner, merchant_id, at.now),
@@ -541,13 +536,11 @@ def take_slot(
         waiter = int(row["id"])
     busy_until_ms: int | None = state["busy_until_ms"]
     busy_until = maybe_from_ms(busy_until_ms)
-    in_use = int((yield from one("SELECT count(*) AS n FROM slots WHERE host = ?", (host,)))["n"])
+    in_use = int((yield one("SELECT count(*) AS n FROM slots WHERE host = ?", (host,)))["n"])
     if (busy_until_ms is not None and busy_until_ms > at.now) or in_use >= limit:
         return SlotTry(None, waiter, limit, in_use, busy_until)
-    served_rows = yield from every(
-        "SELECT merchant_id, last_grant FROM served WHERE host = ?", (host,)
-    )
-    waiter_rows = yield from every(
+    served_rows = yield every("SELECT merchant_id, last_grant FROM served WHERE host = ?", (host,))
+    waiter_rows = yield every(
         "SELECT id, merchant_id, since_ms FROM slot_waiters WHERE host = ? ORDER BY since_ms, id",
         (host,),
     )
@@ -556,14 +549,14 @@ def take_slot(
     if waiter not in next_in_line(served, waiters, limit - in_use):
         return SlotTry(None, waiter, limit, in_use, busy_until)
     grants = int(state["grants"]) + 1
-    yield from execute("DELETE FROM slot_waiters WHERE id = ?", (waiter,))
-    yield from execute("UPDATE hosts SET grants = ? WHERE host = ?", (grants, host))
-    yield from execute(
+    yield execute("DELETE FROM slot_waiters WHERE id = ?", (waiter,))
+    yield execute("UPDATE hosts SET grants = ? WHERE host = ?", (grants, host))
+    yield execute(
         "INSERT INTO served (host, merchant_id, last_grant) VALUES (?, ?, ?)"
         " ON CONFLICT (host, merchant_id) DO UPDATE SET last_grant = excluded.last_grant",
         (host, merchant_id, grants),
     )
-    slot = yield from one(
+    slot = yield one(
         "INSERT INTO slots (host, owner, merchant_id, granted_at_ms) VALUES (?, ?, ?, ?)"
         " RETURNING id",
         (host, owner, merchant_id, at.now),
@@ -574,17 +567,17 @@ def take_slot(
 def reset_hosts(at: At) -> Work[None]:
     """Forget the shared limits and backoffs: for a process alone on the state, which
     starts from the configured limits as it would by itself."""
-    yield from execute("DELETE FROM hosts")
+    yield execute("DELETE FROM hosts")
 
 
 def leave_slot_queue(at: At, waiter_id: int) -> Work[None]:
     """Stop waiting for a slot (the waiter was cancelled)."""
-    yield from execute("DELETE FROM slot_waiters WHERE id = ?", (waiter_id,))
+    yield execute("DELETE FROM slot_waiters WHERE id = ?", (waiter_id,))
 
 
 def release_slot(at: At, slot_id: int) -> Work[None]:
     """Give a slot back."""
-    yield from execute("DELETE FROM slots WHERE id = ?", (slot_id,))
+    yield execute("DELETE FROM slots WHERE id = ?", (slot_id,))
 
 
 def slot_busy(at: At, host: str, until: datetime, maximum: int, limit: int) -> Work[int]:
@@ -594,7 +587,7 @@ def slot_busy(at: At, host: str, until: datetime, maximum: int, limit: int) -> W
     state = yield from _host_row(host, maximum)
     lowered = max(1, min(int(state["slot_limit"]), limit))
     busy_until = max(to_ms(until), at.now, state["busy_until_ms"] or at.now)
-    yield from execute(
+    yield execute(
         "UPDATE hosts SET slot_limit = ?, run = 0, busy_until_ms = ? WHERE host = ?",
         (lowered, busy_until, host),
     )
@@ -608,7 +601,7 @@ def slot_went_through(at: At, host: str, maximum: int) -> Work[int]:
     limit, run = int(state["slot_limit"]), int(state["run"]) + 1
     if run >= limit:
         limit, run = min(maximum, limit + 1), 0
-    yield from execute(
+    yield execute(
         "UPDATE hosts SET slot_limit = ?, run = ?, busy_until_ms = NULL WHERE host = ?",
         (limit, run, host),
     )
@@ -618,15 +611,15 @@ def slot_went_through(at: At, host: str, maximum: int) -> Work[int]:
 def lock_token(at: At, merchant_id: str, owner: str) -> Work[ProcessRecord | None]:
     """Take the merchant's refresh lock: None once `owner` holds it, else the live
     process holding it. The lock of a process whose lease ended passes on."""
-    yield from execute(SERIALISE, (f"token:{merchant_id}",))
-    holder = yield from one(
+    yield execute(SERIALISE, (f"token:{merchant_id}",))
+    holder = yield one(
         "SELECT processes.* FROM token_locks JOIN processes ON processes.id = token_locks.owner"
         " WHERE merchant_id = ? AND owner != ? AND lease_until_ms > ?",
         (merchant_id, owner, at.now),
     )
     if holder is not None:
         return process_record(holder)
-    yield from execute(
+    yield execute(
         "INSERT INTO token_locks (merchant_id, owner, since_ms) VALUES (?, ?, ?)"
         " ON CONFLICT (merchant_id) DO UPDATE SET owner = excluded.owner,"
         " since_ms = excluded.since_ms",
@@ -637,7 +630,7 @@ def lock_token(at: At, merchant_id: str, owner: str) -> Work[ProcessRecord | Non
 
 def unlock_token(at: At, merchant_id: str, owner: str) -> Work[None]:
     """Give the merchant's refresh lock back (if `owner` still holds it)."""
-    yield from execute(
+    yield execute(
         "DELETE FROM token_locks WHERE merchant_id = ? AND owner = ?", (merchant_id, owner)
     )
 
@@ -647,8 +640,8 @@ def unlock_token(at: At, merchant_id: str, owner: str) -> Work[None]:
 
 def snapshot(at: At, now: datetime | None = None) -> Work[Snapshot]:
     """What `status` shows, in one transaction (with `now`: the live claims too)."""
-    chunk_rows = yield from every("SELECT * FROM chunks ORDER BY merchant_id, type, start_ms")
-    export_rows = yield from every(
+    chunk_rows = yield every("SELECT * FROM chunks ORDER BY merchant_id, type, start_ms")
+    export_rows = yield every(
         "SELECT exports.* FROM exports JOIN chunks ON chunks.export_id = exports.id"
         " WHERE exports.state IN (?, ?) AND chunks.status != ?"
         " ORDER BY exports.created_at_ms, exports.{seq}",
@@ -656,7 +649,7 @@ def snapshot(at: At, now: datetime | None = None) -> Work[Snapshot]:
     )
     held_rows = []
     if now is not None:
-        held_rows = yield from every(
+        held_rows = yield every(
             "SELECT claims.chunk_id, processes.* FROM claims"
             " JOIN processes ON processes.id = claims.owner"
             " WHERE processes.lease_until_ms > ? ORDER BY claims.chunk_id",

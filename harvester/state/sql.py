@@ -21,11 +21,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from functools import cache
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from harvester.clover.chunks import EPOCH, ONE_MS, ExportType, TimeRange
 from harvester.state.records import (
@@ -47,15 +46,13 @@ class Fetch(Enum):
     NOTHING = "nothing"
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    sql: str  # the neutral form
-    params: Sequence[Any] | Mapping[str, Any]
-    fetch: Fetch
+# A statement to run: its neutral SQL, its parameters, and what comes back. A plain tuple:
+# one is made for every statement, so it must cost next to nothing.
+Params = Sequence[Any] | Mapping[str, Any]
+Query = tuple[str, Params, Fetch]
 
 
-@dataclass(frozen=True, slots=True)
-class At:
+class At(NamedTuple):
     """What every operation is given: the store's name for messages, and the time."""
 
     where: str  # a path, or a URL without its password
@@ -74,23 +71,24 @@ Work = Generator[Query, Any, T]
 SERIALISE = "SERIALISE ?"  # one transaction at a time per key (the only parameter)
 
 
-def one(sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Work[Any]:
-    row = yield Query(sql, params, Fetch.ONE)
-    return row
+def one(sql: str, params: Params = ()) -> Query:
+    """`row = yield one(...)`: the first row, or None."""
+    return (sql, params, Fetch.ONE)
 
 
-def every(sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Work[list[Any]]:
-    rows: list[Any] = yield Query(sql, params, Fetch.ALL)
-    return rows
+def every(sql: str, params: Params = ()) -> Query:
+    """`rows = yield every(...)`: every row."""
+    return (sql, params, Fetch.ALL)
 
 
-def count(sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Work[int]:
-    changed: int = yield Query(sql, params, Fetch.COUNT)
-    return changed
+def count(sql: str, params: Params = ()) -> Query:
+    """`changed = yield count(...)`: how many rows the statement changed."""
+    return (sql, params, Fetch.COUNT)
 
 
-def execute(sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Work[None]:
-    yield Query(sql, params, Fetch.NOTHING)
+def execute(sql: str, params: Params = ()) -> Query:
+    """`yield execute(...)`: nothing back."""
+    return (sql, params, Fetch.NOTHING)
 
 
 # -- the dialects -------------------------------------------------------------------------

@@ -163,13 +163,9 @@ def run_work(connection: sqlite3.Connection, work: Work[T]) -> T:
     result: Any = None
     try:
         while True:
-            query = work.send(result)
-            text = sqlite_text(query.sql)  # None: SQLite has nothing to do for it
-            result = (
-                None
-                if text is None
-                else _FETCH[query.fetch](connection.execute(text, query.params))
-            )
+            sql, params, fetch = work.send(result)
+            text = sqlite_text(sql)  # None: SQLite has nothing to do for it
+            result = None if text is None else _FETCH[fetch](connection.execute(text, params))
     except StopIteration as done:
         value: T = done.value
         return value
