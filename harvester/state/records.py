@@ -1,8 +1,9 @@
 """The harvest state's shape: its records, and `StateStore`, what every backend offers.
 
 The harvest (scheduler, downloader, tokens) and the CLI words (`backfill`, `run`) use a
-store only through `StateStore`; `store.Store` is the SQLite backend. `status` and `plan`
-read a `Snapshot` (`store.read_snapshot`, read-only, while a run may be writing).
+store only through `StateStore`; `sqlite.Store` and `postgres.PgStore` are the backends.
+`status` and `plan` read a `Snapshot` (`sqlite.read_snapshot`, read-only, while a run may
+be writing).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class Snapshot:
 class StateStore(Protocol):
     """Durable harvest state: every write has landed when its coroutine returns.
 
-    Each method's contract is the one `store.Store` documents.
+    Each method's contract is the docstring of its operation in queries.py.
     """
 
     async def close(self) -> None: ...
