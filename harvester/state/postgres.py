@@ -30,7 +30,7 @@ from harvester.state import queries
 from harvester.state.records import Snapshot
 from harvester.state.schema import POSTGRES_MIGRATIONS
 from harvester.state.sql import Fetch, Work, execute, one, postgres_text
-from harvester.state.sqlstore import SqlStore
+from harvester.state.sqlstore import SqlStore, Transaction
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -153,7 +153,7 @@ class PgStore(SqlStore):
     def __repr__(self) -> str:
         return f"PgStore({self._where!r})"
 
-    async def _transact(self, operation: str, work: Work[T], write: bool) -> T:
+    async def _transact(self, operation: str, work: Work[T], kind: Transaction) -> T:
         """`work` in one transaction; it lands even if the caller is cancelled meanwhile."""
         if self._closed:
             raise StoreError(f"state store {self._where}: {operation} after close")
@@ -208,7 +208,7 @@ class PgStore(SqlStore):
             )
             return counts
 
-        return await self._transact("load", work(), write=True)
+        return await self._transact("load", work(), Transaction.WRITE)
 
 
 async def read_snapshot(url: str, clock: Clock, now: datetime | None) -> Snapshot | None:

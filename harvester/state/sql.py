@@ -24,7 +24,7 @@ from collections.abc import Generator, Mapping, Sequence
 from datetime import datetime
 from enum import Enum
 from functools import cache
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from harvester.clover.chunks import EPOCH, ONE_MS, ExportType, TimeRange
 from harvester.state.records import (
@@ -52,11 +52,21 @@ Params = Sequence[Any] | Mapping[str, Any]
 Query = tuple[str, Params, Fetch]
 
 
-class At(NamedTuple):
-    """What every operation is given: the store's name for messages, and the time."""
+class At:
+    """What every operation is given: the store's name for messages, and the time if it
+    asked for it (a timed operation; reading the clock costs more than most statements)."""
 
-    where: str  # a path, or a URL without its password
-    now: int  # the caller's clock, in milliseconds since the epoch
+    __slots__ = ("_now", "where")
+
+    def __init__(self, where: str, now: int | None = None) -> None:
+        self.where = where  # a path, or a URL without its password
+        self._now = now  # the caller's clock, in milliseconds since the epoch
+
+    @property
+    def now(self) -> int:
+        if self._now is None:
+            raise RuntimeError("this operation reads the time: make its method a timed one")
+        return self._now
 
 
 class Row(Protocol):

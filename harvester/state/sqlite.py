@@ -30,7 +30,7 @@ from harvester.state import queries
 from harvester.state.records import Snapshot
 from harvester.state.schema import SQLITE_MIGRATIONS
 from harvester.state.sql import At, Fetch, Work, sqlite_text
-from harvester.state.sqlstore import SqlStore
+from harvester.state.sqlstore import SqlStore, Transaction
 
 T = TypeVar("T")
 
@@ -242,11 +242,23 @@ class Store(SqlStore):
     def __repr__(self) -> str:
         return f"Store({str(self._path)!r})"
 
-    async def _transact(self, operation: str, work: Work[T], write: bool) -> T:
-        def transaction(connection: sqlite3.Connection) -> T:
+    async def _transact(self, operation: str, work: Work[T], kind: Transaction) -> T:
+        if self._closed:
+            raise StoreError(f"state store {self._path}: {operation} after close")
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._transaction, operation, work, kind
+        )
+        # Once asked for, a write lands even if the caller is cancelled meanwhile.
+        return await asyncio.shield(future)
+
+    def _transaction(self, operation: str, work: Work[T], kind: Transaction) -> T:
+        connection = self._connection
+        try:
+            if kind is Transaction.READ:  # one statement is a transaction of its own
+                return run_work(connection, work)
             # A write takes the file's write lock at once: no other process comes between
             # the operation's reads and writes (what FOR UPDATE does in PostgreSQL).
-            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            connection.execute("BEGIN IMMEDIATE" if kind is Transaction.WRITE else "BEGIN")
             try:
                 result = run_work(connection, work)
                 connection.execute("COMMIT")
@@ -255,8 +267,9 @@ class Store(SqlStore):
                     connection.execute("ROLLBACK")
                 raise
             return result
-
-        return await self._on_thread(operation, transaction)
+        except sqlite3.Error as exc:
+            # sqlite3's messages name tables and columns, never bound values (tokens).
+            raise StoreError(f"state store {self._path}: {operation} failed: {exc}") from exc
 
     async def _on_thread(self, operation: str, call: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -319,7 +332,7 @@ def read_snapshot(path: Path, now: datetime | None = None) -> Snapshot:
                 f"state store {path}: schema version {version}, this harvester reads "
                 f"{len(MIGRATIONS)}; run the harvester once to bring it up to date"
             )
-        snapshot = run_work(connection, queries.snapshot(At(str(path), 0), now))
+        snapshot = run_work(connection, queries.snapshot(At(str(path)), now))
         connection.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StoreError(f"state store {path}: cannot read: {exc}") from exc
