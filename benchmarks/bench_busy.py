@@ -28,10 +28,10 @@ from pathlib import Path
 import yaml
 
 from harvester import commands
-from harvester.chunks import TimeRange
+from harvester.clover.chunks import TimeRange
 from harvester.config import load_config
+from harvester.harvest.planning import select
 from harvester.logs import configure_logging
-from harvester.planning import select
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from tests.fakeclock import FakeClock
 

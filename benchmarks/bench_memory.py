@@ -9,7 +9,7 @@ peak of Python allocations during the harvest, all threads included) and once wi
 (the peak RSS, ru_maxrss, less the RSS before the harvest). The simulator serves from this
 process, so its copies of the files count in neither figure.
 
-The check of each part (harvester/export_file.py: valid JSON, an "elements" list of at
+The check of each part (harvester/clover/export_file.py: valid JSON, an "elements" list of at
 most 1000 objects) is part of the path measured: it reads the file as a stream, one
 element at a time, so it must stay flat too.
 
@@ -36,11 +36,11 @@ from typing import Any
 import yaml
 
 from harvester import commands
-from harvester.chunks import TimeRange
 from harvester.clock import SystemClock
+from harvester.clover.chunks import TimeRange
 from harvester.config import load_config
+from harvester.harvest.planning import select
 from harvester.logs import configure_logging
-from harvester.planning import select
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 
 MERCHANT = "BENCHMERCHANT1"

@@ -35,11 +35,11 @@ from typing import Any
 import yaml
 
 from harvester import commands
-from harvester.chunks import TimeRange
 from harvester.clock import SystemClock
+from harvester.clover.chunks import TimeRange
 from harvester.config import load_config
+from harvester.harvest.planning import select
 from harvester.logs import configure_logging
-from harvester.planning import select
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, seaweedfs
 
@@ -86,7 +86,7 @@ async def _harvest(config_path: Path, trace: bool) -> dict[str, Any]:
     configure_logging("json", "warning", stream=io.StringIO())
     config = load_config(config_path)
     # Imported before the measure: loading the S3 client is not the harvest's memory.
-    import harvester.bucket  # noqa: F401
+    import harvester.output.bucket  # noqa: F401
 
     rss_before = _max_rss_bytes()
     if trace:

@@ -19,22 +19,22 @@ from pathlib import Path
 from typing import TextIO
 
 from harvester import commands
-from harvester.backends import read_state, state_name
-from harvester.chunks import ExportType, TimeRange, parse_instant
 from harvester.clock import Clock, SystemClock
+from harvester.clover.chunks import ExportType, TimeRange, parse_instant
 from harvester.config import Config, load_config
 from harvester.errors import ConfigError, HarvesterError, StoreError
-from harvester.estimate import estimate_as_json, render_estimate
+from harvester.harvest.estimate import estimate_as_json, render_estimate
+from harvester.harvest.observer import Observers, RunObserver
+from harvester.harvest.planning import Selection, select
+from harvester.harvest.summary import Summary
 from harvester.logs import configure_logging, get_logger
-from harvester.observer import Observers, RunObserver
-from harvester.operation import Operation
-from harvester.pgstore import safe_url
-from harvester.planning import Selection, select
+from harvester.ops.operation import Operation
+from harvester.ops.serve import Server
+from harvester.ops.status import build_status, render_status, status_as_json
 from harvester.scrub import register_secret
-from harvester.serve import Server
 from harvester.simulator import command as simulator_command
-from harvester.status import build_status, render_status, status_as_json
-from harvester.summary import Summary
+from harvester.state.backends import read_state, state_name
+from harvester.state.postgres import safe_url
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -290,7 +290,7 @@ async def _operated(
     async with Operation(config, clock) as operation, contextlib.AsyncExitStack() as view:
         observer: RunObserver = operation.metrics
         if live is not None and sys.stderr.isatty():
-            from harvester.live import LiveView, live_progress  # rich only on a terminal
+            from harvester.ops.live import LiveView, live_progress  # rich only on a terminal
 
             shown = LiveView(clock)
             observer = Observers([operation.metrics, shown])

@@ -13,31 +13,31 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from harvester.backends import export_durations, open_state, read_state
-from harvester.chunks import ExportType, TimeRange, start_of_utc_day
-from harvester.claims import Owner, ProcessLease, reap
 from harvester.clock import Clock, SystemClock
+from harvester.clover.chunks import ExportType, TimeRange, start_of_utc_day
 from harvester.config import Config, substitute
-from harvester.downloader import Downloader
 from harvester.errors import ChunkOverlap, ConfigError
-from harvester.estimate import Estimate, estimate
-from harvester.hosts import HostFactories, Hosts
-from harvester.logs import get_logger
-from harvester.observer import RunObserver
-from harvester.pgstore import PgStore
-from harvester.planning import (
+from harvester.harvest.downloader import Downloader
+from harvester.harvest.estimate import Estimate, estimate
+from harvester.harvest.hosts import HostFactories, Hosts
+from harvester.harvest.observer import RunObserver
+from harvester.harvest.planning import (
     Selection,
     lookback_range,
     nightly_range,
     nightly_start,
     plan_chunks,
 )
-from harvester.scheduler import Harvest, MerchantWork
+from harvester.harvest.scheduler import Harvest, MerchantWork
+from harvester.harvest.summary import Summary
+from harvester.logs import get_logger
+from harvester.output.target import Output, open_output
 from harvester.scrub import register_secret
-from harvester.state import ChunkRecord, ChunkStatus, Snapshot, StateStore
-from harvester.store import Store
-from harvester.summary import Summary
-from harvester.target import Output, open_output
+from harvester.state.backends import export_durations, open_state, read_state
+from harvester.state.claims import Owner, ProcessLease, reap
+from harvester.state.postgres import PgStore
+from harvester.state.records import ChunkRecord, ChunkStatus, Snapshot, StateStore
+from harvester.state.sqlite import Store
 
 USER_AGENT = "clover-harvester/0.1"
 _PLAN_ATTEMPTS = 3  # plans cut again when another process's new chunks got in the way

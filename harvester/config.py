@@ -20,10 +20,10 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from harvester.chunks import MAX_CHUNK_DAYS, ExportType, parse_instant
+from harvester.clover.chunks import MAX_CHUNK_DAYS, ExportType, parse_instant
 from harvester.errors import ConfigError
+from harvester.pacing.windows import BUILTIN_REGIONS, WindowTable
 from harvester.scrub import MIN_TOKEN_CHARS
-from harvester.windows import BUILTIN_REGIONS, WindowTable
 from harvester.yaml_file import read_yaml
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

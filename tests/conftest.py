@@ -23,10 +23,10 @@ import yaml
 from harvester.clock import Clock
 from harvester.config import Config, load_config
 from harvester.logs import configure_logging
-from harvester.pgstore import PgStore
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
-from harvester.state import StateStore
-from harvester.store import Store
+from harvester.state.postgres import PgStore
+from harvester.state.records import StateStore
+from harvester.state.sqlite import Store
 from tests.fakeclock import FakeClock
 from tests.pgserver import PgServer, running_server, skip_or_fail, unavailable_reason
 from tests.seaweed import SeaweedFS, seaweedfs

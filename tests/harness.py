@@ -27,19 +27,19 @@ from typing import Any
 import aiohttp
 
 from harvester import commands
-from harvester.chunks import TimeRange
 from harvester.clock import Clock
+from harvester.clover.chunks import TimeRange
+from harvester.clover.ratelimit import RequestLimiter, Scope
 from harvester.config import RateLimits
-from harvester.hosts import Host, HostFactories, Hosts
-from harvester.planning import select
-from harvester.ratelimit import RequestLimiter, Scope
-from harvester.scheduler import Harvest, MerchantWork
+from harvester.harvest.hosts import Host, HostFactories, Hosts
+from harvester.harvest.planning import select
+from harvester.harvest.scheduler import Harvest, MerchantWork
+from harvester.harvest.summary import Summary
+from harvester.output.target import open_output
+from harvester.pacing.slots import ExportSlots
+from harvester.pacing.windows import WindowTable
 from harvester.simulator import Account, Faults, Simulator
-from harvester.slots import ExportSlots
-from harvester.state import ExportRecord
-from harvester.summary import Summary
-from harvester.target import open_output
-from harvester.windows import WindowTable
+from harvester.state.records import ExportRecord
 from tests.conftest import (
     DATA_END,
     DATA_START,

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from harvester.backends import read_state
-from harvester.chunks import ExportType
 from harvester.clock import SystemClock
+from harvester.clover.chunks import ExportType
 from harvester.config import load_config
 from harvester.simulator import Account, Faults, Simulator
-from harvester.state import Snapshot
+from harvester.state.backends import read_state
+from harvester.state.records import Snapshot
 from tests.backfills import start_backfill
 from tests.conftest import DATA_START, harvested, ids, sim_settings
 

@@ -13,7 +13,7 @@ import io
 from datetime import timedelta
 from pathlib import Path
 
-from harvester.chunks import TimeRange
+from harvester.clover.chunks import TimeRange
 from harvester.simulator import Account, Faults
 from harvester.simulator.app import CONCURRENT_HEADER
 from harvester.simulator.faults import FaultKind

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from harvester.backoff import backoff_delay, retry_after_delay
+from harvester.pacing.backoff import backoff_delay, retry_after_delay
 
 SAMPLES = 2000
 

@@ -23,15 +23,15 @@ import aiohttp
 import pytest
 import yaml
 
-from harvester.bucket import BucketChunk, BucketOutput, open_bucket
-from harvester.chunks import ExportType, TimeRange
 from harvester.clock import SystemClock
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.config import Bucket, Secret, Timing
-from harvester.downloader import Downloader
 from harvester.errors import BadFile, ConfigError, OutputError
-from harvester.output import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo
+from harvester.harvest.downloader import Downloader
+from harvester.output.bucket import BucketChunk, BucketOutput, open_bucket
+from harvester.output.folder import MANIFEST_NAME, ChunkOutput, Manifest, PartInfo
 from harvester.simulator import Account, Faults, Simulator
-from harvester.store import Store
+from harvester.state.sqlite import Store
 from tests.backfills import start_backfill
 from tests.conftest import BUCKET, FAST_TIMING, Scenario, ids, new_token, sim_settings
 from tests.fakeclock import FakeClock

@@ -6,8 +6,8 @@ import io
 from datetime import timedelta
 from pathlib import Path
 
-from harvester.chunks import TimeRange
-from harvester.scheduler import Harvest
+from harvester.clover.chunks import TimeRange
+from harvester.harvest.scheduler import Harvest
 from harvester.simulator import Faults
 from harvester.simulator.faults import FaultKind
 from tests.conftest import DATA_START, FAST_TIMING

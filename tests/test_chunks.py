@@ -5,7 +5,7 @@ from itertools import pairwise
 
 import pytest
 
-from harvester.chunks import (
+from harvester.clover.chunks import (
     ExportType,
     TimeRange,
     gaps,

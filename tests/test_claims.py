@@ -15,13 +15,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from harvester import commands
-from harvester.chunks import ExportType, TimeRange
-from harvester.claims import ClaimLost, Owner, ProcessLease, machine_id, pid_alive, reap
 from harvester.cli import main
-from harvester.planning import select
-from harvester.scheduler import Harvest
-from harvester.state import ChunkRecord, ProcessRecord, StateStore
-from harvester.store import Store
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.harvest.planning import select
+from harvester.harvest.scheduler import Harvest
+from harvester.state.claims import ClaimLost, Owner, ProcessLease, machine_id, pid_alive, reap
+from harvester.state.records import ChunkRecord, ProcessRecord, StateStore
+from harvester.state.sqlite import Store
 from tests.conftest import BACKENDS, Scenario, opened_store
 from tests.fakeclock import FakeClock
 from tests.harness import FULL, assert_exactly_once, harvest, log_events, simulated
@@ -212,7 +212,7 @@ async def test_two_stores_opening_a_new_file_at_once_both_succeed(
         "import asyncio, sys\n"
         "from pathlib import Path\n"
         "from harvester.clock import SystemClock\n"
-        "from harvester.store import Store\n"
+        "from harvester.state.sqlite import Store\n"
         "async def main():\n"
         "    async with await Store.open(Path(sys.argv[1]), SystemClock()) as store:\n"
         "        await store.chunks()\n"

@@ -15,7 +15,7 @@ import yaml
 from harvester.cli import main
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator
-from harvester.store import Store
+from harvester.state.sqlite import Store
 from tests.conftest import new_token, sim_settings
 
 GOOD: dict[str, Any] = {

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from harvester.chunks import ExportType, TimeRange
-from harvester.clover import CloverApi, download_file, parse_export, parse_grant
+from harvester.clover.api import CloverApi, download_file, parse_export, parse_grant
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.clover.ratelimit import RequestLimiter
 from harvester.errors import (
     AnswerLost,
     BadFile,
@@ -30,7 +31,6 @@ from harvester.errors import (
     TokenRejected,
     Unavailable503,
 )
-from harvester.ratelimit import RequestLimiter
 from tests.fakeclock import FakeClock
 
 SPAN = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))

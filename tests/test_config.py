@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import ExportType
+from harvester.clover.chunks import ExportType
 from harvester.config import Config, RateLimits, Secret, Timing, load_config
 from harvester.errors import ConfigError
-from harvester.windows import BUILTIN_REGIONS, WindowTable
+from harvester.pacing.windows import BUILTIN_REGIONS, WindowTable
 
 FULL_EXAMPLE = """\
 output_dir: data

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from harvester.encoding import DECODED_PIECE_BYTES, BodyDecoder
+from harvester.clover.encoding import DECODED_PIECE_BYTES, BodyDecoder
 from harvester.errors import BadFile
 
 BODY = json.dumps({"elements": [{"id": f"O{n:05d}", "note": "x" * 40} for n in range(3000)]})

@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 
 from harvester import commands
-from harvester.chunks import TimeRange
 from harvester.cli import main
+from harvester.clover.chunks import TimeRange
 from harvester.config import Region
 from harvester.errors import StoreError
-from harvester.estimate import (
+from harvester.harvest.estimate import (
     DEFAULT_EXPORT_S,
     estimate,
     open_hours_per_week,
     percentile,
     render_estimate,
 )
-from harvester.planning import select
-from harvester.store import read_export_durations
-from harvester.windows import WindowTable
+from harvester.harvest.planning import select
+from harvester.pacing.windows import WindowTable
+from harvester.state.sqlite import read_export_durations
 from tests.conftest import DATA_START
 from tests.fakeclock import FakeClock
 from tests.harness import metronome, simulated

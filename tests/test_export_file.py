@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from harvester.clover.export_file import count_elements
 from harvester.errors import BadFile
-from harvester.export_file import count_elements
 
 
 def document(rng: random.Random, elements: int) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import ExportType, TimeRange
-from harvester.scheduler import Harvest
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.harvest.scheduler import Harvest
 from harvester.simulator import Account, Faults
 from harvester.simulator.faults import FaultKind
-from harvester.state import ExportState
+from harvester.state.records import ExportState
 from tests.conftest import DATA_START, FAST_TIMING, Scenario
 from tests.fakeclock import FakeClock
 from tests.harness import (

@@ -18,21 +18,21 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from harvester.chunks import ExportType, TimeRange, split
-from harvester.clover import CloverApi, TokenGrant
+from harvester.clover.api import CloverApi, TokenGrant
+from harvester.clover.chunks import ExportType, TimeRange, split
+from harvester.clover.ratelimit import RequestLimiter
 from harvester.config import Timing
 from harvester.errors import AnswerLost, CloverUnavailable, PermissionMissing, TokenRejected
-from harvester.gate import UNKNOWN_DURATION_S
-from harvester.merchant import MerchantClient
-from harvester.ratelimit import RequestLimiter
-from harvester.scheduler import Harvest
+from harvester.harvest.merchant import MerchantClient
+from harvester.harvest.scheduler import Harvest
+from harvester.harvest.tokens import RefreshingToken, StaticToken
+from harvester.ops.status import build_status, render_status, status_as_json
+from harvester.pacing.gate import UNKNOWN_DURATION_S
 from harvester.simulator import Account, Faults, Simulator
 from harvester.simulator.app import EMPTY_EXPORTS, FILE_ENCODINGS, PERMISSION_STATUSES
 from harvester.simulator.faults import FaultKind
-from harvester.state import ChunkStatus
-from harvester.status import build_status, render_status, status_as_json
-from harvester.store import Store, read_snapshot
-from harvester.tokens import RefreshingToken, StaticToken
+from harvester.state.records import ChunkStatus
+from harvester.state.sqlite import Store, read_snapshot
 from tests.conftest import DATA_START, Scenario, merchant_ids, new_token, sim_settings
 from tests.fakeclock import FakeClock
 from tests.harness import assert_exactly_once, harvest, log_events, simulated

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from harvester.errors import ServerBusy, Unavailable503, WindowClosed
-from harvester.gate import MIN_MARGIN_S, HostGate, classify_503, p90, window_wait_s
-from harvester.windows import WindowTable
+from harvester.pacing.gate import MIN_MARGIN_S, HostGate, classify_503, p90, window_wait_s
+from harvester.pacing.windows import WindowTable
 from tests.fakeclock import FakeClock
 
 TUESDAY_NOON = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)

@@ -12,13 +12,13 @@ from pathlib import Path
 import aiohttp
 
 from harvester import commands
-from harvester.chunks import ExportType, TimeRange
-from harvester.output import FolderOutput
-from harvester.planning import select
-from harvester.scheduler import MerchantWork
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.harvest.planning import select
+from harvester.harvest.scheduler import MerchantWork
+from harvester.harvest.summary import Summary
+from harvester.output.folder import FolderOutput
 from harvester.simulator import Account, Faults, Simulator
-from harvester.store import Store
-from harvester.summary import Summary
+from harvester.state.sqlite import Store
 from tests.conftest import (
     DATA_START,
     Scenario,

@@ -14,8 +14,8 @@ from aiohttp import web
 
 from harvester.config import Secret, load_config
 from harvester.errors import ConfigError
-from harvester.health import PING_ATTEMPTS, ping, ping_url
-from harvester.operation import Operation
+from harvester.ops.health import PING_ATTEMPTS, ping, ping_url
+from harvester.ops.operation import Operation
 from tests.conftest import Scenario
 from tests.fakeclock import FakeClock
 from tests.harness import log_events

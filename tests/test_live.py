@@ -17,13 +17,13 @@ import pytest
 import yaml
 from rich.console import Console
 
-from harvester.chunks import ExportType
 from harvester.clock import SystemClock
-from harvester.gate import HostGate
-from harvester.live import LiveView, duration, live_progress, window_state
+from harvester.clover.chunks import ExportType
+from harvester.ops.live import LiveView, duration, live_progress, window_state
+from harvester.pacing.gate import HostGate
+from harvester.pacing.slots import ExportSlots
+from harvester.pacing.windows import WindowTable
 from harvester.simulator import Account, Faults, Simulator
-from harvester.slots import ExportSlots
-from harvester.windows import WindowTable
 from tests.conftest import new_token, sim_settings
 from tests.fakeclock import FakeClock
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harvester.simulator import Account, Faults
-from harvester.state import ChunkStatus
+from harvester.state.records import ChunkStatus
 from tests.conftest import BACKENDS, merchant_ids, new_token
 from tests.many import (
     TIMING,

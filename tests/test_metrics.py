@@ -18,15 +18,15 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from harvester import commands
-from harvester.chunks import ExportType
 from harvester.clock import SystemClock
+from harvester.clover.chunks import ExportType
 from harvester.config import MetricsSettings, load_config
 from harvester.errors import ConfigError
-from harvester.health import Health
-from harvester.metrics import Metrics
-from harvester.observer import Observers, RunObserver
-from harvester.operation import Operation
-from harvester.planning import select
+from harvester.harvest.observer import Observers, RunObserver
+from harvester.harvest.planning import select
+from harvester.ops.health import Health
+from harvester.ops.metrics import Metrics
+from harvester.ops.operation import Operation
 from harvester.simulator import Account, Faults, Simulator
 from tests.conftest import Scenario, new_token, sim_settings
 from tests.fakeclock import FakeClock
@@ -325,10 +325,10 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
         assert value(text, "harvester_last_success_timestamp_seconds") > 0
         assert [path for path, _ in pings.pings] == ["/ping/abc-123/start", "/ping/abc-123"]
     imported = [line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines()]
-    assert "harvester.scheduler" in imported
+    assert "harvester.harvest.scheduler" in imported
     # Off a terminal the live view is never imported. (structlog imports rich by itself
     # whenever it is installed, for its console tracebacks: the JSON path does not use it.)
-    assert "harvester.live" not in imported
+    assert "harvester.ops.live" not in imported
     finished = [json.loads(line) for line in err.decode().splitlines() if "run.finished" in line]
     assert finished[0]["exports_created"] == sim.stats.exports_created
     assert "merchants" in finished[0]

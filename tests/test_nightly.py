@@ -14,19 +14,19 @@ import aiohttp
 import pytest
 
 from harvester import commands
-from harvester.chunks import ExportType, TimeRange
 from harvester.cli import main
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.config import Config
-from harvester.downloader import Downloader
-from harvester.hosts import Hosts
-from harvester.output import FolderOutput, Manifest
-from harvester.planning import Selection, select
-from harvester.scheduler import Harvest, MerchantWork
+from harvester.harvest.downloader import Downloader
+from harvester.harvest.hosts import Hosts
+from harvester.harvest.planning import Selection, select
+from harvester.harvest.scheduler import Harvest, MerchantWork
+from harvester.harvest.summary import Summary
+from harvester.output.folder import FolderOutput, Manifest
+from harvester.output.target import ChunkTarget
 from harvester.simulator import Account, Faults, Simulator
-from harvester.state import ChunkRecord, ChunkStatus, ExportRecord
-from harvester.store import Store
-from harvester.summary import Summary
-from harvester.target import ChunkTarget
+from harvester.state.records import ChunkRecord, ChunkStatus, ExportRecord
+from harvester.state.sqlite import Store
 from tests.conftest import Scenario, harvested, ids, merchant_ids, new_token, sim_settings
 from tests.fakeclock import FakeClock
 

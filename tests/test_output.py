@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import ExportType, TimeRange
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.errors import BadFile
-from harvester.output import (
+from harvester.output.folder import (
     MANIFEST_NAME,
     ChunkOutput,
     EmptyReason,

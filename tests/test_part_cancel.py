@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import ExportType, TimeRange
-from harvester.output import ChunkOutput
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.output.folder import ChunkOutput
 from tests.conftest import DATA_START
 
 WAIT_S = 5.0  # real seconds; only reached if the thread never gets going

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from harvester.backends import read_state
-from harvester.chunks import ExportType
 from harvester.cli import main
 from harvester.clock import SystemClock
+from harvester.clover.chunks import ExportType
 from harvester.config import Config
 from harvester.errors import ConfigError, StoreError
-from harvester.pgstore import PgStore, read_export_durations, safe_url
-from harvester.state import PartRecord
-from harvester.store import Store
+from harvester.state.backends import read_state
+from harvester.state.postgres import PgStore, read_export_durations, safe_url
+from harvester.state.records import PartRecord
+from harvester.state.sqlite import Store
 from tests.conftest import NOW, Scenario
 from tests.fakeclock import FakeClock
 from tests.pgserver import PgServer

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harvester.polling import next_poll_delay, progress_elapsed_s
+from harvester.pacing.polling import next_poll_delay, progress_elapsed_s
 
 POLL_MIN_S = 2.0
 POLL_MAX_S = 60.0

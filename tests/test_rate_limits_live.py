@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import TimeRange
-from harvester.scheduler import Harvest
+from harvester.clover.chunks import TimeRange
+from harvester.harvest.scheduler import Harvest
 from harvester.simulator import Faults
 from harvester.simulator.app import (
     APP_CONCURRENT_HEADER,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from harvester.ratelimit import RequestLimiter, Scope, scope_of_header
+from harvester.clover.ratelimit import RequestLimiter, Scope, scope_of_header
 from tests.conftest import until
 from tests.fakeclock import FakeClock
 

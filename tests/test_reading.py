@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 
 from harvester import commands
-from harvester.chunks import ExportType
-from harvester.planning import select
+from harvester.clover.chunks import ExportType
+from harvester.harvest.planning import select
 from tests.conftest import Scenario, harvested, ids
 from tests.fakeclock import FakeClock
 from tests.harness import FULL

@@ -10,14 +10,14 @@ from pathlib import Path
 import aiohttp
 
 from harvester import commands
-from harvester.chunks import ExportType, TimeRange
 from harvester.clock import Clock
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.config import Region, Timing
-from harvester.gate import MIN_MARGIN_S, HostGate
-from harvester.hosts import HostFactories, make_gate
-from harvester.planning import select
+from harvester.harvest.hosts import HostFactories, make_gate
+from harvester.harvest.planning import select
+from harvester.pacing.gate import MIN_MARGIN_S, HostGate
 from harvester.simulator import Account, Faults, Simulator
-from harvester.store import Store
+from harvester.state.sqlite import Store
 from tests.conftest import DATA_START, Scenario, harvested, merchant_ids, new_token, sim_settings
 from tests.fakeclock import FakeClock
 

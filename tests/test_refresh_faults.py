@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 
 from harvester import commands
-from harvester.chunks import ExportType, TimeRange
-from harvester.clover import CloverApi, ExportStatus
+from harvester.clover.api import CloverApi, ExportStatus
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.clover.ratelimit import RequestLimiter
 from harvester.config import Timing
 from harvester.errors import CloverUnavailable, HarvesterError, RateLimited, TokenRejected
-from harvester.merchant import MerchantClient
-from harvester.planning import select
-from harvester.ratelimit import RequestLimiter
+from harvester.harvest.merchant import MerchantClient
+from harvester.harvest.planning import select
 from harvester.simulator import Account, Faults, Simulator
 from harvester.simulator.faults import FaultKind
 from tests.conftest import DATA_START, Scenario, harvested, merchant_ids, new_token, sim_settings

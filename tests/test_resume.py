@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harvester.chunks import ExportType
 from harvester.clock import SystemClock
+from harvester.clover.chunks import ExportType
 from harvester.simulator import Account, Faults, Simulator
-from harvester.state import ChunkStatus
-from harvester.store import read_snapshot
+from harvester.state.records import ChunkStatus
+from harvester.state.sqlite import read_snapshot
 from tests.backfills import start_backfill
 from tests.conftest import DATA_START, harvested, ids, merchant_ids, new_token, sim_settings
 

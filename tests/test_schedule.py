@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import StoreError
-from harvester.schedule import (
+from harvester.ops.schedule import (
     LastRun,
     latest_slot,
     next_run_at,

@@ -17,8 +17,8 @@ import yaml
 
 from harvester.cli import main
 from harvester.clock import SystemClock
-from harvester.schedule import LastRun, read_last_run, write_last_run
-from harvester.serve import Server, last_run_path
+from harvester.ops.schedule import LastRun, read_last_run, write_last_run
+from harvester.ops.serve import Server, last_run_path
 from harvester.simulator import Account, Faults, Simulator
 from tests.conftest import new_token, sim_settings
 from tests.fakeclock import FakeClock

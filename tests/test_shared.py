@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.state import StateStore
+from harvester.state.records import StateStore
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
 from tests.test_claims import START, process

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import ExportType
-from harvester.output import ChunkOutput, recover
+from harvester.clover.chunks import ExportType
+from harvester.output.folder import ChunkOutput, recover
 from tests.test_output import JANUARY, MERCHANT, export_file, listing, save_part, stage
 
 

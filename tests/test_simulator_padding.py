@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harvester import commands
-from harvester.chunks import TimeRange
-from harvester.planning import select
+from harvester.clover.chunks import TimeRange
+from harvester.harvest.planning import select
 from harvester.simulator import Account, Faults, Simulator
 from tests.conftest import DATA_START, Scenario, harvested, merchant_ids, new_token, sim_settings
 from tests.fakeclock import FakeClock

@@ -6,7 +6,7 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from harvester.slots import ExportSlots, Slot
+from harvester.pacing.slots import ExportSlots, Slot
 from tests.conftest import until
 from tests.fakeclock import FakeClock
 

@@ -28,17 +28,17 @@ from pathlib import Path
 import pytest
 
 from harvester import commands
-from harvester.chunks import ExportType, TimeRange
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.config import Region
-from harvester.hosts import HostFactories, make_slots
-from harvester.planning import select
+from harvester.harvest.hosts import HostFactories, make_slots
+from harvester.harvest.planning import select
+from harvester.harvest.summary import Summary
+from harvester.pacing.slots import ExportSlots
 from harvester.simulator import Account, Faults, Simulator
 from harvester.simulator.command import DailyWindow
 from harvester.simulator.faults import FaultKind
-from harvester.slots import ExportSlots
-from harvester.state import ChunkRecord, ExportRecord, ExportState
-from harvester.store import Store
-from harvester.summary import Summary
+from harvester.state.records import ChunkRecord, ExportRecord, ExportState
+from harvester.state.sqlite import Store
 from tests.conftest import (
     FAST_TIMING,
     NOW,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import ExportType, TimeRange
 from harvester.cli import main
-from harvester.state import ExportState
-from harvester.store import Store
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.state.records import ExportState
+from harvester.state.sqlite import Store
 from tests.fakeclock import FakeClock
 
 DAY = timedelta(days=1)

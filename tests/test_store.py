@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -14,13 +14,20 @@ from typing import Any
 
 import pytest
 
-from harvester.chunks import ExportType, TimeRange
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.errors import StoreError
-from harvester.state import ChunkRecord, ChunkStatus, ExportState, PartRecord, StateStore
-from harvester.store import MIGRATIONS, SCHEMA_VERSION, Store, read_snapshot
+from harvester.state.records import (
+    ChunkRecord,
+    ChunkStatus,
+    ExportRecord,
+    ExportState,
+    PartRecord,
+    StateStore,
+)
+from harvester.state.sqlite import MIGRATIONS, SCHEMA_VERSION, Store, read_snapshot
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
-from tests.statefile import exports_in
+from tests.statefile import exports_in, pg_exports_in
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 JANUARY = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
@@ -47,6 +54,17 @@ async def store(
     """The store on each backend: every test taking it runs on SQLite and on PostgreSQL."""
     async with opened_store(request.param, request, db_path, clock) as opened:
         yield opened
+
+
+@pytest.fixture
+def recorded_exports(
+    request: pytest.FixtureRequest, store: StateStore, db_path: Path
+) -> Callable[..., list[ExportRecord]]:
+    """The exports `store` holds, read straight from its tables (of one chunk, if given)."""
+    if isinstance(store, Store):
+        return lambda chunk_id=None: exports_in(db_path, chunk_id)
+    url: str = request.getfixturevalue("pg_url")
+    return lambda chunk_id=None: pg_exports_in(url, chunk_id)
 
 
 @pytest.fixture
@@ -270,39 +288,43 @@ async def test_chunks_filters_by_merchant_type_and_status(store: StateStore) -> 
     assert await store.chunks("NOBODY") == []
 
 
-async def test_unknown_chunk_ids_are_store_errors(sqlite_store: StateStore, db_path: Path) -> None:
+async def test_unknown_chunk_ids_are_store_errors(
+    store: StateStore, recorded_exports: Callable[..., list[ExportRecord]]
+) -> None:
     """Asking about or changing a chunk that does not exist raises StoreError."""
     with pytest.raises(StoreError, match="no chunk 999"):
-        await sqlite_store.get_chunk(999)
+        await store.get_chunk(999)
     with pytest.raises(StoreError, match="no chunk 999"):
-        await sqlite_store.complete_chunk(999)
+        await store.complete_chunk(999)
     with pytest.raises(StoreError, match="no chunk 999"):
-        await sqlite_store.record_export(999, "E1", "PENDING", 0.0)
-    assert exports_in(db_path) == []
+        await store.record_export(999, "E1", "PENDING", 0.0)
+    assert recorded_exports() == []
 
 
-async def test_full_lifecycle(sqlite_store: StateStore, clock: FakeClock, db_path: Path) -> None:
+async def test_full_lifecycle(
+    store: StateStore, clock: FakeClock, recorded_exports: Callable[..., list[ExportRecord]]
+) -> None:
     """A chunk goes pending -> exporting -> downloading -> complete and becomes covered."""
-    chunk = await add_one(sqlite_store)
+    chunk = await add_one(store)
 
     clock.advance(1)
-    export = await sqlite_store.record_export(chunk.id, "E1", "PENDING", 0.0)
+    export = await store.record_export(chunk.id, "E1", "PENDING", 0.0)
     assert (export.id, export.chunk_id, export.state) == ("E1", chunk.id, ExportState.RUNNING)
     assert export.created_at == START + timedelta(seconds=1)
-    exporting = await sqlite_store.get_chunk(chunk.id)
+    exporting = await store.get_chunk(chunk.id)
     assert exporting.status is ChunkStatus.EXPORTING
     assert (exporting.export_id, exporting.exports_created) == ("E1", 1)
 
     clock.advance(30)
-    await sqlite_store.update_export("E1", "IN_PROGRESS", 42.5)
-    polled = await sqlite_store.get_export("E1")
+    await store.update_export("E1", "IN_PROGRESS", 42.5)
+    polled = await store.get_export("E1")
     assert polled is not None
     assert (polled.status, polled.percent) == ("IN_PROGRESS", 42.5)
     assert polled.updated_at == START + timedelta(seconds=31)
 
     until = START + timedelta(hours=24)
-    await sqlite_store.export_done("E1", until, URLS)
-    done = await sqlite_store.get_export("E1")
+    await store.export_done("E1", until, URLS)
+    done = await store.get_export("E1")
     assert done is not None
     assert (done.state, done.status, done.urls, done.available_until) == (
         ExportState.DONE,
@@ -310,41 +332,41 @@ async def test_full_lifecycle(sqlite_store: StateStore, clock: FakeClock, db_pat
         URLS,
         until,
     )
-    assert (await sqlite_store.get_chunk(chunk.id)).status is ChunkStatus.DOWNLOADING
+    assert (await store.get_chunk(chunk.id)).status is ChunkStatus.DOWNLOADING
 
     clock.advance(5)
-    await sqlite_store.complete_chunk(chunk.id)
-    complete = await sqlite_store.get_chunk(chunk.id)
+    await store.complete_chunk(chunk.id)
+    complete = await store.get_chunk(chunk.id)
     assert complete.status is ChunkStatus.COMPLETE
     assert complete.completed_at == START + timedelta(seconds=36)
     assert complete.export_id == "E1"
     assert (complete.last_error, complete.last_error_at) == (None, None)
-    assert await sqlite_store.covered(MERCHANT, ExportType.PAYMENTS) == [JANUARY]
-    assert await sqlite_store.covered(MERCHANT, ExportType.ORDERS) == []
-    assert len(exports_in(db_path)) == 1
+    assert await store.covered(MERCHANT, ExportType.PAYMENTS) == [JANUARY]
+    assert await store.covered(MERCHANT, ExportType.ORDERS) == []
+    assert len(recorded_exports()) == 1
 
 
 async def test_end_export_puts_the_chunk_back_to_pending(
-    sqlite_store: StateStore, clock: FakeClock, db_path: Path
+    store: StateStore, clock: FakeClock, recorded_exports: Callable[..., list[ExportRecord]]
 ) -> None:
     """An export that fails, expires or is lost is dropped and its chunk is due again."""
-    chunk = await add_one(sqlite_store)
-    await sqlite_store.record_export(chunk.id, "E1", "PENDING", 0.0)
-    await sqlite_store.export_done("E1", None, URLS)
+    chunk = await add_one(store)
+    await store.record_export(chunk.id, "E1", "PENDING", 0.0)
+    await store.export_done("E1", None, URLS)
     clock.advance(10)
-    await sqlite_store.end_export("E1", ExportState.EXPIRED, "files expired")
-    ended = await sqlite_store.get_export("E1")
+    await store.end_export("E1", ExportState.EXPIRED, "files expired")
+    ended = await store.get_export("E1")
     assert ended is not None
     assert ended.state is ExportState.EXPIRED
-    pending = await sqlite_store.get_chunk(chunk.id)
+    pending = await store.get_chunk(chunk.id)
     assert (pending.status, pending.export_id) == (ChunkStatus.PENDING, None)
     assert (pending.last_error, pending.last_error_at) == ("files expired", clock.now())
 
-    await sqlite_store.record_export(chunk.id, "E2", "PENDING", 0.0)
-    again = await sqlite_store.get_chunk(chunk.id)
+    await store.record_export(chunk.id, "E2", "PENDING", 0.0)
+    again = await store.get_chunk(chunk.id)
     assert (again.export_id, again.exports_created) == ("E2", 2)
-    assert [export.id for export in exports_in(db_path, chunk.id)] == ["E1", "E2"]
-    assert len(exports_in(db_path)) == 2
+    assert [export.id for export in recorded_exports(chunk.id)] == ["E1", "E2"]
+    assert len(recorded_exports()) == 2
 
 
 async def test_end_export_takes_only_ending_states(store: StateStore) -> None:

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from harvester.chunks import TimeRange
-from harvester.clover import TokenGrant
+from harvester.clover.api import TokenGrant
+from harvester.clover.chunks import TimeRange
 from harvester.errors import StoreError
-from harvester.scheduler import Harvest
+from harvester.harvest.scheduler import Harvest
+from harvester.harvest.tokens import RefreshingToken
 from harvester.simulator import Account
-from harvester.store import Store
-from harvester.tokens import RefreshingToken
+from harvester.state.sqlite import Store
 from tests.conftest import DATA_START, FAST_TIMING, Scenario
 from tests.fakeclock import FakeClock
 from tests.harness import Requests, assert_exactly_once, harvest, log_events, simulated

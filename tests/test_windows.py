@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from harvester.errors import ConfigError
-from harvester.windows import (
+from harvester.pacing.windows import (
     BUILTIN_REGIONS,
     WindowRule,
     WindowTable,

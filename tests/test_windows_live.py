@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import ExportType, TimeRange
+from harvester.clover.chunks import ExportType, TimeRange
 from tests.conftest import DATA_START, FAST_TIMING, NOW, Scenario
 from tests.fakeclock import FakeClock
 from tests.harness import (

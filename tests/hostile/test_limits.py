@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harvester.chunks import ExportType, TimeRange
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.config import Timing
-from harvester.downloader import CappedWriter, download_deadline_s
 from harvester.errors import FileTooLarge, OutputError
-from harvester.output import ChunkOutput
-from harvester.room import OutputRoom
+from harvester.harvest.downloader import CappedWriter, download_deadline_s
+from harvester.output.folder import ChunkOutput
+from harvester.output.room import OutputRoom
 
 RANGE = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
 

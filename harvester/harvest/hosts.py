@@ -1,0 +1,178 @@
+"""The harvest's wiring: each Clover host's client, limiter, slots and gate, and each
+merchant's tokens and client.
+
+`Harvest` is handed a `Hosts` and asks it for what a merchant needs; tests pass their own
+gate, slots or limiter factories to watch what the harvest does with them. What several processes
+on one state share (export slots, refresh locks) goes through this process's lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import aiohttp
+
+from harvester.clock import Clock, SystemClock
+from harvester.clover.api import CloverApi, TokenGrant
+from harvester.clover.ratelimit import RequestLimiter
+from harvester.config import Config, Merchant, RateLimits, Region, Timing
+from harvester.harvest.merchant import MerchantClient
+from harvester.harvest.observer import RunObserver
+from harvester.harvest.tokens import RefreshingToken, StaticToken, TokenSource
+from harvester.pacing.gate import HostGate
+from harvester.pacing.slots import ExportSlots
+from harvester.state.claims import Owner, ProcessLease
+from harvester.state.records import StateStore
+from harvester.state.shared import RefreshLocks, SharedSlots
+
+
+@dataclass(slots=True)
+class Host:
+    """One Clover API host and everything that is shared by its merchants."""
+
+    region: Region
+    api: CloverApi
+    limiter: RequestLimiter
+    slots: ExportSlots  # this process's
+    gate: HostGate
+    shared: SharedSlots  # the host's, across the processes on the state
+
+
+def make_gate(region: Region, timing: Timing, clock: Clock, rng: random.Random) -> HostGate:
+    return HostGate(
+        region.base_url,
+        region.windows,
+        clock,
+        backoff_base_s=timing.backoff_base_s,
+        backoff_max_s=timing.backoff_max_s,
+        margin_s=timing.window_margin_s,
+        rng=rng,
+    )
+
+
+def make_slots(region: Region) -> ExportSlots:
+    return ExportSlots(region.max_concurrent_exports)
+
+
+def make_limiter(limits: RateLimits, clock: Clock) -> RequestLimiter:
+    return RequestLimiter(
+        clock,
+        limits.token_requests_per_s,
+        limits.token_concurrent,
+        limits.app_requests_per_s,
+        limits.app_concurrent,
+        margin=limits.margin,
+    )
+
+
+GateFactory = Callable[[Region, Timing, Clock, random.Random], HostGate]
+SlotsFactory = Callable[[Region], ExportSlots]
+LimiterFactory = Callable[[RateLimits, Clock], RequestLimiter]
+
+
+@dataclass(frozen=True, slots=True)
+class HostFactories:
+    """How a host's gate, export slots and request limiter are made (tests pass spies)."""
+
+    gate: GateFactory = make_gate
+    slots: SlotsFactory = make_slots
+    limiter: LimiterFactory = make_limiter
+
+
+class Hosts:
+    """Builds each region's `Host` once, on first use, and each merchant's client."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        store: StateStore,
+        clock: Clock,
+        rng: random.Random,
+        factories: HostFactories | None = None,
+        observer: RunObserver | None = None,
+        *,
+        lease: ProcessLease | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Without `lease`, one of its own for this process (entered by `Harvest.run`)."""
+        self._config = config
+        self._observer = observer or RunObserver()
+        self._session = session
+        self._store = store
+        self._clock = clock
+        self._rng = rng
+        self._factories = factories or HostFactories()
+        self._hosts: dict[str, Host] = {}
+        self._stop = stop or asyncio.Event()
+        # The heartbeat keeps real time whatever `clock` is: see ProcessLease.
+        self.lease = lease or ProcessLease(
+            store, Owner.this_process("harvest"), clock, config.timing.lease_s, SystemClock()
+        )
+        self._refresh_locks = RefreshLocks(self.lease, clock, config.timing.poll_min_s)
+
+    @property
+    def built(self) -> Mapping[str, Host]:
+        """The hosts built so far, by region name."""
+        return MappingProxyType(self._hosts)
+
+    def host(self, region: Region) -> Host:
+        host = self._hosts.get(region.name)
+        if host is None:
+            limiter = self._factories.limiter(region.rate_limits, self._clock)
+            api = CloverApi(
+                self._session, region.base_url, limiter, self._config.timing.request_timeout_s
+            )
+            gate = self._factories.gate(region, self._config.timing, self._clock, self._rng)
+            slots = self._factories.slots(region)
+            shared = SharedSlots(
+                slots,
+                self.lease,
+                region.base_url,
+                self._clock,
+                self._stop,
+                self._config.timing.poll_min_s,
+                self._rng,
+            )
+            host = Host(region, api, limiter, slots, gate, shared)
+            self._hosts[region.name] = host
+        return host
+
+    def client(self, merchant: Merchant) -> MerchantClient:
+        """The merchant's line to Clover, on its region's host."""
+        host = self.host(merchant.region)
+        return MerchantClient(
+            merchant.id,
+            host.api,
+            self._tokens(merchant, host),
+            host.limiter,
+            self._config.timing,
+            self._clock,
+            self._rng,
+            on_rate_limited=lambda scope: self._observer.rate_limited(merchant.region.name, scope),
+        )
+
+    def _tokens(self, merchant: Merchant, host: Host) -> TokenSource:
+        if merchant.token is not None:
+            return StaticToken(merchant.token.reveal())
+        # The config guarantees a refresh token and a client id where there is no token.
+        assert merchant.refresh_token is not None
+        assert merchant.client_id is not None
+        client_id = merchant.client_id
+
+        async def refresher(refresh_token: str) -> TokenGrant:
+            return await host.api.refresh(merchant.id, client_id, refresh_token)
+
+        return RefreshingToken(
+            merchant.id,
+            merchant.refresh_token.reveal(),
+            refresher,
+            self._store,
+            self._clock,
+            self._config.timing.token_refresh_margin_s,
+            lambda: self._refresh_locks.hold(merchant.id),
+        )

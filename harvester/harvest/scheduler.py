@@ -1,0 +1,576 @@
+"""The harvest: a worker per merchant, export slots per host, and each chunk's life.
+
+A chunk's life: wait for the host's window, take an export slot (round-robin across
+merchants), POST the export and record its id at once, poll it until DONE while holding
+the slot, give the slot back, then download its files and swap its folder into place.
+A chunk already in flight when a run starts (the last one died) picks up where it was:
+polling its stored export, or downloading the parts not saved yet.
+
+A failed export is created again after a jittered exponential backoff (at most
+`export_cooldown_s`); one whose files expired, at once. An export DONE that lists no files
+is believed (an empty chunk) only once a second export of the range says the same. A create
+whose answer was lost leaves an orphan that holds a slot of its host for a while
+(pacing/orphans.py).
+
+Other processes may share the state: a chunk is harvested only under its claim (see
+state/claims.py). A chunk claimed by another process waits until the queue is empty, then until
+that process is done with it (reported as done elsewhere) or gone (taken over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+
+from harvester.clock import Clock, nap
+from harvester.clover.api import DONE_STATUSES, RUNNING_STATUSES, ExportInfo
+from harvester.clover.chunks import ExportType
+from harvester.config import Config, Merchant
+from harvester.errors import (
+    AnswerLost,
+    CloverUnavailable,
+    ExportFailed,
+    ExportNotFound,
+    FileExpired,
+    HarvesterError,
+    OutputError,
+    PermissionMissing,
+    ServerBusy,
+    StoreError,
+    TokenRejected,
+    Unavailable503,
+    WindowClosed,
+)
+from harvester.harvest.downloader import Downloader
+from harvester.harvest.hosts import Host, Hosts
+from harvester.harvest.merchant import MerchantClient
+from harvester.harvest.observer import RunObserver
+from harvester.harvest.summary import Summary
+from harvester.logs import get_logger
+from harvester.output.room import OutputRoom
+from harvester.output.target import ChunkTarget, Output
+from harvester.pacing.backoff import backoff_delay, capped_backoff_delay
+from harvester.pacing.orphans import OrphanHolds
+from harvester.pacing.polling import next_poll_delay, progress_elapsed_s
+from harvester.pacing.slots import Slot
+from harvester.state.claims import ClaimLost, ProcessLease
+from harvester.state.records import ChunkRecord, ChunkStatus, ExportRecord, ExportState, StateStore
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantWork:
+    """The chunks one merchant should have harvested by the end of the run."""
+
+    merchant: Merchant
+    chunks: tuple[ChunkRecord, ...]
+
+
+@dataclass(slots=True)
+class _Merchant:
+    merchant: Merchant
+    host: Host
+    client: MerchantClient
+    queue: deque[ChunkRecord]
+    deferred: deque[ChunkRecord] = field(default_factory=deque)  # claimed by another process
+    refusal: str | None = None  # set once Clover refused the merchant: no more tries this run
+    waited: set[int] = field(default_factory=set)  # deferred ids looked at since the last nap
+    lanes: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class _Stopped(Exception):
+    """The run is shutting down; the chunk stays as it is for the next run."""
+
+
+class _NoFilesListed(ExportFailed):
+    """An export ended DONE listing no files: an empty range, or a glitch. Not believed yet."""
+
+
+class Harvest:
+    """One run's harvest of the given work, on the hosts and downloader it is handed."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        hosts: Hosts,
+        downloader: Downloader,
+        destination: Output,
+        clock: Clock,
+        stop: asyncio.Event,
+        rng: random.Random | None = None,
+        observer: RunObserver | None = None,
+    ) -> None:
+        self._config = config
+        self._observer = observer or RunObserver()
+        self._announced: set[str] = set()  # regions whose host the observer was shown
+        self._store = store
+        self._hosts = hosts
+        self._downloader = downloader
+        self._destination = destination  # the folder or the bucket: chunks land there alike
+        self._clock = clock
+        self._stop = stop
+        self._rng = rng or random.Random()
+        self._orphans = OrphanHolds(clock)
+        self._room = OutputRoom(config.output_dir, config.min_free_bytes)
+        self.summary = Summary()
+
+    @property
+    def lease(self) -> ProcessLease:
+        """This process's lease on the state (its hosts'): claims are taken under it."""
+        return self._hosts.lease
+
+    async def run(self, work: Sequence[MerchantWork]) -> Summary:
+        if not self.lease.active:
+            # Not entered by the caller (as in-process tests run it): for this run only.
+            async with self.lease:
+                return await self._run(work)
+        return await self._run(work)
+
+    async def _run(self, work: Sequence[MerchantWork]) -> Summary:
+        for item in work:
+            for chunk in item.chunks:
+                self.summary.tally(item.merchant.id, ExportType(chunk.type)).chunks_planned += 1
+        self._observer.chunks_planned(sum(len(item.chunks) for item in work))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for item in work:
+                    if item.chunks:
+                        group.create_task(
+                            self._merchant_worker(item), name=f"merchant-{item.merchant.id}"
+                        )
+        except* StoreError as errors:
+            # Nothing can be recorded any more (the state's disk is full, say): every worker
+            # has stopped, and what was not recorded is redone by the next run.
+            error = _first(errors)
+            self.summary.problems.append(f"stopped: {error}")
+            get_logger().error("run.state_failed", error=str(error))
+        finally:
+            await self._orphans.close()
+        self.summary.stopped = self._stop.is_set() and not self.summary.all_done
+        return self.summary
+
+    async def _merchant_worker(self, work: MerchantWork) -> None:
+        merchant = work.merchant
+        host = self._hosts.host(merchant.region)
+        if merchant.region.name not in self._announced:
+            self._announced.add(merchant.region.name)
+            self._observer.host_added(merchant.region.name, host.slots, host.gate)
+        client = self._hosts.client(merchant)
+        # Chunks already in flight go first: their exports hold server slots right now.
+        ordered = sorted(work.chunks, key=lambda c: (c.export_id is None, c.range.start, c.type))
+        state = _Merchant(merchant, host, client, deque(ordered))
+        structlog.contextvars.bind_contextvars(merchant=merchant.id)
+        # A merchant may run several exports at once when slots are free; fairness between
+        # merchants is the slots' job.
+        lanes = min(host.slots.maximum, len(ordered))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(lanes):
+                group.create_task(self._lane(state))
+
+    async def _lane(self, state: _Merchant) -> None:
+        while not self._stop.is_set():
+            if state.queue:
+                chunk = state.queue.popleft()
+            elif state.deferred:
+                chunk = state.deferred.popleft()
+                if chunk.id in state.waited:
+                    # A whole round of chunks held elsewhere: give their holders time.
+                    state.waited.clear()
+                    if not await self._nap(self._hold_poll_s()):
+                        return
+                    await self.lease.reap()
+                state.waited.add(chunk.id)
+            else:
+                return
+            with structlog.contextvars.bound_contextvars(
+                type=str(chunk.type), range=str(chunk.range)
+            ):
+                await self._claimed(state, chunk)
+
+    def _hold_poll_s(self) -> float:
+        """How often a chunk held by another process is looked at again."""
+        return min(5.0, self.lease.lease_s / 10)
+
+    async def _claimed(self, state: _Merchant, chunk: ChunkRecord) -> None:
+        """Harvest the chunk under its claim, or defer it while another process holds it."""
+        log = get_logger()
+        tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
+        claim = await self.lease.claim(chunk.id)
+        if claim.chunk.status is ChunkStatus.COMPLETE:
+            # Done by another process since this run planned it.
+            if claim.granted:
+                await self.lease.release(chunk.id)
+            state.waited.discard(chunk.id)
+            tally.chunks_done += 1
+            tally.chunks_elsewhere += 1
+            self._observer.chunk_completed(ExportType(chunk.type), 0, 0)
+            log.info("chunk.done_elsewhere")
+            return
+        if not claim.granted:
+            holder = claim.held_by
+            assert holder is not None
+            if chunk.id not in state.waited:
+                log.info(
+                    "chunk.held_elsewhere",
+                    host=holder.host,
+                    pid=holder.pid,
+                    command=holder.command,
+                    lease_until=holder.lease_until.isoformat(),
+                )
+            state.deferred.append(claim.chunk)
+            return
+        state.waited.discard(chunk.id)
+        chunk = claim.chunk  # as it stands now: another process may have moved it on
+        try:
+            if state.refusal is not None:
+                await self._store.fail_chunk(chunk.id, state.refusal)
+                tally.chunks_failed += 1
+                self._observer.chunk_failed(ExportType(chunk.type))
+                return
+            try:
+                await self._harvest_chunk(state, chunk)
+            except _Stopped:
+                pass
+            except ClaimLost as exc:
+                # Another process took it over while this one's lease had lapsed: what this
+                # one staged is no use to anybody; wait to see it done.
+                log.warning("chunk.claim_lost", error=str(exc))
+                await self._output(chunk).discard_staging()
+                state.deferred.append(chunk)
+            except StoreError:
+                raise  # the run cannot go on without its state
+            except Exception as exc:  # one chunk's bug must not tear down the others
+                log.exception("chunk.crashed")
+                await self._fail(chunk, f"unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            await self.lease.release(chunk.id)
+
+    async def _fail(self, chunk: ChunkRecord, error: str) -> None:
+        await self.lease.confirm(chunk.id)
+        await self._store.fail_chunk(chunk.id, error)
+        tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
+        tally.chunks_failed += 1
+        self._observer.chunk_failed(ExportType(chunk.type))
+        tally.errors.append(f"{chunk.range.name}: {error}")
+        get_logger().error("chunk.failed", error=error)
+
+    async def _harvest_chunk(self, state: _Merchant, chunk: ChunkRecord) -> None:
+        log = get_logger()
+        tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
+        failed_exports = 0
+        no_files_once = False  # the last export ended DONE listing no files
+        while True:
+            try:
+                export = await self._finished_export(state, chunk, no_files_once)
+                if self._stop.is_set():
+                    raise _Stopped
+                output = self._output(chunk)
+                await self.lease.confirm(chunk.id)
+                adopted = await output.adopt_staging(await self.lease.gone_owners())
+                if adopted is not None:
+                    log.info("staging.adopted", path=str(adopted))
+                manifest = await self._downloader.publish_chunk(output, chunk, export)
+                await asyncio.shield(self._store.complete_chunk(chunk.id))
+                self._room.published(sum(part.size for part in manifest.parts))
+                objects = sum(part.objects for part in manifest.parts)
+                tally.chunks_done += 1
+                tally.chunks_empty += manifest.empty_reason is not None
+                tally.objects += objects
+                tally.parts += len(manifest.parts)
+                tally.bytes += sum(part.size for part in manifest.parts)
+                self._observer.chunk_completed(
+                    ExportType(chunk.type), objects, sum(part.size for part in manifest.parts)
+                )
+                log.info(
+                    "chunk.completed",
+                    export_id=export.id,
+                    parts=len(manifest.parts),
+                    objects=objects,
+                    empty=manifest.empty_reason,
+                )
+                return
+            except ClaimLost:
+                raise
+            except (ExportFailed, ExportNotFound, FileExpired) as exc:
+                await self.lease.confirm(chunk.id)
+                current = await self._store.get_chunk(chunk.id)
+                if current.export_id is not None:
+                    ended = (
+                        ExportState.LOST
+                        if isinstance(exc, ExportNotFound)
+                        else ExportState.EXPIRED
+                        if isinstance(exc, FileExpired)
+                        else ExportState.FAILED
+                    )
+                    await self._store.end_export(current.export_id, ended, str(exc))
+                # Parts of a dead export must never be published with the next export's.
+                await self._output(chunk).discard_staging()
+                no_files_once = isinstance(exc, _NoFilesListed)
+                if no_files_once:
+                    # Not a failure (yet): a second export of the range is asked at once.
+                    self.summary.events["export_no_files_unconfirmed"] += 1
+                    log.info("export.no_files", export_id=current.export_id, error=str(exc))
+                    chunk = await self._store.get_chunk(chunk.id)
+                    continue
+                failed_exports += 1
+                self.summary.events[f"export_{type(exc).__name__}"] += 1
+                wait_s = self._recreate_wait_s(exc, failed_exports)
+                log.warning(
+                    "export.failed",
+                    export_id=current.export_id,
+                    error=str(exc),
+                    attempt=failed_exports,
+                    wait_s=round(wait_s, 3),
+                )
+                if failed_exports >= self._config.max_export_attempts:
+                    await self._fail(chunk, f"{failed_exports} exports failed, the last: {exc}")
+                    return
+                if wait_s > 0 and not await self._nap(wait_s):
+                    raise _Stopped from exc
+                chunk = await self._store.get_chunk(chunk.id)
+            except PermissionMissing as exc:
+                await self._refuse(state, chunk, "export permission missing", exc)
+                return
+            except TokenRejected as exc:
+                await self._refuse(state, chunk, "token rejected", exc)
+                return
+            except OutputError as exc:
+                if self._room.failed(exc):
+                    self.summary.problems.append(f"{exc}: no more exports created this run")
+                    get_logger().error("output.unusable", error=str(exc))
+                await self._fail(chunk, str(exc))
+                return
+            except StoreError:
+                raise
+            except HarvesterError as exc:
+                await self._fail(chunk, str(exc))
+                return
+
+    def _recreate_wait_s(self, exc: Exception, failed_exports: int) -> float:
+        """Expired files are no server failure: export again at once. Else a jittered
+        exponential backoff from backoff_base_s, at most export_cooldown_s."""
+        if isinstance(exc, FileExpired):
+            return 0.0
+        timing = self._config.timing
+        return capped_backoff_delay(
+            failed_exports - 1, timing.backoff_base_s, timing.export_cooldown_s, self._rng
+        )
+
+    def _output(self, chunk: ChunkRecord) -> ChunkTarget:
+        return self._destination.chunk(
+            chunk.merchant_id, ExportType(chunk.type), chunk.range, owner=self.lease.owner.id
+        )
+
+    async def _refuse(
+        self, state: _Merchant, chunk: ChunkRecord, why: str, exc: HarvesterError
+    ) -> None:
+        state.refusal = why
+        self.summary.refusals[state.merchant.id] = why
+        get_logger().error("merchant.refused", reason=why, error=str(exc))
+        await self._fail(chunk, why)
+
+    async def _finished_export(
+        self, state: _Merchant, chunk: ChunkRecord, confirming: bool
+    ) -> ExportRecord:
+        """The chunk's export once DONE: the stored one, a re-attached one, or a new one.
+
+        `confirming`: the last export listed no files; if this one says the same, believe it.
+        """
+        record = (
+            await self._store.get_export(chunk.export_id) if chunk.export_id is not None else None
+        )
+        if record is not None and record.state is ExportState.DONE:
+            return record
+        if record is not None and record.state is ExportState.RUNNING:
+            get_logger().info("export.reattached", export_id=record.id, percent=record.percent)
+            async with (
+                state.host.slots.hold(state.merchant.id) as slot,
+                state.host.shared.hold(state.merchant.id),
+            ):
+                state.host.slots.runs(slot)
+                return await self._follow(state, record, None, confirming)
+        return await self._create_and_follow(state, chunk, confirming)
+
+    async def _create_and_follow(
+        self, state: _Merchant, chunk: ChunkRecord, confirming: bool
+    ) -> ExportRecord:
+        host = state.host
+        log = get_logger()
+        transient_failures = 0
+        # An export's slot is scarce: never spend one on files that cannot be written. The
+        # disk is looked at once per chunk; a write failing meanwhile is seen below.
+        await asyncio.to_thread(self._room.check)
+        while True:
+            pause_s = 0.0
+            # The slots (this process's, then the host's across processes) before the gate:
+            # the store calls they take must not come between the gate's word and the POST.
+            async with (
+                host.slots.hold(state.merchant.id) as slot,
+                host.shared.hold(state.merchant.id),
+            ):
+                # A new export only under the chunk's claim: one export per chunk.
+                await self.lease.confirm(chunk.id)
+                async with host.gate.admission(self._stop) as admitted:
+                    if not admitted:
+                        raise _Stopped
+                    # The host may have said "closed" or "busy" to another lane meanwhile.
+                    if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
+                        continue
+                    refusal = self._room.refusal()  # a write failed while this lane waited
+                    if refusal is not None:
+                        raise refusal
+                    try:
+                        info = await self._create_export(state, chunk)
+                    except ServerBusy as exc:
+                        # The slot goes back; the gate holds every lane of the host back
+                        # for the backoff, so that no other lane retries into the same wall.
+                        host.slots.busy()
+                        wait_s = host.gate.busy()
+                        self.summary.events["busy_503"] += 1
+                        self._observer.busy_503(host.region.name)
+                        log.info(
+                            "export.busy",
+                            limit=host.slots.limit,
+                            wait_s=round(wait_s, 3),
+                            error=str(exc),
+                        )
+                        # Every process on the state holds back; the shared limit follows.
+                        await host.shared.busy(
+                            self._clock.now() + timedelta(seconds=wait_s), host.slots.limit
+                        )
+                    except WindowClosed as exc:
+                        host.gate.closed(exc)
+                        self.summary.events["window_503"] += 1
+                        log.info("export.window_closed", error=str(exc))
+                    except CloverUnavailable as exc:
+                        lost = isinstance(exc, AnswerLost)
+                        if lost:
+                            await self._hold_orphan(host, slot, chunk)
+                        transient_failures += 1
+                        if transient_failures >= self._config.timing.max_attempts:
+                            raise
+                        pause_s = backoff_delay(
+                            transient_failures - 1,
+                            self._config.timing.backoff_base_s,
+                            self._config.timing.backoff_max_s,
+                            self._rng,
+                        )
+                        log.warning(
+                            "export.create_lost" if lost else "export.create_retry",
+                            error=str(exc),
+                            attempt=transient_failures,
+                            wait_s=round(pause_s, 3),
+                        )
+                    else:
+                        host.gate.created()
+                        host.slots.went_through(slot)
+                        # Shielded: an export whose id is lost is a slot wasted until it ends.
+                        record = await asyncio.shield(
+                            self._store.record_export(chunk.id, info.id, info.status, info.percent)
+                        )
+                        await host.shared.went_through()
+                        self.summary.tally(
+                            chunk.merchant_id, ExportType(chunk.type)
+                        ).exports_created += 1
+                        self._observer.export_created(host.region.name)
+                        log.info("export.created", export_id=info.id)
+                        return await self._follow(state, record, info, confirming)
+            if pause_s > 0 and not await self._nap(pause_s):
+                raise _Stopped
+
+    async def _create_export(self, state: _Merchant, chunk: ChunkRecord) -> ExportInfo:
+        """One POST; a 503 comes back as what the host's gate makes of it, closed or busy."""
+        try:
+            return await state.client.create_export(ExportType(chunk.type), chunk.range)
+        except Unavailable503 as exc:
+            raise state.host.gate.classify_503(exc) from exc
+
+    async def _hold_orphan(self, host: Host, slot: Slot, chunk: ChunkRecord) -> None:
+        """A create lost its answer: the export may exist, an orphan holding a server slot."""
+        self._orphans.hold(host.region.name, host.slots, slot, host.gate.expected_duration_s)
+        await asyncio.shield(self._store.note_lost_create(chunk.id))
+        self.summary.tally(chunk.merchant_id, ExportType(chunk.type)).lost_creates += 1
+        self.summary.events["lost_create"] += 1
+        self._observer.lost_create(host.region.name)
+
+    async def _follow(
+        self, state: _Merchant, record: ExportRecord, info: ExportInfo | None, confirming: bool
+    ) -> ExportRecord:
+        """Poll an export (whose slot the caller holds) until DONE.
+
+        DONE listing no files raises _NoFilesListed, unless `confirming` (the export before
+        said the same): then the export is DONE with no files, an empty chunk.
+        """
+        timing = self._config.timing
+        last_percent = record.percent
+        last_progress = self._clock.now()
+        first_progress: tuple[float, float] | None = None
+        # Re-attached (info None): its age includes time nobody watched it, maybe a whole
+        # night, which says nothing of how long exports take; as a margin it could outgrow
+        # the window and keep every export out for good.
+        timed = info is not None
+        while True:
+            if info is None or info.status not in DONE_STATUSES:
+                now = self._clock.now()
+                percent = info.percent if info is not None else record.percent
+                if first_progress is None and percent > 0:
+                    first_progress = (self._clock.monotonic(), percent)
+                elapsed = progress_elapsed_s(
+                    (now - record.created_at).total_seconds(),
+                    first_progress,
+                    self._clock.monotonic(),
+                    percent,
+                )
+                delay = next_poll_delay(elapsed, percent, timing.poll_min_s, timing.poll_max_s)
+                if not await self._nap(delay):
+                    raise _Stopped
+                info = await state.client.get_export(record.id)
+                get_logger().debug(
+                    "export.polled",
+                    export_id=record.id,
+                    status=info.status,
+                    percent=info.percent,
+                    waited_s=round(delay, 3),
+                )
+            now = self._clock.now()
+            if info.status in DONE_STATUSES:
+                if not info.urls and not confirming:
+                    listed = "no exportUrls" if info.urls is None else "an empty exportUrls"
+                    raise _NoFilesListed(f"export {record.id} is {info.status} with {listed}")
+                if timed:
+                    seconds = (now - record.created_at).total_seconds()
+                    state.host.gate.observe_duration(seconds)
+                    self._observer.export_done(state.host.region.name, seconds)
+                await asyncio.shield(
+                    self._store.export_done(record.id, info.available_until, info.urls or ())
+                )
+                get_logger().info("export.done", export_id=record.id, files=len(info.urls or ()))
+                done = await self._store.get_export(record.id)
+                assert done is not None
+                return done
+            if info.status not in RUNNING_STATUSES:
+                raise ExportFailed(f"export {record.id} ended with status {info.status}")
+            if info.percent != last_percent:
+                last_percent, last_progress = info.percent, now
+                await self._store.update_export(record.id, info.status, info.percent)
+            elif now - last_progress > timedelta(seconds=timing.export_timeout_s):
+                raise ExportFailed(
+                    f"export {record.id} made no progress for {timing.export_timeout_s:g} s"
+                )
+
+    async def _nap(self, seconds: float) -> bool:
+        return await nap(self._clock, seconds, self._stop)
+
+
+def _first(errors: BaseExceptionGroup[StoreError]) -> StoreError:
+    error: BaseException = errors
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, StoreError)
+    return error

@@ -1,0 +1,128 @@
+"""What surrounds a command's work: metrics kept, written to a textfile, served, and pinged.
+
+`Operation` lives as long as the process (one `run`, or `serve` with its many runs): it
+serves `/metrics` and `/healthz` on `metrics.listen` and rewrites `metrics.textfile` every
+`metrics.interval_s`. Around each run, `started()` and `finished(code)` move the run gauges,
+write the textfile once more and ping `healthcheck_url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from types import TracebackType
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from harvester.clock import Clock, nap
+from harvester.config import Config
+from harvester.logs import get_logger
+from harvester.ops.health import Health, ping
+from harvester.ops.metrics import Metrics
+
+
+def _always_healthy() -> Health:
+    return Health(True, "running")
+
+
+class Operation:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        health: Callable[[], Health] = _always_healthy,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self.metrics = metrics or Metrics(clock)
+        self.metrics.regions(sorted({m.region.name for m in config.merchants}))
+        self._health = health
+        self._runner: web.AppRunner | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self.address: tuple[str, int] | None = None  # where /metrics is served, once started
+
+    async def __aenter__(self) -> Operation:
+        settings = self._config.metrics
+        if settings.listen is not None:
+            await self._serve(*settings.listen)
+        if settings.textfile is not None:
+            self._writer = asyncio.create_task(self._write_every(settings.interval_s))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._closing.set()
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+        await self.write_textfile()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` from the next run on (the listen address and textfile stay)."""
+        self._config = config
+        self.metrics.regions(sorted({m.region.name for m in config.merchants}))
+
+    async def started(self) -> None:
+        self.metrics.run_started()
+        await self.write_textfile()
+        if self._config.healthcheck_url is not None:
+            await ping(self._config.healthcheck_url, "start", self._clock)
+
+    async def finished(self, code: int) -> None:
+        self.metrics.run_finished(ok=code == 0)
+        await self.write_textfile()
+        if self._config.healthcheck_url is not None:
+            event = "success" if code == 0 else "fail"
+            await ping(self._config.healthcheck_url, event, self._clock, f"exit code {code}\n")
+
+    async def write_textfile(self) -> None:
+        path = self._config.metrics.textfile
+        if path is None:
+            return
+        try:
+            await asyncio.to_thread(_write, self.metrics, str(path))
+        except OSError as exc:
+            # Metrics must never stop a harvest; the next interval tries again.
+            get_logger().warning("metrics.write_failed", path=str(path), error=str(exc))
+
+    async def _write_every(self, interval_s: float) -> None:
+        while await nap(self._clock, interval_s, self._closing):
+            await self.write_textfile()
+
+    async def _serve(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/healthz", self._health_page)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses  # port 0 (tests) binds a free port
+        self.address = (host, int(bound[0][1]) if bound else port)
+        get_logger().info("metrics.listening", host=host, port=self.address[1])
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _health_page(self, request: web.Request) -> web.Response:
+        health = self._health()
+        return web.Response(
+            status=200 if health.healthy else 503,
+            text=json.dumps({"healthy": health.healthy, "detail": health.detail}) + "\n",
+            content_type="application/json",
+        )
+
+
+def _write(metrics: Metrics, path: str) -> None:
+    metrics.write_textfile(path)

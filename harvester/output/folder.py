@@ -1,0 +1,665 @@
+"""The output folder: its layout (a contract with readers), staging, and the atomic publish.
+
+    <output_dir>/<merchant_id>/<payments|orders>/<chunk>/part-00001.json ...
+    <output_dir>/<merchant_id>/<payments|orders>/<chunk>/_manifest.json
+
+`<chunk>` is `TimeRange.name`. A chunk folder appears only complete, with its manifest:
+parts are written into a hidden sibling `.staging-<chunk>@<owner>` (each first as a hidden
+`.part-NNNNN.json.tmp`), fsynced, and the whole folder is renamed into place. `<owner>` is
+the id of the process that stages there (see state/claims.py): processes sharing one output
+folder never touch each other's staging while they live. A chunk
+harvested again is swapped in with one `renameat2(RENAME_EXCHANGE)`, so a reader sees the
+old folder or the new one, never a mix. Names starting with a dot are the harvester's work
+in progress; readers skip them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiofiles
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+from harvester.clover.chunks import ExportType, TimeRange, iso
+from harvester.clover.export_file import count_elements
+from harvester.errors import BadFile
+
+MANIFEST_NAME = "_manifest.json"
+_STAGING_PREFIX = ".staging-"
+_OLD_PREFIX = ".old-"
+_OWNER_MARK = "@"  # .staging-<chunk>@<owner>; a name without it is from before owners
+_OWNER_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
+_PART_NAME = re.compile(r"part-(\d{5,})\.json")
+
+# Linux renameat2(2): swap two paths atomically.
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+# Errors that mean "this kernel, libc or file system cannot exchange": take the fallback.
+_EXCHANGE_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+# (merchant id, type folder, chunk name) -> True if that chunk's export is still in flight,
+# so that its staged parts are kept for the next run.
+KeepStaging = Callable[[str, str, str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    index: int  # 1-based part number: part-00001.json
+    url_index: int  # 0-based position of its URL in the export's exportUrls
+    size: int
+    sha256: str
+    objects: int
+
+
+class EmptyReason(StrEnum):
+    """Why a published chunk holds no parts (`empty_reason` in its manifest)."""
+
+    # The export listed files, and none of them held an object.
+    EMPTY_FILES = "empty_files"
+    # The export was DONE listing no files (no exportUrls, or an empty list), and a second
+    # export of the same range said the same.
+    NO_FILES = "no_files"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What `_manifest.json` says about a published chunk."""
+
+    merchant_id: str
+    type: ExportType
+    range: TimeRange
+    export_id: str
+    harvested_at: datetime
+    parts: tuple[PartInfo, ...]
+    empty_reason: EmptyReason | None = None  # set when the chunk holds no object (no parts)
+
+    @property
+    def objects(self) -> int:
+        """Orders or payments in the chunk, all parts together."""
+        return sum(part.objects for part in self.parts)
+
+    def to_json(self) -> str:
+        document = {
+            "merchant_id": self.merchant_id,
+            "type": self.type.value,
+            "range": {
+                "start": iso(self.range.start),
+                "end": iso(self.range.end),
+                "start_ms": self.range.start_ms,
+                "end_ms": self.range.end_ms,
+            },
+            "export_id": self.export_id,
+            "harvested_at": iso(self.harvested_at),
+            "objects": self.objects,
+            "parts": [
+                {
+                    "file": ChunkOutput.part_name(part.index),
+                    "url_index": part.url_index,
+                    "size": part.size,
+                    "sha256": part.sha256,
+                    "objects": part.objects,
+                }
+                for part in self.parts
+            ],
+            # Added by issue 7, so after the keys readers knew before.
+            "empty_reason": None if self.empty_reason is None else self.empty_reason.value,
+        }
+        return json.dumps(document, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """Read a manifest back; ValueError naming what is wrong if it is not one."""
+        try:
+            document = json.loads(text)
+            bounds = _field(document, "range", dict)
+            return cls(
+                merchant_id=_field(document, "merchant_id", str),
+                type=ExportType(_field(document, "type", str)),
+                range=TimeRange.from_ms(
+                    _field(bounds, "start_ms", int), _field(bounds, "end_ms", int)
+                ),
+                export_id=_field(document, "export_id", str),
+                harvested_at=_parse_iso(_field(document, "harvested_at", str)),
+                parts=tuple(_part_from_json(part) for part in _field(document, "parts", list)),
+                # Manifests written before issue 7 have no such field.
+                empty_reason=_empty_reason(document.get("empty_reason")),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a harvester manifest: {exc}") from exc
+
+
+def _field(document: object, key: str, kind: type[Any]) -> Any:
+    if not isinstance(document, dict):
+        raise TypeError(f"expected an object holding {key!r}")
+    if key not in document:
+        raise ValueError(f"{key!r} is missing")
+    value = document[key]
+    # bool is an int to Python, never to a manifest.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{key!r} is not a {kind.__name__}")
+    return value
+
+
+def _empty_reason(value: object) -> EmptyReason | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("'empty_reason' is not a string")
+    return EmptyReason(value)
+
+
+def _part_from_json(document: object) -> PartInfo:
+    file_name = _field(document, "file", str)
+    match = _PART_NAME.fullmatch(file_name)
+    if match is None:
+        raise ValueError(f"{file_name!r} is not a part file name")
+    return PartInfo(
+        index=int(match.group(1)),
+        url_index=_field(document, "url_index", int),
+        size=_field(document, "size", int),
+        sha256=_field(document, "sha256", str),
+        objects=_field(document, "objects", int),
+    )
+
+
+def _parse_iso(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return moment.astimezone(UTC)
+
+
+def check_folder_name(merchant_id: str) -> None:
+    """ValueError unless the merchant id can name a folder (or a key's segment) safely."""
+    # It must not climb out of the output, nor hide among the harvester's own names.
+    if merchant_id in {"", ".", ".."} or merchant_id.startswith(".") or "/" in merchant_id:
+        raise ValueError(f"merchant id {merchant_id!r} cannot be a folder name")
+
+
+class PartWriter:
+    """One part being downloaded into its hidden temp file, hashed as it streams.
+
+    Use as `async with`: leaving without `commit` deletes the temp file.
+    """
+
+    def __init__(
+        self, file: AsyncBufferedIOBase, temp_path: Path, final_path: Path, index: int
+    ) -> None:
+        self._file: AsyncBufferedIOBase | None = file
+        self._temp_path = temp_path
+        self._final_path = final_path
+        self._index = index
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._committed = False
+
+    async def write(self, data: bytes) -> None:
+        """Append `data` to the part; nothing is held in memory beyond it."""
+        if self._file is None:
+            raise RuntimeError(f"{self._final_path.name}: write after commit or abort")
+        self._hash.update(data)
+        self._size += len(data)
+        await self._file.write(data)
+
+    async def commit(self, expected_size: int | None, url_index: int) -> PartInfo:
+        """Check the part and move it into the staging folder under its final name.
+
+        BadFile if it is shorter or longer than `expected_size` (when given), not JSON, or
+        not an object whose "elements" list holds at most 1000 JSON objects. Then no part
+        is left behind.
+        """
+        file = self._file
+        if file is None:
+            raise RuntimeError(f"{self._final_path.name}: commit after commit or abort")
+        try:
+            await file.flush()
+            await asyncio.to_thread(os.fsync, file.fileno())
+            await file.close()
+            self._file = None
+            if expected_size is not None and self._size != expected_size:
+                problem = "truncated" if self._size < expected_size else "too long"
+                raise BadFile(f"{problem}: got {self._size} of {expected_size} bytes")
+            objects = await asyncio.to_thread(count_elements, self._temp_path)
+            # No directory fsync per part: publish syncs the staging folder once, and a part
+            # lost to a crash before that is simply downloaded again.
+            await asyncio.to_thread(os.replace, self._temp_path, self._final_path)
+        except BaseException:
+            await self.abort()
+            raise
+        self._committed = True
+        return PartInfo(
+            index=self._index,
+            url_index=url_index,
+            size=self._size,
+            sha256=self._hash.hexdigest(),
+            objects=objects,
+        )
+
+    async def abort(self) -> None:
+        """Give up on the part: its temp file is deleted."""
+        if self._committed:
+            return
+        file, self._file = self._file, None
+        # Shielded: a close cancelled while it waits for a worker thread (a sibling part
+        # failed meanwhile) would never run, and the file handle would leak.
+        await asyncio.shield(self._discard(file))
+
+    async def _discard(self, file: AsyncBufferedIOBase | None) -> None:
+        if file is not None:
+            await file.close()
+        await asyncio.to_thread(self._temp_path.unlink, missing_ok=True)
+
+    async def __aenter__(self) -> PartWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Without a commit the temp file is never of use, whether or not something failed.
+        await self.abort()
+
+
+class ChunkOutput:
+    """Where one chunk's files go."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        merchant_id: str,
+        type: ExportType,
+        range: TimeRange,
+        *,
+        rename: Rename | None = None,
+        opener: Opener | None = None,
+        owner: str | None = None,
+    ) -> None:
+        """`rename` is renameat2(2) and `opener` opens part files (as `open`'s opener):
+        tests pass their own to see what the folder does when the system misbehaves.
+        `owner` is the id of the process staging (None: a process alone, as before owners)."""
+        check_folder_name(merchant_id)
+        self.output_dir = output_dir
+        self.merchant_id = merchant_id
+        self.type = type
+        self.range = range
+        parent = output_dir / merchant_id / type.folder
+        if owner is not None and not _is_owner_id(owner):
+            raise ValueError(f"owner id {owner!r} cannot be part of a folder name")
+        self.owner = owner
+        suffix = "" if owner is None else f"{_OWNER_MARK}{owner}"
+        self.final_dir = parent / range.name
+        self.staging_dir = parent / f"{_STAGING_PREFIX}{range.name}{suffix}"
+        self._old_dir = parent / f"{_OLD_PREFIX}{range.name}{suffix}"
+        self._rename = rename or renameat2
+        self._opener = opener
+
+    def __repr__(self) -> str:
+        return f"ChunkOutput({str(self.final_dir)!r})"
+
+    @staticmethod
+    def part_name(index: int) -> str:
+        """The file name of part `index` (1-based): "part-00001.json"."""
+        if index < 1:
+            raise ValueError(f"part numbers start at 1, got {index}")
+        return f"part-{index:05d}.json"
+
+    async def open_part(self, index: int) -> PartWriter:
+        """Start writing part `index` into the staging folder (created if needed)."""
+        name = self.part_name(index)
+        await asyncio.to_thread(self.staging_dir.mkdir, parents=True, exist_ok=True)
+        temp_path = self.staging_dir / f".{name}.tmp"
+        opening = asyncio.ensure_future(aiofiles.open(temp_path, "wb", opener=self._opener))
+        try:
+            file = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The open goes on in its thread regardless (a sibling part failed, say): close
+            # and delete what it opens, or the handle leaks.
+            with contextlib.suppress(Exception):
+                await (await opening).close()
+                await asyncio.to_thread(temp_path.unlink, missing_ok=True)
+            raise
+        return PartWriter(file, temp_path, self.staging_dir / name, index)
+
+    async def saved_part(self, index: int, expected_sha256: str) -> bool:
+        """True if part `index` is staged with this sha256: a resumed run need not fetch it."""
+        digest = await asyncio.to_thread(_sha256_of, self.staging_dir / self.part_name(index))
+        return digest is not None and digest == expected_sha256
+
+    async def publish(self, manifest: Manifest) -> Manifest:
+        """Put the staged chunk in place with its manifest, replacing any earlier harvest.
+
+        The staging folder ends up holding exactly the manifest's parts; BadFile if one of
+        them is missing or of another size (download it again). Returns `manifest`.
+        """
+        if (manifest.merchant_id, manifest.type, manifest.range) != (
+            self.merchant_id,
+            self.type,
+            self.range,
+        ):
+            raise ValueError(f"the manifest of {manifest.range} does not belong to {self!r}")
+        await asyncio.to_thread(self._publish, manifest)
+        return manifest
+
+    async def discard_staging(self) -> None:
+        """Delete the staging folder and whatever it holds."""
+        await asyncio.to_thread(_remove_tree, self.staging_dir)
+
+    async def adopt_staging(self, gone_owners: Collection[str]) -> str | None:
+        """Take over what gone processes staged for this chunk; call holding its claim.
+
+        The first staging folder of this chunk whose owner is gone (in `gone_owners`, or
+        a name from before owners) becomes this one's, unless this one has its own
+        already; the others of gone owners are deleted, so that their parts (of the same
+        export, or an abandoned one) are reused or cleared as after a restart. The
+        staging of owners still alive is left alone. Returns the folder adopted, if any.
+        """
+        adopted = await asyncio.to_thread(self._adopt_staging, frozenset(gone_owners))
+        return None if adopted is None else str(adopted)
+
+    def _adopt_staging(self, gone_owners: frozenset[str]) -> Path | None:
+        parent = self.staging_dir.parent
+        if not _is_real_dir(parent):
+            return None
+        adopted = None
+        for entry in sorted(parent.iterdir()):
+            parsed = _parse_owned(entry.name, _STAGING_PREFIX)
+            if parsed is None or entry == self.staging_dir or not _is_real_dir(entry):
+                continue
+            chunk_name, owner = parsed
+            if chunk_name != self.range.name or (owner is not None and owner not in gone_owners):
+                continue
+            if adopted is None and not self.staging_dir.exists():
+                for leftover in entry.iterdir():
+                    if _is_temp_file(leftover):
+                        leftover.unlink()
+                os.rename(entry, self.staging_dir)
+                adopted = entry
+            else:
+                shutil.rmtree(entry)
+        return adopted
+
+    async def published_manifest(self) -> Manifest | None:
+        """The manifest of the chunk folder in place, or None if there is none to trust."""
+        return await asyncio.to_thread(self._published_manifest)
+
+    def _published_manifest(self) -> Manifest | None:
+        try:
+            text = (self.final_dir / MANIFEST_NAME).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return Manifest.from_json(text)
+        except ValueError:
+            # Not a manifest this harvester wrote: treat the folder as not harvested, so
+            # the next publish replaces it.
+            return None
+
+    def _publish(self, manifest: Manifest) -> None:
+        staging = self.staging_dir
+        staging.mkdir(parents=True, exist_ok=True)
+        listed = {self.part_name(part.index): part for part in manifest.parts}
+        # Parts of an earlier, abandoned export of this chunk may linger: the folder must
+        # hold exactly what the manifest lists.
+        for entry in staging.iterdir():
+            if entry.name not in listed:
+                _remove_entry(entry)
+        for name, part in listed.items():
+            try:
+                size = (staging / name).stat().st_size
+            except FileNotFoundError:
+                raise BadFile(f"{name} is not staged") from None
+            if size != part.size:
+                raise BadFile(f"{name}: {size} bytes staged, the manifest says {part.size}")
+        _write_durably(staging / MANIFEST_NAME, manifest.to_json().encode())
+        _fsync_dir(staging)
+        if self.final_dir.exists():
+            self._replace_live()
+        else:
+            os.rename(staging, self.final_dir)
+        # The chunk's entry, and the merchant and type folders if this run created them.
+        type_dir = self.final_dir.parent
+        for folder in (type_dir, type_dir.parent, type_dir.parent.parent):
+            _fsync_dir(folder)
+        _remove_tree(self._old_dir)
+
+    def _replace_live(self) -> None:
+        _remove_tree(self._old_dir)  # left by a crash `recover` did not see
+        if _exchange(self.staging_dir, self.final_dir, self._rename):
+            # The staging path now holds the previous harvest. As `.old-<chunk>`, a crash
+            # before it is deleted leaves a leftover that `recover` knows how to clear.
+            os.rename(self.staging_dir, self._old_dir)
+        else:
+            # Between these two renames the chunk is briefly absent; `recover` renames the
+            # old folder back if a crash falls there.
+            os.rename(self.final_dir, self._old_dir)
+            os.rename(self.staging_dir, self.final_dir)
+
+
+class FolderOutput:
+    """The output folder as the harvest sees it (harvester/output/target.py's Output)."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+
+    def __repr__(self) -> str:
+        return f"FolderOutput({str(self.output_dir)!r})"
+
+    def chunk(
+        self, merchant_id: str, type: ExportType, range: TimeRange, owner: str | None = None
+    ) -> ChunkOutput:
+        return ChunkOutput(self.output_dir, merchant_id, type, range, owner=owner)
+
+    async def recover(
+        self,
+        keep_staging: KeepStaging,
+        owner_gone: Callable[[str | None], bool] | None = None,
+    ) -> list[str]:
+        """`recover` below, in a worker thread; the paths touched, as text."""
+        touched = await asyncio.to_thread(recover, self.output_dir, keep_staging, owner_gone)
+        return [str(path) for path in touched]
+
+
+def _sha256_of(path: Path) -> str | None:
+    try:
+        with path.open("rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    temp_path = path.with_name(f".{path.name}.tmp")
+    with temp_path.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp_path, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _remove_tree(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@functools.cache
+def _libc_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc before 2.28, or another libc without it
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+Rename = Callable[[Path, Path, int], None]  # renameat2(old, new, flags)
+Opener = Callable[[str, int], int]  # (path, flags) -> file descriptor, as for `open`
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    """renameat2(2) relative to the working directory; OSError with errno on failure."""
+    function = _libc_renameat2()
+    if function is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", str(old), None, str(new))
+    if function(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(old), None, str(new))
+
+
+def _exchange(first: Path, second: Path, rename: Rename) -> bool:
+    """Swap two existing paths in one step; False if the system cannot."""
+    try:
+        rename(first, second, _RENAME_EXCHANGE)
+    except OSError as exc:
+        if exc.errno in _EXCHANGE_UNSUPPORTED:
+            return False
+        raise
+    return True
+
+
+def _is_chunk_name(name: str) -> bool:
+    try:
+        TimeRange.from_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _is_temp_file(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
+
+
+def recover(
+    output_dir: Path,
+    keep_staging: KeepStaging,
+    owner_gone: Callable[[str | None], bool] | None = None,
+) -> list[Path]:
+    """Clear what a crash left in the output folder; call at start-up, before any work.
+
+    Only what gone processes left is touched: `owner_gone(owner)` says whether the owner of
+    a `.staging-`/`.old-` folder is gone (None for names from before owners; by default
+    every owner counts as gone, for a process alone on its output folder).
+
+    - `.old-<chunk>` without a live `<chunk>` is renamed back (a crash fell between the two
+      fallback renames); with a live one it is deleted.
+    - Temp files (`.part-*.tmp`, the manifest's) in staging folders are deleted.
+    - `.staging-<chunk>` is deleted unless keep_staging(merchant_id, type_folder, chunk_name)
+      says its export is still in flight, so that its saved parts are reused (by whoever
+      claims the chunk next: see `ChunkOutput.adopt_staging`).
+
+    Returns the paths removed or restored, for the log. Other names are left alone.
+    """
+    gone = owner_gone or (lambda owner: True)
+    touched: list[Path] = []
+    if not _is_real_dir(output_dir):
+        return touched
+    for merchant_dir in sorted(output_dir.iterdir()):
+        if merchant_dir.name.startswith(".") or not _is_real_dir(merchant_dir):
+            continue
+        for type_folder in sorted(export_type.folder for export_type in ExportType):
+            type_dir = merchant_dir / type_folder
+            if not _is_real_dir(type_dir):
+                continue
+            changed = _recover_type_dir(merchant_dir.name, type_dir, keep_staging, gone)
+            if changed:
+                _fsync_dir(type_dir)
+                touched.extend(changed)
+    return touched
+
+
+def _parse_owned(name: str, prefix: str) -> tuple[str, str | None] | None:
+    """(chunk name, owner or None) of `<prefix><chunk>[@<owner>]`; None for other names."""
+    if not name.startswith(prefix):
+        return None
+    chunk_name, mark, owner = name.removeprefix(prefix).partition(_OWNER_MARK)
+    if not _is_chunk_name(chunk_name) or (mark and not _is_owner_id(owner)):
+        return None
+    return chunk_name, owner if mark else None
+
+
+def _is_owner_id(owner: str) -> bool:
+    return _OWNER_ID.fullmatch(owner) is not None
+
+
+def _recover_type_dir(
+    merchant_id: str,
+    type_dir: Path,
+    keep_staging: KeepStaging,
+    owner_gone: Callable[[str | None], bool],
+) -> list[Path]:
+    touched: list[Path] = []
+    for entry in sorted(type_dir.iterdir()):
+        if not _is_real_dir(entry):
+            continue
+        old = _parse_owned(entry.name, _OLD_PREFIX)
+        staging = _parse_owned(entry.name, _STAGING_PREFIX)
+        if old is not None:
+            chunk_name, owner = old
+            if not owner_gone(owner):
+                continue
+            live = type_dir / chunk_name
+            if live.exists():
+                shutil.rmtree(entry)
+                touched.append(entry)
+            else:
+                os.rename(entry, live)
+                touched.append(live)
+        elif staging is not None:
+            chunk_name, owner = staging
+            if not owner_gone(owner):
+                continue
+            if keep_staging(merchant_id, type_dir.name, chunk_name):
+                for leftover in sorted(entry.iterdir()):
+                    if _is_temp_file(leftover):
+                        leftover.unlink()
+                        touched.append(leftover)
+            else:
+                shutil.rmtree(entry)
+                touched.append(entry)
+    return touched

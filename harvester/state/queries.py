@@ -1,0 +1,662 @@
+"""Every operation of the state, written once: its statements, and the claim and slot logic.
+
+Each function is an operation (`sql.Work`): it yields its queries and returns the result,
+so both backends run the very same steps, one transaction each (`sqlstore.SqlStore`).
+Each takes an `At` first: the store's name for messages, and the time of the call.
+
+Where processes race, the row that decides is locked first (`{lock}`: the chunk for a
+claim or an export, the host for its slots, the process for its lease), or a key is
+serialised (`SERIALISE`: the overlap check of a merchant's chunks, a merchant's refresh
+lock). In SQLite a write transaction holds the whole file, so both come for free there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from datetime import datetime
+
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.errors import ChunkOverlap, StoreError
+from harvester.state.records import (
+    ChunkRecord,
+    ChunkStatus,
+    ClaimResult,
+    ExportRecord,
+    ExportState,
+    HeldChunk,
+    PartRecord,
+    ProcessRecord,
+    SlotTry,
+    Snapshot,
+)
+from harvester.state.sql import (
+    SERIALISE,
+    At,
+    Row,
+    Work,
+    chunk_record,
+    count,
+    every,
+    execute,
+    export_record,
+    maybe_from_ms,
+    one,
+    part_record,
+    process_record,
+    to_ms,
+)
+
+# An export in one of these states can still deliver files: a chunk keeps pointing at it.
+LIVE_EXPORT_STATES = (ExportState.RUNNING.value, ExportState.DONE.value)
+ENDED_EXPORT_STATES = frozenset({ExportState.FAILED, ExportState.EXPIRED, ExportState.LOST})
+
+# What a process's end gives back: everything it holds.
+_HELD_BY_PROCESSES = ("claims", "slots", "slot_waiters", "token_locks")
+
+
+def _missing(at: At, what: str) -> StoreError:
+    return StoreError(f"state store {at.where}: no {what}")
+
+
+def _chunk_row(at: At, chunk_id: int, lock: bool = False) -> Work[Row]:
+    query = (
+        "SELECT * FROM chunks WHERE id = ?{lock}" if lock else "SELECT * FROM chunks WHERE id = ?"
+    )
+    row: Row | None = yield one(query, (chunk_id,))
+    if row is None:
+        raise _missing(at, f"chunk {chunk_id}")
+    return row
+
+
+# -- chunks -------------------------------------------------------------------------------
+
+
+def add_chunks(
+    at: At, merchant_id: str, type: ExportType, ranges: Sequence[TimeRange]
+) -> Work[list[ChunkRecord]]:
+    """One row per range, in the order given: existing ones unchanged, new ones PENDING.
+
+    Refuses the whole batch if a new range overlaps a known chunk of the same merchant
+    and type with other bounds: covered intervals never overlap.
+    """
+    # One merchant and type at a time: the overlap check must see every insert.
+    yield execute(SERIALISE, (f"chunks:{merchant_id}:{type}",))
+    records = []
+    for wanted in ranges:
+        key = (merchant_id, type.value, wanted.start_ms, wanted.end_ms)
+        row = yield one(
+            "SELECT * FROM chunks"
+            " WHERE merchant_id = ? AND type = ? AND start_ms = ? AND end_ms = ?",
+            key,
+        )
+        if row is None:
+            clash = yield one(
+                "SELECT start_ms, end_ms FROM chunks"
+                " WHERE merchant_id = ? AND type = ? AND start_ms < ? AND end_ms > ? LIMIT 1",
+                (merchant_id, type.value, wanted.end_ms, wanted.start_ms),
+            )
+            if clash is not None:
+                existing = TimeRange.from_ms(clash["start_ms"], clash["end_ms"])
+                raise ChunkOverlap(
+                    f"state store {at.where}: chunk {wanted} of merchant "
+                    f"{merchant_id} {type.value} overlaps the known chunk {existing}"
+                )
+            row = yield one(
+                "INSERT INTO chunks (merchant_id, type, start_ms, end_ms, status, updated_at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+                (*key, ChunkStatus.PENDING.value, at.now),
+            )
+        records.append(chunk_record(row))
+    return records
+
+
+def covered(at: At, merchant_id: str, type: ExportType) -> Work[list[TimeRange]]:
+    """Ranges of this merchant and type whose folder has been put in place, sorted."""
+    rows = yield every(
+        "SELECT start_ms, end_ms FROM chunks"
+        " WHERE merchant_id = ? AND type = ? AND completed_at_ms IS NOT NULL ORDER BY start_ms",
+        (merchant_id, type.value),
+    )
+    return [TimeRange.from_ms(row["start_ms"], row["end_ms"]) for row in rows]
+
+
+def chunks(
+    at: At,
+    merchant_id: str | None = None,
+    type: ExportType | None = None,
+    statuses: Collection[ChunkStatus] | None = None,
+) -> Work[list[ChunkRecord]]:
+    """Chunks matching every filter given, sorted by merchant, type, start."""
+    conditions, params = ["1 = 1"], []
+    if merchant_id is not None:
+        conditions.append("merchant_id = ?")
+        params.append(merchant_id)
+    if type is not None:
+        conditions.append("type = ?")
+        params.append(type.value)
+    if statuses is not None:
+        wanted = sorted({status.value for status in statuses})
+        conditions.append(f"status IN ({', '.join(['?'] * len(wanted))})" if wanted else "1 = 0")
+        params.extend(wanted)
+    rows = yield every(
+        f"SELECT * FROM chunks WHERE {' AND '.join(conditions)}"  # noqa: S608 -- ours, bound
+        " ORDER BY merchant_id, type, start_ms",
+        params,
+    )
+    return [chunk_record(row) for row in rows]
+
+
+def get_chunk(at: At, chunk_id: int) -> Work[ChunkRecord]:
+    """The chunk with this id (StoreError if there is none)."""
+    return chunk_record((yield from _chunk_row(at, chunk_id)))
+
+
+def reset_for_reharvest(at: At, chunk_id: int) -> Work[ChunkRecord]:
+    """Lookback: a COMPLETE chunk is due again, yet stays covered (completed_at kept).
+
+    Its old folder stays in place until the new harvest replaces it. A chunk in any
+    other status is already due and is returned unchanged.
+    """
+    yield execute(
+        "UPDATE chunks SET status = ?, export_id = NULL, updated_at_ms = ?"
+        " WHERE id = ? AND status = ?",
+        (ChunkStatus.PENDING.value, at.now, chunk_id, ChunkStatus.COMPLETE.value),
+    )
+    return chunk_record((yield from _chunk_row(at, chunk_id)))
+
+
+def complete_chunk(at: At, chunk_id: int) -> Work[None]:
+    """The chunk's folder is in place: COMPLETE, covered from now, errors cleared."""
+    changed = yield count(
+        "UPDATE chunks SET status = ?, completed_at_ms = ?, last_error = NULL,"
+        " last_error_at_ms = NULL, updated_at_ms = ? WHERE id = ?",
+        (ChunkStatus.COMPLETE.value, at.now, at.now, chunk_id),
+    )
+    if changed == 0:
+        raise _missing(at, f"chunk {chunk_id}")
+
+
+def fail_chunk(at: At, chunk_id: int, error: str) -> Work[None]:
+    """Give up on the chunk for this run.
+
+    It keeps an export that is still RUNNING or DONE, so the next run re-attaches to it
+    instead of spending a new server slot.
+    """
+    changed = yield count(
+        "UPDATE chunks SET status = :failed, last_error = :error,"
+        " last_error_at_ms = :now, updated_at_ms = :now,"
+        " export_id = CASE WHEN (SELECT state FROM exports WHERE id = chunks.export_id)"
+        " IN (:running, :done) THEN export_id ELSE NULL END"
+        " WHERE id = :chunk_id",
+        {
+            "failed": ChunkStatus.FAILED.value,
+            "error": error,
+            "now": at.now,
+            "running": ExportState.RUNNING.value,
+            "done": ExportState.DONE.value,
+            "chunk_id": chunk_id,
+        },
+    )
+    if changed == 0:
+        raise _missing(at, f"chunk {chunk_id}")
+
+
+def note_lost_create(at: At, chunk_id: int) -> Work[None]:
+    """A create for the chunk lost its answer: an export may exist that we know no id of."""
+    changed = yield count(
+        "UPDATE chunks SET lost_creates = lost_creates + 1 WHERE id = ?", (chunk_id,)
+    )
+    if changed == 0:
+        raise _missing(at, f"chunk {chunk_id}")
+
+
+def start_run(at: At) -> Work[None]:
+    """A new run retries what the last one gave up on.
+
+    FAILED chunks go back to PENDING, or straight to EXPORTING / DOWNLOADING when their
+    export is still RUNNING / DONE.
+    """
+    # SET expressions all see the row as it was, so export_id below is the old one.
+    yield execute(
+        "UPDATE chunks SET"
+        " status = CASE (SELECT state FROM exports WHERE id = chunks.export_id)"
+        "   WHEN :running THEN :exporting WHEN :done THEN :downloading ELSE :pending END,"
+        " export_id = CASE WHEN (SELECT state FROM exports WHERE id = chunks.export_id)"
+        "   IN (:running, :done) THEN export_id ELSE NULL END,"
+        " updated_at_ms = :now"
+        " WHERE status = :failed",
+        {
+            "running": ExportState.RUNNING.value,
+            "done": ExportState.DONE.value,
+            "exporting": ChunkStatus.EXPORTING.value,
+            "downloading": ChunkStatus.DOWNLOADING.value,
+            "pending": ChunkStatus.PENDING.value,
+            "failed": ChunkStatus.FAILED.value,
+            "now": at.now,
+        },
+    )
+
+
+# -- exports ------------------------------------------------------------------------------
+
+
+def record_export(
+    at: At, chunk_id: int, export_id: str, status: str, percent: float
+) -> Work[ExportRecord]:
+    """Remember an export the moment Clover created it, before the first poll.
+
+    The export is RUNNING and becomes the chunk's current one; the chunk is EXPORTING.
+    Recording the same export for the same chunk again changes nothing.
+    """
+    yield from _chunk_row(at, chunk_id, lock=True)
+    existing = yield one("SELECT * FROM exports WHERE id = ?", (export_id,))
+    if existing is not None:
+        if existing["chunk_id"] != chunk_id:
+            raise StoreError(
+                f"state store {at.where}: export {export_id} already belongs to "
+                f"chunk {existing['chunk_id']}, not {chunk_id}"
+            )
+        return export_record(existing)
+    row = yield one(
+        "INSERT INTO exports (id, chunk_id, state, status, percent, created_at_ms, updated_at_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        (export_id, chunk_id, ExportState.RUNNING.value, status, percent, at.now, at.now),
+    )
+    yield execute(
+        "UPDATE chunks SET export_id = ?, status = ?,"
+        " exports_created = exports_created + 1, updated_at_ms = ? WHERE id = ?",
+        (export_id, ChunkStatus.EXPORTING.value, at.now, chunk_id),
+    )
+    return export_record(row)
+
+
+def update_export(at: At, export_id: str, status: str, percent: float) -> Work[None]:
+    """Store what the latest poll said."""
+    changed = yield count(
+        "UPDATE exports SET status = ?, percent = ?, updated_at_ms = ? WHERE id = ?",
+        (status, percent, at.now, export_id),
+    )
+    if changed == 0:
+        raise _missing(at, f"export {export_id}")
+
+
+def export_done(
+    at: At, export_id: str, available_until: datetime | None, urls: Sequence[str]
+) -> Work[None]:
+    """Clover says DONE: keep its file URLs; its chunk moves on to DOWNLOADING."""
+    until = None if available_until is None else to_ms(available_until)
+    changed = yield count(
+        "UPDATE exports SET state = ?, status = 'DONE', percent = 100.0,"
+        " available_until_ms = ?, urls = ?, updated_at_ms = ? WHERE id = ?",
+        (ExportState.DONE.value, until, json.dumps(list(urls)), at.now, export_id),
+    )
+    if changed == 0:
+        raise _missing(at, f"export {export_id}")
+    yield execute(
+        "UPDATE chunks SET status = ?, updated_at_ms = ? WHERE export_id = ? AND status = ?",
+        (ChunkStatus.DOWNLOADING.value, at.now, export_id, ChunkStatus.EXPORTING.value),
+    )
+
+
+def end_export(at: At, export_id: str, state: ExportState, error: str) -> Work[None]:
+    """The export will deliver nothing (more): its chunk drops it and is due again.
+
+    `state` is FAILED, EXPIRED or LOST. A chunk FAILED for this run stays FAILED; a
+    COMPLETE chunk is not touched (its folder is in place already).
+    """
+    if state not in ENDED_EXPORT_STATES:
+        raise ValueError(f"end_export needs an ending state, not {state}")
+    changed = yield count(
+        "UPDATE exports SET state = ?, updated_at_ms = ? WHERE id = ?",
+        (state.value, at.now, export_id),
+    )
+    if changed == 0:
+        raise _missing(at, f"export {export_id}")
+    yield execute(
+        "UPDATE chunks SET export_id = NULL,"
+        " status = CASE status WHEN :failed THEN :failed ELSE :pending END,"
+        " last_error = :error, last_error_at_ms = :now, updated_at_ms = :now"
+        " WHERE export_id = :export_id AND status != :complete",
+        {
+            "failed": ChunkStatus.FAILED.value,
+            "pending": ChunkStatus.PENDING.value,
+            "complete": ChunkStatus.COMPLETE.value,
+            "error": error,
+            "now": at.now,
+            "export_id": export_id,
+        },
+    )
+
+
+def get_export(at: At, export_id: str) -> Work[ExportRecord | None]:
+    """The export with this id, if known."""
+    row = yield one("SELECT * FROM exports WHERE id = ?", (export_id,))
+    return None if row is None else export_record(row)
+
+
+def export_durations(latest: int) -> Work[list[float]]:
+    rows = yield every(
+        "SELECT updated_at_ms - created_at_ms AS ms FROM exports WHERE state = ?"
+        " ORDER BY created_at_ms DESC LIMIT ?",
+        (ExportState.DONE.value, latest),
+    )
+    return [int(row["ms"]) / 1000 for row in rows]
+
+
+# -- parts and refresh tokens -------------------------------------------------------------
+
+
+def record_part(at: At, part: PartRecord) -> Work[None]:
+    """A part is saved. Recording the same part number again overwrites its entry."""
+    yield execute(
+        "INSERT INTO parts (export_id, part_index, url_index, size, sha256, objects)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (export_id, part_index) DO UPDATE SET"
+        " url_index = excluded.url_index, size = excluded.size,"
+        " sha256 = excluded.sha256, objects = excluded.objects",
+        (part.export_id, part.index, part.url_index, part.size, part.sha256, part.objects),
+    )
+
+
+def parts(at: At, export_id: str) -> Work[list[PartRecord]]:
+    """The saved parts of an export, by part number."""
+    rows = yield every("SELECT * FROM parts WHERE export_id = ? ORDER BY part_index", (export_id,))
+    return [part_record(row) for row in rows]
+
+
+def refresh_token(at: At, merchant_id: str) -> Work[tuple[str, datetime | None] | None]:
+    """The merchant's latest refresh token and its expiry, if one was saved."""
+    row = yield one(
+        "SELECT token, expires_at_ms FROM refresh_tokens WHERE merchant_id = ?", (merchant_id,)
+    )
+    return None if row is None else (row["token"], maybe_from_ms(row["expires_at_ms"]))
+
+
+def save_refresh_token(
+    at: At, merchant_id: str, token: str, expires_at: datetime | None
+) -> Work[None]:
+    """Durably replace the merchant's refresh token (they are single-use)."""
+    yield execute(
+        "INSERT INTO refresh_tokens (merchant_id, token, expires_at_ms, updated_at_ms)"
+        " VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (merchant_id) DO UPDATE SET token = excluded.token,"
+        " expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
+        (merchant_id, token, None if expires_at is None else to_ms(expires_at), at.now),
+    )
+
+
+# -- processes and claims -----------------------------------------------------------------
+
+
+def register_process(at: At, process: ProcessRecord) -> Work[None]:
+    """Enter (or re-enter) a process sharing the state, with its lease."""
+    yield execute(
+        "INSERT INTO processes (id, host, pid, machine, command, started_at_ms, lease_until_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET lease_until_ms = excluded.lease_until_ms",
+        (
+            process.id,
+            process.host,
+            process.pid,
+            process.machine,
+            process.command,
+            to_ms(process.started_at),
+            to_ms(process.lease_until),
+        ),
+    )
+
+
+def renew_process(at: At, process_id: str, lease_until: datetime) -> Work[bool]:
+    """Extend a process's lease. False if it had already ended or lapsed (then it is
+    renewed all the same: claims nobody took meanwhile are its own again)."""
+    row = yield one("SELECT lease_until_ms FROM processes WHERE id = ?{lock}", (process_id,))
+    if row is None:
+        raise _missing(at, f"process {process_id}")
+    yield execute(
+        "UPDATE processes SET lease_until_ms = ? WHERE id = ?", (to_ms(lease_until), process_id)
+    )
+    return bool(row["lease_until_ms"] > at.now)
+
+
+def end_process(at: At, process_id: str) -> Work[None]:
+    """The process is done (or known dead): its lease ends now, its claims, slots and
+    locks go."""
+    for table in _HELD_BY_PROCESSES:
+        yield execute(f"DELETE FROM {table} WHERE owner = ?", (process_id,))  # noqa: S608
+    yield execute(
+        "UPDATE processes SET lease_until_ms = CASE WHEN lease_until_ms < :now"
+        " THEN lease_until_ms ELSE :now END WHERE id = :id",
+        {"now": at.now, "id": process_id},
+    )
+
+
+def processes(at: At) -> Work[list[ProcessRecord]]:
+    """Every process that ever shared the state, oldest first."""
+    rows = yield every("SELECT * FROM processes ORDER BY started_at_ms, id")
+    return [process_record(row) for row in rows]
+
+
+def claim_chunk(at: At, chunk_id: int, owner: str) -> Work[ClaimResult]:
+    """Take the chunk for `owner` unless a process whose lease runs holds it.
+
+    A claim of a process whose lease has ended passes to `owner`: the chunk is taken
+    over as it stands (its export, its saved parts).
+    """
+    # The chunk's row lock: claimers of one chunk take turns.
+    chunk = chunk_record((yield from _chunk_row(at, chunk_id, lock=True)))
+    holder = yield one(
+        "SELECT processes.* FROM claims JOIN processes ON processes.id = claims.owner"
+        " WHERE claims.chunk_id = ? AND claims.owner != ? AND lease_until_ms > ?",
+        (chunk_id, owner, at.now),
+    )
+    if holder is not None:
+        return ClaimResult(chunk, process_record(holder))
+    yield execute(
+        "INSERT INTO claims (chunk_id, owner, claimed_at_ms) VALUES (?, ?, ?)"
+        " ON CONFLICT (chunk_id) DO UPDATE SET owner = excluded.owner,"
+        " claimed_at_ms = excluded.claimed_at_ms WHERE claims.owner != excluded.owner",
+        (chunk_id, owner, at.now),
+    )
+    return ClaimResult(chunk, None)
+
+
+def holds_chunk(at: At, chunk_id: int, owner: str) -> Work[bool]:
+    """True while `owner` holds the chunk's claim (nobody took it over)."""
+    row = yield one("SELECT 1 FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
+    return row is not None
+
+
+def release_chunk(at: At, chunk_id: int, owner: str) -> Work[None]:
+    """`owner` is done with the chunk (if it still held it)."""
+    yield execute("DELETE FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
+
+
+# -- shared export slots and refresh locks ------------------------------------------------
+
+
+def _host_row(host: str, maximum: int) -> Work[Row]:
+    """The host's row, created if needed and locked: its slots' changes take turns."""
+    yield execute(
+        "INSERT INTO hosts (host, slot_limit) VALUES (?, ?) ON CONFLICT (host) DO NOTHING",
+        (host, maximum),
+    )
+    row: Row = yield one("SELECT * FROM hosts WHERE host = ?{lock}", (host,))
+    return row
+
+
+def next_in_line(
+    served: dict[str, int], waiters: Sequence[tuple[int, str, int]], free: int
+) -> set[int]:
+    """The waiters (id, merchant, since) the next `free` grants go to: round-robin across
+    merchants, least recently served first, then the longest waiting."""
+    queues: dict[str, list[tuple[int, int]]] = {}
+    for waiter_id, merchant_id, since_ms in waiters:
+        queues.setdefault(merchant_id, []).append((since_ms, waiter_id))
+    chosen: set[int] = set()
+    order = max(served.values(), default=0)
+    while queues and len(chosen) < free:
+        merchant = min(queues, key=lambda m: (served.get(m, 0), queues[m][0]))
+        chosen.add(queues[merchant].pop(0)[1])
+        if not queues[merchant]:
+            del queues[merchant]
+        order += 1
+        served[merchant] = order
+    return chosen
+
+
+def take_slot(
+    at: At, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
+) -> Work[SlotTry]:
+    """Ask for one of the host's export slots for `merchant_id`.
+
+    Granted when the live processes together hold fewer than the shared limit, no busy
+    backoff is running, and the merchant's waiter is among the next in line: merchants
+    served least recently first, then the longest waiting, as ExportSlots does in one
+    process. Otherwise the waiter keeps its place: ask again with `waiter_id`. Slots and
+    waiters of processes whose lease ended are dropped.
+    """
+    state = yield from _host_row(host, maximum)
+    limit = min(int(state["slot_limit"]), maximum)
+    if limit != state["slot_limit"]:
+        yield execute("UPDATE hosts SET slot_limit = ? WHERE host = ?", (limit, host))
+    for table in ("slots", "slot_waiters"):
+        yield execute(
+            f"DELETE FROM {table} WHERE host = ? AND owner NOT IN"  # noqa: S608 -- ours
+            " (SELECT id FROM processes WHERE lease_until_ms > ?)",
+            (host, at.now),
+        )
+    waiter = waiter_id
+    if waiter is None or (yield one("SELECT 1 FROM slot_waiters WHERE id = ?", (waiter,))) is None:
+        row = yield one(
+            "INSERT INTO slot_waiters (host, owner, merchant_id, since_ms)"
+            " VALUES (?, ?, ?, ?) RETURNING id",
+            (host, owner, merchant_id, at.now),
+        )
+        waiter = int(row["id"])
+    busy_until_ms: int | None = state["busy_until_ms"]
+    busy_until = maybe_from_ms(busy_until_ms)
+    in_use = int((yield one("SELECT count(*) AS n FROM slots WHERE host = ?", (host,)))["n"])
+    if (busy_until_ms is not None and busy_until_ms > at.now) or in_use >= limit:
+        return SlotTry(None, waiter, limit, in_use, busy_until)
+    served_rows = yield every("SELECT merchant_id, last_grant FROM served WHERE host = ?", (host,))
+    waiter_rows = yield every(
+        "SELECT id, merchant_id, since_ms FROM slot_waiters WHERE host = ? ORDER BY since_ms, id",
+        (host,),
+    )
+    served = {row["merchant_id"]: int(row["last_grant"]) for row in served_rows}
+    waiters = [(int(row["id"]), row["merchant_id"], int(row["since_ms"])) for row in waiter_rows]
+    if waiter not in next_in_line(served, waiters, limit - in_use):
+        return SlotTry(None, waiter, limit, in_use, busy_until)
+    grants = int(state["grants"]) + 1
+    yield execute("DELETE FROM slot_waiters WHERE id = ?", (waiter,))
+    yield execute("UPDATE hosts SET grants = ? WHERE host = ?", (grants, host))
+    yield execute(
+        "INSERT INTO served (host, merchant_id, last_grant) VALUES (?, ?, ?)"
+        " ON CONFLICT (host, merchant_id) DO UPDATE SET last_grant = excluded.last_grant",
+        (host, merchant_id, grants),
+    )
+    slot = yield one(
+        "INSERT INTO slots (host, owner, merchant_id, granted_at_ms) VALUES (?, ?, ?, ?)"
+        " RETURNING id",
+        (host, owner, merchant_id, at.now),
+    )
+    return SlotTry(int(slot["id"]), waiter, limit, in_use + 1, busy_until)
+
+
+def reset_hosts(at: At) -> Work[None]:
+    """Forget the shared limits and backoffs: for a process alone on the state, which
+    starts from the configured limits as it would by itself."""
+    yield execute("DELETE FROM hosts")
+
+
+def leave_slot_queue(at: At, waiter_id: int) -> Work[None]:
+    """Stop waiting for a slot (the waiter was cancelled)."""
+    yield execute("DELETE FROM slot_waiters WHERE id = ?", (waiter_id,))
+
+
+def release_slot(at: At, slot_id: int) -> Work[None]:
+    """Give a slot back."""
+    yield execute("DELETE FROM slots WHERE id = ?", (slot_id,))
+
+
+def slot_busy(at: At, host: str, until: datetime, maximum: int, limit: int) -> Work[int]:
+    """A busy 503 on the host: the shared limit drops to `limit` (what the process that
+    saw it now allows itself) if lower, and nothing is granted before `until` (a later
+    end already set stays). Returns the new limit."""
+    state = yield from _host_row(host, maximum)
+    lowered = max(1, min(int(state["slot_limit"]), limit))
+    busy_until = max(to_ms(until), at.now, state["busy_until_ms"] or at.now)
+    yield execute(
+        "UPDATE hosts SET slot_limit = ?, run = 0, busy_until_ms = ? WHERE host = ?",
+        (lowered, busy_until, host),
+    )
+    return lowered
+
+
+def slot_went_through(at: At, host: str, maximum: int) -> Work[int]:
+    """An export was created on the host: the backoff ends; after as many in a row as
+    the limit, the limit grows by one up to `maximum`. Returns the limit."""
+    state = yield from _host_row(host, maximum)
+    limit, run = int(state["slot_limit"]), int(state["run"]) + 1
+    if run >= limit:
+        limit, run = min(maximum, limit + 1), 0
+    yield execute(
+        "UPDATE hosts SET slot_limit = ?, run = ?, busy_until_ms = NULL WHERE host = ?",
+        (limit, run, host),
+    )
+    return limit
+
+
+def lock_token(at: At, merchant_id: str, owner: str) -> Work[ProcessRecord | None]:
+    """Take the merchant's refresh lock: None once `owner` holds it, else the live
+    process holding it. The lock of a process whose lease ended passes on."""
+    yield execute(SERIALISE, (f"token:{merchant_id}",))
+    holder = yield one(
+        "SELECT processes.* FROM token_locks JOIN processes ON processes.id = token_locks.owner"
+        " WHERE merchant_id = ? AND owner != ? AND lease_until_ms > ?",
+        (merchant_id, owner, at.now),
+    )
+    if holder is not None:
+        return process_record(holder)
+    yield execute(
+        "INSERT INTO token_locks (merchant_id, owner, since_ms) VALUES (?, ?, ?)"
+        " ON CONFLICT (merchant_id) DO UPDATE SET owner = excluded.owner,"
+        " since_ms = excluded.since_ms",
+        (merchant_id, owner, at.now),
+    )
+    return None
+
+
+def unlock_token(at: At, merchant_id: str, owner: str) -> Work[None]:
+    """Give the merchant's refresh lock back (if `owner` still holds it)."""
+    yield execute(
+        "DELETE FROM token_locks WHERE merchant_id = ? AND owner = ?", (merchant_id, owner)
+    )
+
+
+# -- what `status` shows ------------------------------------------------------------------
+
+
+def snapshot(at: At, now: datetime | None = None) -> Work[Snapshot]:
+    """What `status` shows, in one transaction (with `now`: the live claims too)."""
+    chunk_rows = yield every("SELECT * FROM chunks ORDER BY merchant_id, type, start_ms")
+    export_rows = yield every(
+        "SELECT exports.* FROM exports JOIN chunks ON chunks.export_id = exports.id"
+        " WHERE exports.state IN (?, ?) AND chunks.status != ?"
+        " ORDER BY exports.created_at_ms, exports.{seq}",
+        (*LIVE_EXPORT_STATES, ChunkStatus.COMPLETE.value),
+    )
+    held_rows = []
+    if now is not None:
+        held_rows = yield every(
+            "SELECT claims.chunk_id, processes.* FROM claims"
+            " JOIN processes ON processes.id = claims.owner"
+            " WHERE processes.lease_until_ms > ? ORDER BY claims.chunk_id",
+            (to_ms(now),),
+        )
+    return Snapshot(
+        chunks=[chunk_record(row) for row in chunk_rows],
+        running=[export_record(row) for row in export_rows],
+        held=[HeldChunk(row["chunk_id"], process_record(row)) for row in held_rows],
+    )
