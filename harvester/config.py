@@ -13,6 +13,7 @@ import math
 import os
 import re
 import reprlib
+import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -127,7 +128,7 @@ class TokenCommand:
     """`token_command`: a program that prints a merchant's current access token (README)."""
 
     argv: tuple[str, ...] = field(repr=False)  # ${VAR} filled in: may hold a secret
-    program: str  # as written, for messages
+    shown: str  # as written (${VAR} unread), for messages
     ttl_s: float = 3600.0  # how long a token is kept when the answer has no expires_at
     timeout_s: float = 30.0  # per run of the command
     concurrency: int = 4  # runs at once, over all merchants
@@ -877,10 +878,10 @@ def _read_token_command(top: _Section, folder: Path) -> TokenCommand | None:
         if resolved is None:
             raise ConfigError(f"token_command[0]: {shown(value[0])}: not found on PATH")
         argv[0] = resolved
-    defaults = TokenCommand(argv=(), program="")
+    defaults = TokenCommand(argv=(), shown="")
     return TokenCommand(
         argv=tuple(argv),
-        program=str(value[0]),
+        shown=written if len(written := shlex.join(value)) <= 200 else f"{written[:197]}...",
         ttl_s=top.duration("token_command_ttl_s", defaults.ttl_s),
         timeout_s=top.duration("token_command_timeout_s", defaults.timeout_s),
         concurrency=top.whole("token_command_concurrency", defaults.concurrency, minimum=1),

@@ -157,7 +157,7 @@ class TokenCommandRunner:
         self._runs = asyncio.Semaphore(command.concurrency)
 
     def __repr__(self) -> str:
-        return f"TokenCommandRunner(program={self._command.program!r})"
+        return f"TokenCommandRunner({self._command.shown})"
 
     async def fetch(self, merchant_id: str, region: str) -> CommandAnswer:
         """The merchant's current token, or TokenCommandFailed."""
@@ -166,7 +166,7 @@ class TokenCommandRunner:
 
     def failure(self, what: str, stderr: bytes | None = None) -> TokenCommandFailed:
         """The error for a run that went wrong: the command, what happened, its stderr."""
-        shown = scrub(self._command.program)
+        shown = scrub(self._command.shown)
         said = f"; stderr: {first_line(stderr)}" if stderr is not None else ""
         return TokenCommandFailed(f"token_command {shown}: {what}{said}")
 

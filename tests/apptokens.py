@@ -81,3 +81,35 @@ class AppScenario(Scenario):
         path = self.tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
+
+
+def app_script(tmp_path: Path, answers: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """A token_command whose n-th run for a merchant gives `answers[merchant][n]` (the last
+    one again past the end): a mapping of `out` (stdout), `err` (stderr), `code` (the exit
+    status) and `sleep` (seconds before exiting). Each run is counted in runs-<merchant>."""
+    return write_script(
+        tmp_path,
+        "app",
+        f"""\
+        import os, sys, time
+        merchant = sys.argv[-1]
+        assert os.environ["CLOVER_MERCHANT_ID"] == merchant
+        answers = {answers!r}[merchant]
+        counter = os.path.join({str(tmp_path)!r}, "runs-" + merchant)
+        runs = int(open(counter).read()) if os.path.exists(counter) else 0
+        open(counter, "w").write(str(runs + 1))
+        answer = answers[min(runs, len(answers) - 1)]
+        sys.stdout.write(answer.get("out", ""))
+        sys.stderr.write(answer.get("err", ""))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(answer.get("sleep", 0))
+        sys.exit(answer.get("code", 0))
+        """,
+    )
+
+
+def runs_of(tmp_path: Path, merchant_id: str) -> int:
+    """How many times app_script ran for the merchant."""
+    counter = tmp_path / f"runs-{merchant_id}"
+    return int(counter.read_text()) if counter.exists() else 0
