@@ -13,6 +13,7 @@ from typing import Any
 
 from harvester import commands
 from harvester.chunks import TimeRange
+from harvester.clock import SystemClock
 from harvester.planning import select
 from harvester.simulator import Account, Faults, Simulator
 from harvester.summary import Summary
@@ -20,7 +21,7 @@ from tests.apptokens import AppScenario, app_script, runs_of, token_of, tokens_s
 from tests.conftest import DATA_START, NOW, merchant_ids, sim_settings
 from tests.fakeclock import FakeClock
 from tests.harness import assert_exactly_once, harvest, log_events
-from tests.hostile.running import run_here, written
+from tests.hostile.running import ONE_CHUNK, run_cli, run_here, written
 
 
 async def backfill(scenario: AppScenario, clock: FakeClock, requested: TimeRange) -> Summary:
@@ -168,3 +169,46 @@ async def test_failing_commands_fail_their_merchant_only_and_no_token_shows(
     for secret in [*token.values(), *renewed.values()]:
         assert secret not in shown
         assert secret.encode() not in stored
+
+
+async def test_the_cli_exits_1_and_shows_no_token(tmp_path: Path) -> None:
+    """Through the real command line: a merchant whose command fails is named in the summary
+    with its command's error, the other is harvested, the exit code is 1, and no token is in
+    stdout, stderr, `status`, the state or the output."""
+    good, bad = "CLIGOODM1", "CLIEXITSM2"
+    good_token = f"tok-{secrets.token_hex(12)}"
+    command = app_script(
+        tmp_path,
+        {
+            good: [answer(good_token)],
+            bad: [answer(good_token + "x", err="denied: " + good_token + "x", code=1)],
+        },
+    )
+    settings = sim_settings(
+        {good: Account(token=good_token), bad: Account()},
+        pending_s=0.05,
+        export_base_s=0.2,
+        export_per_object_s=0.0,
+    )
+    async with Simulator(settings, SystemClock(), Faults()) as sim:
+        scenario = AppScenario(
+            tmp_path,
+            sim,
+            {good: "", bad: ""},
+            command=command,
+            timing={"poll_min_s": 0.05, "poll_max_s": 0.5, "backoff_base_s": 0.05},
+        )
+        config = str(scenario.config_path())
+        run = await run_cli("backfill", "--config", config, *ONE_CHUNK, "--log-level", "debug")
+    status = run_here("status", "--config", config)
+    assert run.code == 1, run.err
+    assert f"{bad}: token_command " in run.out
+    assert "exited with status 1; stderr: denied: ***" in run.out
+    assert '"event": "chunk.completed"' in run.err
+    assert '"event": "token.fetched"' in run.err
+    assert "all requested work done" not in run.out
+    shown = run.out + run.err + status.out
+    stored = written(tmp_path / "state") + written(tmp_path / "data")
+    for token in (good_token, good_token + "x"):
+        assert token not in shown
+        assert token.encode() not in stored
