@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from harvester.chunks import MAX_CHUNK_DAYS, ExportType, parse_instant
 from harvester.errors import ConfigError
-from harvester.merchants_file import place, read_rows
+from harvester.merchants_file import merchant_rows, place
 from harvester.scrub import MIN_TOKEN_CHARS
 from harvester.windows import BUILTIN_REGIONS, WindowTable
 from harvester.yaml_file import read_yaml
@@ -768,13 +768,15 @@ def _read_merchants(
     written = top.env_text("merchants_file")
     if written is not None:
         path = _path(written, folder)
-        header, rows = read_rows(path)
-        if header is not None:
-            _check_header(path, header.line, header.columns)
-        for row in rows:
-            where = place(path, row.line)
-            add(where, top.within(row.values, where, _MERCHANT_KEYS, separator=": "))
-        del rows
+        before = len(merchants)
+        with merchant_rows(path) as (header, rows):
+            if header is not None:
+                _check_header(path, header.line, header.columns)
+            for row in rows:
+                where = place(path, row.line)
+                add(where, top.within(row.values, where, _MERCHANT_KEYS, separator=": "))
+        if len(merchants) == before:
+            raise ConfigError(f"merchants_file: {path}: holds no merchant")
     if not merchants:
         raise ConfigError("merchants: at least one merchant is required (or give merchants_file)")
     return tuple(merchants)

@@ -3,19 +3,22 @@
 Each row holds the keys of an entry of `merchants:` (config.py checks them). This module only
 turns the file into one mapping per row, tagged with its line: in CSV an empty cell is an
 absent key and `types` is separated by spaces; in JSON Lines a row is one JSON object per
-line, and `null` is an absent key. Refusals name the file and the line. The file is read
-whole, but bounded like the config file itself: a hostile file costs a moment, not the
-machine.
+line, and `null` is an absent key. Refusals name the file and the line. The file is
+streamed, and bounded in size like the config file itself (and each cell): a hostile file
+costs a moment, not the machine.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from harvester.errors import ConfigError
 from harvester.yaml_file import MAX_CONFIG_BYTES
@@ -45,57 +48,68 @@ def place(path: Path, line: int) -> str:
     return f"{path}:{line}"
 
 
-def read_rows(path: Path) -> tuple[Header | None, list[Row]]:
-    """The file's header (CSV only) and rows, in order; ConfigError naming the file (and
-    line) if it is bad. Which keys a row may hold is the config's business."""
+@contextmanager
+def merchant_rows(path: Path) -> Iterator[tuple[Header | None, Iterator[Row]]]:
+    """The file's header (CSV only) and its rows, read as they are taken; ConfigError naming
+    the file (and line) if it is bad. Which keys a row may hold is the config's business.
+
+    The file is streamed, never held whole: 100,000 rows cost the merchants they make.
+    """
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ConfigError(
             f"merchants_file: {path}: expected a .csv or .jsonl file (the extension says which)"
         )
-    text = _read_text(path)
-    header: Header | None = None
-    if suffix == ".csv":
-        header, rows = _csv_rows(path, text)
-    else:
-        rows = list(_jsonl_rows(path, text))
-    del text
-    if not rows:
-        raise ConfigError(f"merchants_file: {path}: holds no merchant")
-    return header, rows
+    with _open(path) as file:
+        lines = _decoded(path, file)
+        if suffix == ".jsonl":
+            yield None, _jsonl_rows(path, lines)
+            return
+        reader = csv.reader(lines, strict=True)
+        records = _csv_records(path, reader)
+        first = next(records, None)
+        if first is None:
+            yield None, iter(())
+            return
+        line, cells = first
+        header = Header(line, tuple(cell.strip() for cell in cells))
+        yield header, _csv_rows(path, header, records)
 
 
-def _read_text(path: Path) -> str:
+def _open(path: Path) -> BinaryIO:
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
+        file = path.open("rb")
     except FileNotFoundError:
         raise ConfigError(f"merchants_file: {path}: no such file") from None
     except IsADirectoryError:
         raise ConfigError(f"merchants_file: {path}: is a folder, not a file") from None
     except OSError as exc:
         raise ConfigError(f"merchants_file: {path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_CONFIG_BYTES:
+    if os.fstat(file.fileno()).st_size > MAX_CONFIG_BYTES:
+        file.close()
         raise ConfigError(f"merchants_file: {path}: larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        # utf-8-sig: a spreadsheet's CSV export often starts with a byte-order mark.
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{place(path, line)}: cannot read: not UTF-8 text") from None
+    return file
 
 
-def _csv_rows(path: Path, text: str) -> tuple[Header | None, list[Row]]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] | None = None
-    header_line = 0
-    rows: list[Row] = []
+def _decoded(path: Path, file: BinaryIO) -> Iterator[str]:
+    """The file's lines as text; a byte-order mark (spreadsheets write one) dropped."""
+    for number, raw in enumerate(file, start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{place(path, number)}: cannot read: not UTF-8 text") from None
+
+
+def _csv_records(path: Path, reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """(the line a record starts on, its cells), blank lines left out."""
     line = 1  # where the next record starts
     while True:
         try:
             cells = next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as exc:
             # The message is csv's own ("unexpected end of data"): it never quotes a cell.
             raise ConfigError(f"{place(path, line)}: not CSV: {exc}") from None
@@ -106,25 +120,29 @@ def _csv_rows(path: Path, text: str) -> tuple[Header | None, list[Row]]:
             raise ConfigError(
                 f"{place(path, start)}: a cell is longer than {MAX_FIELD_CHARS} characters"
             )
-        if header is None:
-            header, header_line = [cell.strip() for cell in cells], start
-            continue
-        if len(cells) != len(header):
+        yield start, cells
+
+
+def _csv_rows(
+    path: Path, header: Header, records: Iterator[tuple[int, list[str]]]
+) -> Iterator[Row]:
+    keys = header.columns
+    for start, cells in records:
+        if len(cells) != len(keys):
             raise ConfigError(
                 f"{place(path, start)}: {len(cells)} cells, but the header "
-                f"(line {header_line}) has {len(header)}"
+                f"(line {header.line}) has {len(keys)}"
             )
         values: dict[object, object] = {}
-        for key, cell in zip(header, cells, strict=True):
+        for key, cell in zip(keys, cells, strict=True):
             cell = cell.strip()
             if cell:
                 values[key] = cell.split() if key == "types" else cell
-        rows.append(Row(start, values))
-    return (Header(header_line, tuple(header)) if header is not None else None), rows
+        yield Row(start, values)
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[Row]:
-    for number, raw in enumerate(text.splitlines(), start=1):
+def _jsonl_rows(path: Path, lines: Iterator[str]) -> Iterator[Row]:
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         if len(raw) > MAX_LINE_CHARS:
