@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from harvester.config import TokenCommand
@@ -312,3 +315,36 @@ async def test_a_token_that_has_expired_already_is_a_failure(
     tokens = command_token(tmp_path, [answer("tok-1", NOW - timedelta(seconds=1))], clock)
     with pytest.raises(TokenCommandFailed, match="gave a token that expired at 2025-07-01T11:59"):
         await tokens.get()
+
+
+async def test_the_readme_psql_example_reads_the_token(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's example command, run as the harvester runs it against a real PostgreSQL,
+    prints the token and expiry the app stored for the merchant."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("  ```sh\n  #!/bin/sh\n", 1)[1].split("  ```\n", 1)[0]
+    script = tmp_path / "app-token"
+    script.write_text("#!/bin/sh\n" + textwrap.dedent(block))
+    script.chmod(0o755)
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE clover_installs (merchant_id text, access_token text, "
+            "expires_at timestamptz)"
+        )
+        connection.execute(
+            "INSERT INTO clover_installs VALUES ('M1', %s, '2026-12-05T00:00:00Z')", (TOKEN,)
+        )
+    url = urlsplit(pg_url)
+    for name, value in {
+        "PGHOST": url.hostname,
+        "PGPORT": str(url.port),
+        "PGUSER": url.username,
+        "PGDATABASE": url.path.lstrip("/"),
+    }.items():
+        assert value is not None
+        monkeypatch.setenv(name, value)
+    answer = await runner([str(script)]).fetch("M1", "us")
+    assert (answer.access_token, answer.expires_at) == (TOKEN, datetime(2026, 12, 5, tzinfo=UTC))
+    with pytest.raises(TokenCommandFailed, match="exited 0 but its output is not JSON"):
+        await runner([str(script)]).fetch("UNKNOWN", "us")
