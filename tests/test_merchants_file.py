@@ -178,6 +178,7 @@ def test_bad_jsonl_rows_are_refused(tmp_path: Path, rows: str, culprit: str) -> 
         ("m.csv", "id,token\n", "merchants_file: {path}: holds no merchant"),
         ("m.csv", "id\n\xff\n", "{path}:2: cannot read: not UTF-8 text"),
         ("m.csv", "id,token\nM1," + "x" * 5000 + "\n", "{path}:2: a cell is longer than 4096"),
+        ("m.jsonl", '{"id": "' + "x" * 40000 + '"}\n', "{path}:1: longer than 32768 characters"),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, name: str, text: str, expected: str) -> None:
@@ -203,3 +204,16 @@ def test_a_byte_order_mark_is_no_part_of_the_header(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("merchants_file: m.csv\n")
     assert [m.id for m in load_config(path, environ={}).merchants] == ["M1"]
+
+
+def test_a_folder_or_a_huge_file_is_refused(tmp_path: Path) -> None:
+    """A folder in place of the file, or a file past 64 MiB, is refused before it is read."""
+    (tmp_path / "folder.csv").mkdir()
+    huge = tmp_path / "huge.csv"
+    with huge.open("wb") as file:
+        file.truncate(64 * 1024 * 1024 + 1)  # sparse: takes no disk
+    path = tmp_path / "config.yaml"
+    for name, problem in (("folder.csv", "is a folder"), ("huge.csv", "larger than 67108864")):
+        path.write_text(f"merchants_file: {name}\n")
+        with pytest.raises(ConfigError, match=f"merchants_file: .*{name}: {problem}"):
+            load_config(path, environ={})

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from harvester.config import TokenCommand
-from harvester.errors import TokenCommandFailed
+from harvester.config import Config, TokenCommand, load_config
+from harvester.errors import ConfigError, TokenCommandFailed
 from harvester.scrub import forget_secrets, scrub
 from harvester.token_command import (
     MAX_STDOUT_BYTES,
@@ -348,3 +348,76 @@ async def test_the_readme_psql_example_reads_the_token(
     assert (answer.access_token, answer.expires_at) == (TOKEN, datetime(2026, 12, 5, tzinfo=UTC))
     with pytest.raises(TokenCommandFailed, match="exited 0 but its output is not JSON"):
         await runner([str(script)]).fetch("UNKNOWN", "us")
+
+
+def load_with(tmp_path: Path, top: str) -> Config:
+    path = tmp_path / "config.yaml"
+    path.write_text(top + "merchants: [{id: M1}]\n")
+    return load_config(path, environ={"DB": "app-db"})
+
+
+def test_the_config_reads_token_command_and_its_settings(tmp_path: Path) -> None:
+    """A relative program resolves against the config's folder, a bare name on PATH; ${VAR}
+    is filled in; the command as written is what messages show."""
+    script = tmp_path / "bin" / "app-token"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    config = load_with(
+        tmp_path,
+        "token_command: [bin/app-token, --db, '${DB}']\ntoken_command_ttl_s: 600\n"
+        "token_command_timeout_s: 5\ntoken_command_concurrency: 2\n",
+    )
+    command = config.token_command
+    assert command is not None
+    assert command.argv == (str(script), "--db", "app-db")
+    assert command.shown == "bin/app-token --db '${DB}'"
+    assert (command.ttl_s, command.timeout_s, command.concurrency) == (600, 5, 2)
+    assert "app-db" not in repr(command)
+    assert "app-token" in repr(TokenCommandRunner(command))
+    assert config.merchants[0].token is None
+    assert config.merchants[0].refresh_token is None
+    defaults = load_with(tmp_path, "token_command: [sh]\n").token_command
+    assert defaults is not None
+    assert defaults.argv[0].endswith("/sh")
+    assert (defaults.ttl_s, defaults.timeout_s, defaults.concurrency) == (3600, 30, 4)
+
+
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [
+        ("token_command_ttl_s: 5\n", "token_command_ttl_s: only used with token_command"),
+        ("token_command: sh\n", "token_command: expected a list [PROGRAM, ARG...]"),
+        ("token_command: []\n", "token_command: expected a list [PROGRAM, ARG...]"),
+        ("token_command: [sh, 5]\n", "token_command[1]: expected text (quote it), got 5"),
+        ("token_command: [sh, '${NOPE}']\n", "token_command[1]: environment variable NOPE"),
+        ("token_command: [' ']\n", "token_command[0]: the program must not be empty"),
+        ("token_command: [./nowhere]\n", "token_command[0]: './nowhere': no such executable"),
+        ("token_command: [no-such-program-x]\n", "token_command[0]: 'no-such-program-x': not "),
+        ("token_command: [sh]\ntoken_command_timeout_s: 0\n", "token_command_timeout_s: must be"),
+        ("token_command: [sh]\ntoken_command_concurrency: 0\n", "token_command_concurrency: must"),
+    ],
+)
+def test_bad_token_commands_are_refused(tmp_path: Path, top: str, message: str) -> None:
+    """Each bad token_command setting is refused by name."""
+    with pytest.raises(ConfigError) as caught:
+        load_with(tmp_path, top)
+    assert str(caught.value).startswith(message)
+
+
+def test_an_endless_expiry_is_no_time() -> None:
+    """expires_at Infinity (Python's JSON reads it) is refused."""
+    with pytest.raises(ValueError, match="its expires_at inf is not a time"):
+        read_answer(b'{"access_token": "ab", "expires_at": Infinity}')
+
+
+async def test_endless_stderr_is_drained_and_its_first_line_kept(tmp_path: Path) -> None:
+    """A command that writes megabytes on stderr is not blocked by a full pipe; its first
+    line is what is shown."""
+    command = write_script(
+        tmp_path,
+        "noisy",
+        "import sys; sys.stderr.write('first\\n' + 'e' * 3_000_000); sys.exit(4)",
+    )
+    with pytest.raises(TokenCommandFailed, match=r"status 4; stderr: first$"):
+        await runner(command).fetch("M1", "us")
