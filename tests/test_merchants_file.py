@@ -134,18 +134,24 @@ def test_bad_rows_are_refused_naming_file_line_and_key(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "merchants.csv"]
 
 
-def test_an_id_in_both_lists_names_both_places(tmp_path: Path) -> None:
-    """An id in `merchants:` and in the file is refused, naming both places."""
-    with pytest.raises(ConfigError) as caught:
-        load(
-            tmp_path,
-            f"merchants: [{{id: M0, token: {TOKEN}}}, {{id: M1, token: {TOKEN}}}]\n"
-            "merchants_file: merchants.csv\n",
-            HEADER + "M2,us,,," + TOKEN + "\n" + GOOD_ROW,
-        )
-    assert str(caught.value) == (
-        f"{tmp_path / 'merchants.csv'}:3: id: duplicate merchant id 'M1' (also merchants[1])"
+def test_an_id_in_both_lists_names_both_places(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id in `merchants:` and in the file exits 2 naming both places; nothing is created."""
+    (tmp_path / "merchants.csv").write_text(HEADER + "M2,us,,," + TOKEN + "\n" + GOOD_ROW)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"merchants: [{{id: M0, token: {TOKEN}}}, {{id: M1, token: {TOKEN}}}]\n"
+        "merchants_file: merchants.csv\n"
     )
+    code = main(["backfill", "--config", str(config), "--from", "2025-01-01", "--to", "2025-02-01"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        f"harvester: error: {tmp_path / 'merchants.csv'}:3: id: duplicate merchant id 'M1' "
+        "(also merchants[1])\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "merchants.csv"]
 
 
 JSONL_REFUSALS = [
