@@ -75,7 +75,7 @@ def read_answer(stdout: bytes) -> CommandAnswer:
         raise ValueError(f"its output is JSON but not an object (got {type(value).__name__})")
     token = value.get("access_token")
     if isinstance(token, str):
-        register_secret(token)
+        # Stripped: what surrounds it is never part of it (and a whole-word match finds it).
         register_secret(token.strip())
     if not isinstance(token, str) or not token.strip():
         raise ValueError("its output has no access_token (text)")
