@@ -13,6 +13,8 @@ import math
 import os
 import re
 import reprlib
+import shlex
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 
 from harvester.clover.chunks import MAX_CHUNK_DAYS, ExportType, parse_instant
 from harvester.errors import ConfigError
+from harvester.merchants_file import merchant_rows, place
 from harvester.pacing.windows import BUILTIN_REGIONS, WindowTable
 from harvester.scrub import MIN_TOKEN_CHARS
 from harvester.yaml_file import read_yaml
@@ -106,14 +109,31 @@ class Region:
 
 @dataclass(frozen=True, slots=True)
 class Merchant:
-    index: int  # position in the YAML list, for messages ("merchants[3]")
+    index: int  # position among the merchants (the YAML list's, then merchants_file's)
     id: str
     region: Region
     types: tuple[ExportType, ...]  # default (PAYMENTS, ORDERS), no duplicates
-    token: Secret | None  # exactly one of token / refresh_token
+    # At most one of token / refresh_token; neither: the token comes from token_command.
+    token: Secret | None
     refresh_token: Secret | None
     client_id: str | None  # merchant's own, else its region's; required with refresh_token
     start: datetime | None  # where `harvester run` starts when nothing is covered yet
+    where: str = ""  # for messages: "merchants[3]", or "PATH:LINE" of a merchants_file row
+
+    def path(self, key: str) -> str:
+        """Where one of its keys was given: "merchants[3].start" or "PATH:LINE: start"."""
+        return f"{self.where}.{key}" if self.where.endswith("]") else f"{self.where}: {key}"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCommand:
+    """`token_command`: a program that prints a merchant's current access token (README)."""
+
+    argv: tuple[str, ...] = field(repr=False)  # ${VAR} filled in: may hold a secret
+    shown: str  # as written (${VAR} unread), for messages
+    ttl_s: float = 3600.0  # how long a token is kept when the answer has no expires_at
+    timeout_s: float = 30.0  # per run of the command
+    concurrency: int = 4  # runs at once, over all merchants
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +192,7 @@ class Config:
     # postgresql://USER[:PASSWORD]@HOST[:PORT]/DB: the state in PostgreSQL instead of
     # state_path (processes on several machines). A Secret: its password may be in it.
     state_url: Secret | None = None
+    token_command: TokenCommand | None = None  # for merchants without token or refresh_token
 
 
 _TOP_KEYS = (
@@ -194,6 +215,11 @@ _TOP_KEYS = (
     "metrics",
     "healthcheck_url",
     "schedule",
+    "merchants_file",
+    "token_command",
+    "token_command_ttl_s",
+    "token_command_timeout_s",
+    "token_command_concurrency",
 )
 _METRICS_KEYS = ("textfile", "interval_s", "listen")
 _SCHEDULE_KEYS = ("daily_at",)
@@ -230,6 +256,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     regions = _read_regions(top)
     output_dir, bucket = _read_output(top, folder)
     state_url = _state_url(top)
+    token_command = _read_token_command(top, folder)
     return Config(
         path=config_path,
         output_dir=output_dir,
@@ -244,12 +271,13 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         lookback_days=top.whole("lookback_days", 0, minimum=0),
         default_start=_instant(top.get("default_start"), "default_start"),
         regions=MappingProxyType(regions),
-        merchants=_read_merchants(top, regions),
+        merchants=_read_merchants(top, regions, folder, token_command is not None),
         log_level=_log_level(top.text("log_level")),
         metrics=_read_metrics(top.section("metrics", _METRICS_KEYS), folder),
         healthcheck_url=_healthcheck_url(top),
         schedule=_read_schedule(top.section("schedule", _SCHEDULE_KEYS)),
         state_url=state_url,
+        token_command=token_command,
     )
 
 
@@ -372,24 +400,30 @@ def substitute(text: str, where: str, environ: Mapping[str, str]) -> str:
 class _Section:
     """One YAML mapping being read: typed getters whose messages name the key's YAML path."""
 
-    __slots__ = ("_environ", "_prefix", "_values")
+    __slots__ = ("_environ", "_prefix", "_separator", "_values")
 
     def __init__(
-        self, value: object, prefix: str, known: Sequence[str], environ: Mapping[str, str]
+        self,
+        value: object,
+        prefix: str,
+        known: Sequence[str],
+        environ: Mapping[str, str],
+        separator: str = ".",  # ": " for a row of merchants_file: "PATH:LINE: key"
     ) -> None:
         if value is None:
             value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"{prefix}: expected a mapping, got {shown(value)}")
+        self._prefix = prefix
+        self._separator = separator
         for key in value:
             if key not in known:
-                raise ConfigError(_unknown_key(_join(prefix, key), str(key), known))
-        self._prefix = prefix
+                raise ConfigError(_unknown_key(self.path(str(key)), str(key), known))
         self._values: dict[object, object] = value
         self._environ = environ
 
     def path(self, key: str) -> str:
-        return _join(self._prefix, key)
+        return f"{self._prefix}{self._separator}{key}" if self._prefix else key
 
     def get(self, key: str) -> object:
         """The value as written; None when the key is absent or null."""
@@ -401,9 +435,11 @@ class _Section:
     def section(self, key: str, known: Sequence[str]) -> _Section:
         return self.within(self.get(key), self.path(key), known)
 
-    def within(self, value: object, prefix: str, known: Sequence[str]) -> _Section:
+    def within(
+        self, value: object, prefix: str, known: Sequence[str], separator: str = "."
+    ) -> _Section:
         """A section for a mapping found inside this one, reading the same environment."""
-        return _Section(value, prefix, known, self._environ)
+        return _Section(value, prefix, known, self._environ, separator)
 
     def text(self, key: str) -> str | None:
         """Non-empty text as written."""
@@ -415,6 +451,10 @@ class _Section:
         if not value.strip():
             raise ConfigError(f"{self.path(key)}: must not be empty")
         return value
+
+    def fill(self, text: str, where: str) -> str:
+        """`text` (found at `where`) with ${VAR} filled in from the environment."""
+        return substitute(text, where, self._environ)
 
     def env_text(self, key: str) -> str | None:
         """Non-empty text with ${VAR} references filled in from the environment.
@@ -706,33 +746,73 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _read_merchants(top: _Section, regions: Mapping[str, Region]) -> tuple[Merchant, ...]:
+def _read_merchants(
+    top: _Section, regions: Mapping[str, Region], folder: Path, has_command: bool
+) -> tuple[Merchant, ...]:
+    """`merchants:` then `merchants_file:` rows, joined; an id may appear only once."""
     value = top.get("merchants")
-    if value is None or value == []:
-        raise ConfigError("merchants: at least one merchant is required")
-    if not isinstance(value, list):
+    if not isinstance(value, list | None):
         raise ConfigError(f"merchants: expected a list of merchants, got {shown(value)}")
-    first_index: dict[str, int] = {}
+    loopback = {
+        name: _is_loopback(urlsplit(region.base_url).hostname or "")
+        for name, region in regions.items()
+    }
+    first_place: dict[str, str] = {}
     merchants: list[Merchant] = []
-    for index, item in enumerate(value):
-        merchant = _read_merchant(index, item, top, regions)
-        if merchant.id in first_index:
+
+    def add(where: str, section: _Section) -> None:
+        merchant = _read_merchant(len(merchants), where, section, regions, loopback, has_command)
+        if merchant.id in first_place:
             raise ConfigError(
-                f"merchants[{index}].id: duplicate merchant id {merchant.id!r} "
-                f"(also merchants[{first_index[merchant.id]}])"
+                f"{merchant.path('id')}: duplicate merchant id {merchant.id!r} "
+                f"(also {first_place[merchant.id]})"
             )
-        first_index[merchant.id] = index
+        first_place[merchant.id] = where
         merchants.append(merchant)
+
+    for index, item in enumerate(value or []):
+        where = f"merchants[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(
+                f"{where}: expected a mapping with an id and a token, got {shown(item)}"
+            )
+        add(where, top.within(item, where, _MERCHANT_KEYS))
+    written = top.env_text("merchants_file")
+    if written is not None:
+        path = _path(written, folder)
+        before = len(merchants)
+        with merchant_rows(path) as (header, rows):
+            if header is not None:
+                _check_header(path, header.line, header.columns)
+            for row in rows:
+                where = place(path, row.line)
+                add(where, top.within(row.values, where, _MERCHANT_KEYS, separator=": "))
+        if len(merchants) == before:
+            raise ConfigError(f"merchants_file: {path}: holds no merchant")
+    if not merchants:
+        raise ConfigError("merchants: at least one merchant is required (or give merchants_file)")
     return tuple(merchants)
 
 
+def _check_header(path: Path, line: int, columns: Sequence[str]) -> None:
+    where = place(path, line)
+    for number, name in enumerate(columns):
+        if name not in _MERCHANT_KEYS:
+            raise ConfigError(_unknown_key(f"{where}: column {shown(name)}", name, _MERCHANT_KEYS))
+        if name in columns[:number]:
+            raise ConfigError(f"{where}: column {name!r} appears twice")
+    if "id" not in columns:
+        raise ConfigError(f"{where}: the header has no 'id' column")
+
+
 def _read_merchant(
-    index: int, value: object, top: _Section, regions: Mapping[str, Region]
+    index: int,
+    where: str,
+    section: _Section,
+    regions: Mapping[str, Region],
+    loopback: Mapping[str, bool],
+    has_command: bool,
 ) -> Merchant:
-    where = f"merchants[{index}]"
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping with an id and a token, got {shown(value)}")
-    section = top.within(value, where, _MERCHANT_KEYS)
     merchant_id = _merchant_id(section)
     region_name = section.text("region") or "us"
     if region_name not in regions:
@@ -743,13 +823,16 @@ def _read_merchant(
     region = regions[region_name]
     token = section.secret("token")
     refresh_token = section.secret("refresh_token")
-    if token is None and refresh_token is None:
-        raise ConfigError(f"{where}: needs a token or a refresh_token")
+    if token is None and refresh_token is None and not has_command:
+        raise ConfigError(
+            f"{where}: needs a token or a refresh_token "
+            f"(or set token_command, to ask your app for merchants without either)"
+        )
     if token is not None and refresh_token is not None:
         raise ConfigError(
             f"{section.path('refresh_token')}: give a token or a refresh_token, not both"
         )
-    if not _is_loopback(urlsplit(region.base_url).hostname or ""):
+    if not loopback[region_name]:
         for key, secret in (("token", token), ("refresh_token", refresh_token)):
             if secret is not None and len(secret.reveal()) < MIN_TOKEN_CHARS:
                 raise ConfigError(
@@ -771,6 +854,51 @@ def _read_merchant(
         refresh_token=refresh_token,
         client_id=client_id,
         start=_instant(section.get("start"), section.path("start")),
+        where=where,
+    )
+
+
+def _read_token_command(top: _Section, folder: Path) -> TokenCommand | None:
+    """`token_command` and its settings; the program must exist and be executable now."""
+    value = top.get("token_command")
+    if value is None:
+        for key in ("token_command_ttl_s", "token_command_timeout_s", "token_command_concurrency"):
+            if top.has(key):
+                raise ConfigError(f"{key}: only used with token_command")
+        return None
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f"token_command: expected a list [PROGRAM, ARG...] (run without a shell), "
+            f"got {shown(value)}"
+        )
+    argv: list[str] = []
+    for number, item in enumerate(value):
+        where = f"token_command[{number}]"
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: expected text (quote it), got {shown(item)}")
+        argv.append(top.fill(item, where))
+    program = argv[0].strip()
+    if not program:
+        raise ConfigError("token_command[0]: the program must not be empty")
+    if "/" in program:
+        found = _path(program, folder)
+        if not (found.is_file() and os.access(found, os.X_OK)):
+            raise ConfigError(
+                f"token_command[0]: {shown(value[0])}: no such executable file ({found})"
+            )
+        argv[0] = str(found)
+    else:
+        resolved = shutil.which(program)
+        if resolved is None:
+            raise ConfigError(f"token_command[0]: {shown(value[0])}: not found on PATH")
+        argv[0] = resolved
+    defaults = TokenCommand(argv=(), shown="")
+    return TokenCommand(
+        argv=tuple(argv),
+        shown=written if len(written := shlex.join(value)) <= 200 else f"{written[:197]}...",
+        ttl_s=top.duration("token_command_ttl_s", defaults.ttl_s),
+        timeout_s=top.duration("token_command_timeout_s", defaults.timeout_s),
+        concurrency=top.whole("token_command_concurrency", defaults.concurrency, minimum=1),
     )
 
 
@@ -837,10 +965,6 @@ def _unknown_key(where: str, key: str, known: Sequence[str]) -> str:
     message = f"{where}: unknown key (expected one of: {', '.join(sorted(known))})"
     close = difflib.get_close_matches(key, known, n=1)
     return f"{message}; did you mean {close[0]!r}?" if close else message
-
-
-def _join(prefix: str, key: object) -> str:
-    return f"{prefix}.{key}" if prefix else str(key)
 
 
 # Bounded in depth, items and characters: a config can hold a huge or deeply shared value,

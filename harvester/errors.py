@@ -94,6 +94,12 @@ class TokenRejected(CloverRefused):
     """401: the access token is not (or no longer) accepted."""
 
 
+class TokenCommandFailed(HarvesterError):
+    """`token_command` timed out, exited non-zero, or printed no usable token: that merchant
+    fails for this run. The message names the command, its exit status and the first line of
+    its stderr (scrubbed), never a token."""
+
+
 class ExportNotFound(CloverRefused):
     """404 on an export id: the server no longer knows it."""
 

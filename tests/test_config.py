@@ -427,7 +427,8 @@ def test_unknown_key_suggests_the_close_match(tmp_path: Path) -> None:
         "start, token, types); did you mean 'token'?"
     )
     assert refusal(tmp_path, "zzz: 1\n" + MERCHANT).endswith(
-        "schedule, state_path, state_url, timing)"
+        "state_url, timing, token_command, token_command_concurrency, "
+        "token_command_timeout_s, token_command_ttl_s)"
     )
 
 

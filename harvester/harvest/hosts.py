@@ -22,6 +22,7 @@ from harvester.clover.ratelimit import RequestLimiter
 from harvester.config import Config, Merchant, RateLimits, Region, Timing
 from harvester.harvest.merchant import MerchantClient
 from harvester.harvest.observer import RunObserver
+from harvester.harvest.token_command import CommandToken, TokenCommandRunner
 from harvester.harvest.tokens import RefreshingToken, StaticToken, TokenSource
 from harvester.pacing.gate import HostGate
 from harvester.pacing.slots import ExportSlots
@@ -114,6 +115,7 @@ class Hosts:
             store, Owner.this_process("harvest"), clock, config.timing.lease_s, SystemClock()
         )
         self._refresh_locks = RefreshLocks(self.lease, clock, config.timing.poll_min_s)
+        self._token_command: TokenCommandRunner | None = None  # built on first use
 
     @property
     def built(self) -> Mapping[str, Host]:
@@ -156,9 +158,26 @@ class Hosts:
             on_rate_limited=lambda scope: self._observer.rate_limited(merchant.region.name, scope),
         )
 
+    def _command_token(self, merchant: Merchant) -> TokenSource:
+        # The config guarantees token_command where a merchant has neither token.
+        command = self._config.token_command
+        assert command is not None
+        if self._token_command is None:
+            self._token_command = TokenCommandRunner(command)
+        return CommandToken(
+            merchant.id,
+            merchant.region.name,
+            self._token_command,
+            self._clock,
+            self._config.timing.token_refresh_margin_s,
+            command.ttl_s,
+        )
+
     def _tokens(self, merchant: Merchant, host: Host) -> TokenSource:
         if merchant.token is not None:
             return StaticToken(merchant.token.reveal())
+        if merchant.refresh_token is None:
+            return self._command_token(merchant)
         # The config guarantees a refresh token and a client id where there is no token.
         assert merchant.refresh_token is not None
         assert merchant.client_id is not None

@@ -74,7 +74,7 @@ def nightly_start(
     if covered:
         return min(r.start for r in covered)
     raise ConfigError(
-        f"merchants[{merchant.index}].start: merchant {merchant.id} has nothing harvested yet and "
+        f"{merchant.path('start')}: merchant {merchant.id} has nothing harvested yet and "
         "no start date: set merchants[].start or default_start"
     )
 

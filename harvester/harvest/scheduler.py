@@ -43,6 +43,7 @@ from harvester.errors import (
     PermissionMissing,
     ServerBusy,
     StoreError,
+    TokenCommandFailed,
     TokenRejected,
     Unavailable503,
     WindowClosed,
@@ -339,6 +340,9 @@ class Harvest:
                 return
             except TokenRejected as exc:
                 await self._refuse(state, chunk, "token rejected", exc)
+                return
+            except TokenCommandFailed as exc:
+                await self._refuse(state, chunk, str(exc), exc)
                 return
             except OutputError as exc:
                 if self._room.failed(exc):

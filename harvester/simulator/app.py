@@ -432,6 +432,11 @@ class Simulator:
         """Change an object's amount now (a refund, an edit) and return the new version."""
         return self._data.edit(merchant_id, type, object_id, self._now_ms())
 
+    def grant_access_token(self, merchant_id: str, token: str, expires_at: datetime) -> None:
+        """Clover issued `token` for the merchant to the app, by a flow of the app's own (its
+        OAuth, its refresh): accepted until `expires_at`, then answered 401."""
+        self._access_grants[token] = _Grant(merchant_id, expires_at.timestamp())
+
     def revoke_access_tokens(self, merchant_id: str) -> None:
         """Clover stops accepting the merchant's issued access tokens, expired or not (an app
         reinstalled, say); its refresh tokens stay valid."""
