@@ -35,15 +35,11 @@ def token_of(merchant_id: str, salt: str, generation: int = 1) -> str:
 
 
 def tokens_script(tmp_path: Path, salt: str) -> list[str]:
-    """Prints each merchant's token, without expires_at."""
-    return write_script(
-        tmp_path,
-        "tokens",
-        f"""\
-        import sys
-        sys.stdout.write('{{"access_token": "app-%s-1-{salt}"}}' % sys.argv[-1])
-        """,
-    )
+    """Prints each merchant's token, without expires_at: a shell script, which starts several
+    times faster than Python (1,000 of them run in the 1,000-merchant test)."""
+    path = tmp_path / "tokens.sh"
+    path.write_text(f"""printf '{{"access_token": "app-%s-1-{salt}"}}' "$1"\n""")
+    return ["/bin/sh", str(path)]
 
 
 @dataclass
