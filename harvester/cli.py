@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = words.add_parser("status", parents=[with_config], help="what the state store says")
     status.add_argument("--json", action="store_true", help="print JSON")
     words.add_parser("check-config", parents=[with_config], help="validate the config and exit")
+    load = words.add_parser(
+        "load",
+        parents=[with_config],
+        help="load the published chunks into tables (DuckDB, PostgreSQL, ...; needs the "
+        "load extra)",
+    )
+    load.add_argument(
+        "--no-live",
+        action="store_true",
+        help="no live progress view, even on a terminal (off a terminal there is none)",
+    )
     migrate = words.add_parser(
         "migrate-state",
         parents=[common],
@@ -150,6 +161,8 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
             return EXIT_OK
         if args.command == "status":
             return _status(config, clock, as_json=args.json)
+        if args.command == "load":
+            return _load(config, clock, live)
         if args.command == "serve":
             server = Server(args.config, config, clock)
             return asyncio.run(_run_until_signal(server.run, config.timing.shutdown_grace_s, clock))
@@ -181,6 +194,26 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
     except HarvesterError as exc:
         print(f"harvester: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _load(config: Config, clock: Clock, live: Callable[[TextIO], None] | None) -> int:
+    try:
+        # dlt comes in here only: no other command pays for it.
+        from harvester.load.command import load_command
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in ("dlt", "duckdb", "psycopg2"):
+            raise
+        raise ConfigError(
+            f"harvester load needs the load extra ({exc.name} is not installed): "
+            "pip install 'clover-harvester[load]'"
+        ) from None
+    return asyncio.run(
+        _run_until_signal(
+            lambda stop: load_command(config, clock, stop, live),
+            config.timing.shutdown_grace_s,
+            clock,
+        )
+    )
 
 
 def _register_tokens(config: Config) -> None:

@@ -1,0 +1,14 @@
+"""`harvester load`: the published chunks into tables (DuckDB, PostgreSQL, any dlt destination).
+
+Imported only by the `load` command and by `serve` with `load.after_run`: dlt is imported in
+source.py and pipeline.py alone, so no other command pays for it. Reads the output, never
+writes it; imports the output's layout (harvester/output.py, harvester/bucket.py), not the
+harvest.
+"""
+
+import os
+
+# Before anything here imports dlt, which reads these as it starts: no anonymous telemetry
+# (no network but the destination's), and dlt's own log lines only for errors.
+os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
+os.environ.setdefault("RUNTIME__LOG_LEVEL", "ERROR")
