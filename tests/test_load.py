@@ -17,20 +17,26 @@ from typing import Any
 
 import duckdb
 import psycopg
+import pytest
 
 from harvester import commands
 from harvester.chunks import ExportType
-from harvester.config import Config, load_config
+from harvester.cli import main
+from harvester.config import Config, LoadSettings, load_config
+from harvester.errors import ConfigError
 from harvester.load.command import load
+from harvester.load.live import LoadView
 from harvester.load.pipeline import default_duckdb_path, working_folder
 from harvester.load.summary import LoadSummary
 from harvester.planning import select
+from harvester.serve import Server, last_run_path
 from tests.conftest import Scenario, harvested, ids, new_token
 from tests.fakeclock import FakeClock
 from tests.harness import FULL, log_events, simulated
 from tests.seaweed import SeaweedFS
 from tests.test_bucket import bucket_top, new_prefix
 from tests.test_live import plain, read_all
+from tests.test_serve import logged
 
 SMALL: dict[str, Any] = {
     "objects_per_day": 2.0
@@ -397,3 +403,127 @@ def test_the_command_line_imports_dlt_only_to_load() -> None:
         "assert os.environ['RUNTIME__DLTHUB_TELEMETRY'] == 'false'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+async def test_serve_loads_after_each_run_and_a_failed_load_is_reported(
+    tmp_path: Path, clock: FakeClock, log_buffer: io.StringIO
+) -> None:
+    """With load.after_run, serve loads after the night's run (rows in the metrics); a load
+    that fails (the DuckDB file cannot be opened) makes the night fail in /healthz and the
+    metrics, and the harvest stands."""
+    top = {"default_start": "2025-06-25", "schedule": {"daily_at": "00:30"}}
+    data = {"data_start": JUNE, "data_end": JULY, **SMALL}
+    async with simulated(tmp_path, clock, 1, top=top, **data) as scenario:
+        for night, duckdb_path in enumerate(("tables.duckdb", "a-folder")):
+            scenario.top["load"] = {"after_run": True, "duckdb_path": duckdb_path}
+            config = scenario.config()
+            last_run_path(config).unlink(missing_ok=True)  # the night is owed again
+            server = Server(scenario.config_path(), config, clock, scenario.environ)
+            stop = asyncio.Event()
+            serving = asyncio.create_task(server.run(stop))
+            await logged(log_buffer, "serve.run_ended", night + 1)
+            (tmp_path / "a-folder").mkdir(exist_ok=True)
+            if night == 0:
+                good = server.health()
+                rows = query(config, "SELECT count(*) FROM clover.payments")
+            else:
+                bad = server.health()
+            stop.set()
+            await serving
+        merchant = next(iter(scenario.tokens))
+        on_disk_now = harvested(scenario.output_dir, merchant, "payments")
+    assert good.healthy, good.detail
+    assert rows == [(len(on_disk_now),)]
+    assert rows[0][0] > 0
+    assert not bad.healthy
+    assert "exit code 1" in bad.detail
+    (failed,) = log_events(log_buffer, "serve.load_failed")
+    assert "a-folder" in failed["error"]
+    assert [e["exit_code"] for e in log_events(log_buffer, "serve.run_ended")] == [0, 1]
+
+
+def test_the_load_view_shows_chunks_and_rows(clock: FakeClock) -> None:
+    summary = LoadSummary("/x/data.duckdb", "clover")
+    view = LoadView(summary, clock)
+    summary.loaded("M1", ExportType.ORDERS, 1200)
+    summary.unchanged("M1", ExportType.PAYMENTS)
+    clock.advance(75)
+    assert view.render().plain == (
+        "chunks 1 loaded, 1 unchanged   rows 1,200   into /x/data.duckdb   elapsed 1m15s"
+    )
+    summary.failed("M1", ExportType.ORDERS, "bad")
+    assert "1 unchanged, 1 failed" in view.render().plain
+
+
+LOAD_CONFIG = "merchants:\n  - {id: M1, token: plain-token-16ch}\nload:\n"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("  destination: Big Query\n", "load.destination: expected a dlt destination name"),
+        ("  destination: postgres\n", "load.dsn: required with destination: postgres"),
+        ("  dsn: postgresql://u@h/db\n", "load.dsn: only with destination: postgres"),
+        (
+            "  destination: postgres\n  dsn: mysql://u@h/db\n",
+            "load.dsn: expected postgresql://USER@HOST:PORT/DB",
+        ),
+        (
+            "  destination: postgres\n  dsn: postgresql://u@h\n",
+            "load.dsn: expected postgresql://USER@HOST:PORT/DB (host and database)",
+        ),
+        (
+            "  destination: postgres\n  dsn: postgresql://u:${NOPE}@h/db\n",
+            "load.dsn: environment variable NOPE is not set",
+        ),
+        (
+            "  destination: postgres\n  dsn: postgresql://u@h/db\n  duckdb_path: x.duckdb\n",
+            "load.duckdb_path: only with destination: duckdb",
+        ),
+        ("  dataset: 1st\n", "load.dataset: expected a schema name"),
+        ("  after_run: yes please\n", "load.after_run: expected true or false"),
+        ("  after: true\n", "load.after: unknown key"),
+    ],
+)
+def test_a_bad_load_section_is_refused_naming_its_key(
+    tmp_path: Path, section: str, message: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(LOAD_CONFIG + section)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert str(caught.value).startswith(message)
+
+
+def test_a_load_section_is_read_with_its_defaults_and_a_secret_dsn(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        LOAD_CONFIG + "  destination: postgres\n  dsn: postgresql://u:${PW}@h:5432/db\n"
+        "  dataset: warehouse\n  after_run: true\n"
+    )
+    settings = load_config(path, {"PW": "pg-password-123456"}).load
+    assert settings.dsn is not None
+    assert settings.dsn.reveal() == "postgresql://u:pg-password-123456@h:5432/db"
+    assert "pg-password" not in repr(settings)
+    assert (settings.destination, settings.dataset, settings.after_run) == (
+        "postgres",
+        "warehouse",
+        True,
+    )
+    path.write_text(LOAD_CONFIG + "  duckdb_path: tables/all.duckdb\n")
+    settings = load_config(path, {}).load
+    assert (settings.destination, settings.duckdb_path) == (
+        "duckdb",
+        tmp_path / "tables/all.duckdb",
+    )
+    path.write_text("merchants:\n  - {id: M1, token: plain-token-16ch}\n")
+    assert load_config(path, {}).load == LoadSettings()
+
+
+def test_an_unknown_destination_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(LOAD_CONFIG + "  destination: nosuchwarehouse\n")
+    assert main(["load", "--config", str(path), "--no-live"]) == 2
+    assert "load.destination: dlt knows no destination 'nosuchwarehouse'" in capsys.readouterr().err
