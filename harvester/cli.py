@@ -197,16 +197,14 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
 
 
 def _load(config: Config, clock: Clock, live: Callable[[TextIO], None] | None) -> int:
-    try:
-        # dlt comes in here only: no other command pays for it.
-        from harvester.load.command import load_command
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.partition(".")[0] not in ("dlt", "duckdb", "psycopg2"):
-            raise
-        raise ConfigError(
-            f"harvester load needs the load extra ({exc.name} is not installed): "
-            "pip install 'clover-harvester[load]'"
-        ) from None
+    from harvester.load import missing_extra, needs_extra
+
+    missing = missing_extra()
+    if missing is not None:
+        raise ConfigError(f"harvester load {needs_extra(missing)}")
+    # dlt comes in here only: no other command pays for it.
+    from harvester.load.command import load_command
+
     return asyncio.run(
         _run_until_signal(
             lambda stop: load_command(config, clock, stop, live),

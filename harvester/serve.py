@@ -43,6 +43,12 @@ def last_run_path(config: Config) -> Path:
 def required_daily_at(config: Config) -> None:
     if config.schedule.daily_at is None:
         raise ConfigError('schedule.daily_at: required by harvester serve (a UTC time, "00:30")')
+    if config.load.after_run:
+        from harvester.load import missing_extra, needs_extra
+
+        missing = missing_extra()
+        if missing is not None:
+            raise ConfigError(f"load.after_run: {needs_extra(missing)}")
 
 
 class Server:
@@ -157,14 +163,9 @@ class Server:
         """The load after the night's run: (its exit code, what failed). A failed load is
         reported (log, metrics, the health ping); the harvest stands."""
         log = get_logger()
-        try:
-            # dlt only for a config that asks for loads.
-            from harvester.load.command import load
-        except ModuleNotFoundError as exc:
-            problem = f"the load extra is not installed ({exc.name} is missing)"
-            log.error("serve.load_failed", error=problem)
-            operation.metrics.load_finished(False, {})
-            return EXIT_FAILED, f"load failed: {problem}"
+        # dlt only for a config that asks for loads (required_load_extra has checked it is in).
+        from harvester.load.command import load
+
         try:
             loaded = await load(config, stop)
         except HarvesterError as exc:  # a destination dlt does not know, say

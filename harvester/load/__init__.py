@@ -6,9 +6,24 @@ writes it; imports the output's layout (harvester/output.py, harvester/bucket.py
 harvest.
 """
 
+import importlib.util
 import os
 
 # Before anything here imports dlt, which reads these as it starts: no anonymous telemetry
 # (no network but the destination's), and dlt's own log lines only for errors.
 os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
 os.environ.setdefault("RUNTIME__LOG_LEVEL", "ERROR")
+
+
+def missing_extra() -> str | None:
+    """The first module of the `load` extra that is not installed, if any (dlt not imported)."""
+    for name in ("dlt", "duckdb"):
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
+def needs_extra(missing: str) -> str:
+    return (
+        f"needs the load extra ({missing} is not installed): pip install 'clover-harvester[load]'"
+    )
