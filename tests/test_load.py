@@ -527,3 +527,23 @@ def test_an_unknown_destination_is_a_config_error(
     path.write_text(LOAD_CONFIG + "  destination: nosuchwarehouse\n")
     assert main(["load", "--config", str(path), "--no-live"]) == 2
     assert "load.destination: dlt knows no destination 'nosuchwarehouse'" in capsys.readouterr().err
+
+
+def test_without_the_load_extra_load_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    """dlt not installed (hidden from the import system here): exit 2 and how to get it."""
+    path = tmp_path / "config.yaml"
+    path.write_text(LOAD_CONFIG + "  dataset: clover\n")
+    script = (
+        "import sys\n"
+        "sys.modules['dlt'] = None\n"
+        "from harvester.cli import main\n"
+        f"sys.exit(main(['load', '--config', {str(path)!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "harvester: error: harvester load needs the load extra (dlt is not installed): "
+        "pip install 'clover-harvester[load]'\n"
+    )
