@@ -4,8 +4,9 @@ has the size and sha256 the manifest gives. Pure: bytes in, a verdict out."""
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
+
+import orjson
 
 from harvester.chunks import ExportType
 from harvester.errors import HarvesterError
@@ -57,8 +58,8 @@ def elements(where: str, part: PartInfo, data: bytes) -> list[dict[str, Any]]:
     anything else means the manifest was written to match a tampered file."""
     name = ChunkOutput.part_name(part.index)
     try:
-        document = json.loads(data)
-    except ValueError:
+        document = orjson.loads(data)  # twice as fast as json's: each part is parsed twice
+    except orjson.JSONDecodeError:
         raise BadChunk(f"{where}: {name} is not JSON") from None
     found = document.get("elements") if isinstance(document, dict) else None
     if not isinstance(found, list) or not all(
