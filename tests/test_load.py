@@ -547,3 +547,27 @@ def test_without_the_load_extra_load_is_a_usage_error_naming_it(tmp_path: Path) 
         "harvester: error: harvester load needs the load extra (dlt is not installed): "
         "pip install 'clover-harvester[load]'\n"
     )
+
+
+async def test_a_stopped_load_loads_nothing_more_and_the_next_one_catches_up(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Stopped (SIGINT, SIGTERM) before its first chunk: no row, exit 1, and the next load
+    loads everything; a merchant harvesting payments only gets no orders."""
+    async with simulated(tmp_path, clock, 1, **SMALL) as scenario:
+        merchant = next(iter(scenario.tokens))
+        scenario.merchant_overrides[merchant] = {"types": ["PAYMENTS"]}
+        await backfill(scenario, clock)
+        config = scenario.config()
+        stop = asyncio.Event()
+        stop.set()
+
+        stopped = await load(config, stop)
+        caught_up = await load_now(config)
+
+    assert (stopped.stopped, stopped.exit_code, stopped.rows) == (True, 1, 0)
+    assert "stopped: the chunks not loaded load next time" in stopped.render()
+    assert (caught_up.exit_code, caught_up.chunks_loaded) == (0, 4)
+    assert sorted(rows_by_id(config, "payments")) == sorted(on_disk(scenario, "payments"))
+    tables = query(config, "SELECT table_name FROM information_schema.tables")
+    assert ("orders",) not in tables
