@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,load]'
 	touch $(STAMP)
 
 test: install lint typecheck unit
@@ -36,11 +36,13 @@ soak: install
 
 # Figures, not pass/fail: download memory with ~1 MB files against ~20 MB files, how busy
 # a server that takes 2 exports is kept when the config says 6, and throughput and memory of
-# the folder against a bucket (a local SeaweedFS) on the same work.
+# the folder against a bucket (a local SeaweedFS) on the same work, and `harvester load` into
+# DuckDB against a plain read_json of the same files.
 bench: install
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python -m benchmarks.bench_busy
 	$(BIN)/python -m benchmarks.bench_output
+	$(BIN)/python -m benchmarks.bench_load
 
 # Figures, not pass/fail: one harvester process against three on the same work.
 bench-processes: install

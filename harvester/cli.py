@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = words.add_parser("status", parents=[with_config], help="what the state store says")
     status.add_argument("--json", action="store_true", help="print JSON")
     words.add_parser("check-config", parents=[with_config], help="validate the config and exit")
+    load = words.add_parser(
+        "load",
+        parents=[with_config],
+        help="load the published chunks into tables (DuckDB, PostgreSQL, ...; needs the "
+        "load extra)",
+    )
+    load.add_argument(
+        "--no-live",
+        action="store_true",
+        help="no live progress view, even on a terminal (off a terminal there is none)",
+    )
     migrate = words.add_parser(
         "migrate-state",
         parents=[common],
@@ -150,6 +161,8 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
             return EXIT_OK
         if args.command == "status":
             return _status(config, clock, as_json=args.json)
+        if args.command == "load":
+            return _load(config, clock, live)
         if args.command == "serve":
             server = Server(args.config, config, clock)
             return asyncio.run(_run_until_signal(server.run, config.timing.shutdown_grace_s, clock))
@@ -181,6 +194,34 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
     except HarvesterError as exc:
         print(f"harvester: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _load(config: Config, clock: Clock, live: Callable[[TextIO], None] | None) -> int:
+    from harvester.load import missing_extra, needs_extra
+
+    missing = missing_extra()
+    if missing is not None:
+        raise ConfigError(f"harvester load {needs_extra(missing)}")
+    # dlt comes in here only: no other command pays for it.
+    from harvester.load.command import load, new_summary
+
+    async def drawn(stop: asyncio.Event) -> int:
+        """The load, drawn on a terminal (unless `live` is None; it points the logs at a
+        stream), then its summary on stdout."""
+        summary = new_summary(config)
+        async with contextlib.AsyncExitStack() as view:
+            if live is not None and sys.stderr.isatty():
+                from harvester.ops.live import live_progress  # rich only on a terminal
+                from harvester.ops.load_view import LoadView
+
+                await view.enter_async_context(
+                    live_progress(LoadView(summary, clock), sys.stderr, live)
+                )
+            await load(config, stop, summary)
+        print(summary.render(), flush=True)
+        return summary.exit_code
+
+    return asyncio.run(_run_until_signal(drawn, config.timing.shutdown_grace_s, clock))
 
 
 def _register_tokens(config: Config) -> None:

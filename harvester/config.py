@@ -168,6 +168,19 @@ class Bucket:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadSettings:
+    """Where `harvester load` puts the tables (the `load:` section)."""
+
+    # duckdb, postgres, or the name of another dlt destination (configured through dlt's own
+    # environment variables, e.g. DESTINATION__BIGQUERY__CREDENTIALS__PROJECT_ID).
+    destination: str = "duckdb"
+    duckdb_path: Path | None = None  # absolute; None: next to the output (see harvester/load)
+    dsn: Secret | None = None  # postgres: postgresql://USER[:${VAR}]@HOST:PORT/DB
+    dataset: str = "clover"  # the schema the tables go in
+    after_run: bool = False  # `serve` loads after each night's run
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # the config file, absolute
     # Exactly one of the two: a folder (absolute; relative YAML paths resolve against the
@@ -193,6 +206,7 @@ class Config:
     # state_path (processes on several machines). A Secret: its password may be in it.
     state_url: Secret | None = None
     token_command: TokenCommand | None = None  # for merchants without token or refresh_token
+    load: LoadSettings = field(default_factory=LoadSettings)
 
 
 _TOP_KEYS = (
@@ -220,7 +234,11 @@ _TOP_KEYS = (
     "token_command_ttl_s",
     "token_command_timeout_s",
     "token_command_concurrency",
+    "load",
 )
+_LOAD_KEYS = ("destination", "duckdb_path", "dsn", "dataset", "after_run")
+_DESTINATION_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_DATASET_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _METRICS_KEYS = ("textfile", "interval_s", "listen")
 _SCHEDULE_KEYS = ("daily_at",)
 _TIMING_KEYS = tuple(item.name for item in fields(Timing))
@@ -278,7 +296,58 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         schedule=_read_schedule(top.section("schedule", _SCHEDULE_KEYS)),
         state_url=state_url,
         token_command=token_command,
+        load=_read_load(top.section("load", _LOAD_KEYS), folder),
     )
+
+
+def _read_load(section: _Section, folder: Path) -> LoadSettings:
+    """The `load:` section: the destination of `harvester load` and whether `serve` loads."""
+    destination = (section.text("destination") or "duckdb").strip()
+    if not _DESTINATION_NAME.fullmatch(destination):
+        raise ConfigError(
+            f"{section.path('destination')}: expected a dlt destination name like duckdb or "
+            f"postgres, got {destination!r}"
+        )
+    if section.has("duckdb_path") and destination != "duckdb":
+        raise ConfigError(f"{section.path('duckdb_path')}: only with destination: duckdb")
+    duckdb_path = section.env_text("duckdb_path")
+    dataset = (section.text("dataset") or LoadSettings().dataset).strip()
+    if not _DATASET_NAME.fullmatch(dataset):
+        raise ConfigError(
+            f"{section.path('dataset')}: expected a schema name (lowercase letters, digits "
+            f"and '_', not starting with a digit), got {dataset!r}"
+        )
+    after_run = section.get("after_run")
+    if after_run is not None and not isinstance(after_run, bool):
+        raise ConfigError(f"{section.path('after_run')}: expected true or false")
+    return LoadSettings(
+        destination=destination,
+        duckdb_path=_path(duckdb_path, folder) if duckdb_path is not None else None,
+        dsn=_load_dsn(section, destination),
+        dataset=dataset,
+        after_run=bool(after_run),
+    )
+
+
+def _load_dsn(section: _Section, destination: str) -> Secret | None:
+    """load.dsn, required by and only with postgres; a password comes from ${VAR}."""
+    where = section.path("dsn")
+    if destination != "postgres":
+        if section.has("dsn"):
+            raise ConfigError(f"{where}: only with destination: postgres")
+        return None
+    written = section.text("dsn")
+    if written is None:
+        raise ConfigError(f"{where}: required with destination: postgres")
+    # As for state_url: the text as written may be shown, what ${VAR} filled in never.
+    parts = urlsplit(written)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"{where}: expected postgresql://USER@HOST:PORT/DB")
+    if not parts.hostname or not parts.path.strip("/"):
+        raise ConfigError(f"{where}: expected postgresql://USER@HOST:PORT/DB (host and database)")
+    value = section.env_text("dsn")
+    assert value is not None
+    return Secret(value)
 
 
 def _read_metrics(section: _Section, folder: Path) -> MetricsSettings:

@@ -2,7 +2,8 @@
 
 Starts `harvester simulate` on loopback, writes a demo config, runs `harvester backfill`
 as a user would, then prints the summary, where the files are, and how busy the
-simulator's export slots were while work remained.
+simulator's export slots were while work remained. Last, `harvester load` puts what it
+harvested into DuckDB, and the demo prints orders and payments per merchant from the tables.
 """
 
 from __future__ import annotations
@@ -130,7 +131,50 @@ def main() -> int:
     busy = slot_busyness(stats, EXPORT_LIMIT)
     if busy is not None:
         print(f"export slots busy: {busy:.0%} (running exports / limit, while work remained)")
-    return result.returncode
+    if result.returncode != 0:
+        return result.returncode
+    return load(folder, config, env)
+
+
+def load(folder: Path, config: Path, env: dict[str, str]) -> int:
+    """`harvester load` into DuckDB, then orders and payments per merchant from the tables."""
+    print("\nloading into DuckDB ...", flush=True)
+    with (folder / "load.log").open("w") as load_log:
+        loaded = subprocess.run(  # noqa: S603 - our own CLI
+            [*HARVESTER, "load", "--config", str(config), "--log-format", "json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=load_log,
+            text=True,
+            check=False,
+        )
+    print(loaded.stdout)
+    if loaded.returncode != 0:
+        print(f"load: exit code {loaded.returncode}; see {folder / 'load.log'}")
+        return loaded.returncode
+    import duckdb  # the load extra brings it
+
+    database = folder / "data.duckdb"
+    with duckdb.connect(str(database), read_only=True) as db:
+        rows = db.sql(
+            """
+            SELECT merchant_id,
+                   (SELECT count(*) FROM clover.orders AS o
+                    WHERE o.merchant_id = m.merchant_id) AS orders,
+                   (SELECT count(*) FROM clover.payments AS p
+                    WHERE p.merchant_id = m.merchant_id) AS payments,
+                   (SELECT sum(amount) FROM clover.payments AS p
+                    WHERE p.merchant_id = m.merchant_id) AS amount
+            FROM (SELECT DISTINCT merchant_id FROM clover.orders
+                  UNION SELECT DISTINCT merchant_id FROM clover.payments) AS m
+            ORDER BY merchant_id
+            """
+        ).fetchall()
+    print(f"from the tables in {database} (dataset clover):")
+    print(f"{'merchant':<15}{'orders':>8}{'payments':>10}{'amount (USD)':>15}")
+    for merchant_id, orders, payments, amount in rows:
+        print(f"{merchant_id:<15}{orders:>8}{payments:>10}{(amount or 0) / 100:>15,.2f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -130,9 +130,15 @@ class LiveView(RunObserver):
         return Group(head, table)
 
 
+class Shown(Protocol):
+    """What `live_progress` draws: the harvest's LiveView, or the load's view."""
+
+    def render(self) -> RenderableType: ...
+
+
 @asynccontextmanager
 async def live_progress(
-    view: LiveView, stream: TextIO, relog: Callable[[TextIO], None]
+    view: Shown, stream: TextIO, relog: Callable[[TextIO], None]
 ) -> AsyncIterator[None]:
     """Draw `view` on `stream` (a terminal) until the block ends, then leave its last frame.
 

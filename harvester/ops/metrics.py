@@ -6,7 +6,7 @@ series per metric. Gauges of a host's slots and window are read at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -94,6 +94,18 @@ class Metrics(RunObserver):
         )
         self._hosts = _HostGauges(clock)
         registry.register(self._hosts)
+        # `serve` with load.after_run: the load after each run (the harvest stands either way).
+        self._loads_failed = Counter(
+            "harvester_loads_failed", "Loads into tables that failed.", registry=registry
+        )
+        self._load_rows = Counter(
+            "harvester_load_rows", "Rows loaded into tables.", ["type"], registry=registry
+        )
+        self._last_load_success = Gauge(
+            "harvester_last_load_success_timestamp_seconds",
+            "When the last load that loaded every chunk ended (Unix time).",
+            registry=registry,
+        )
 
     def regions(self, names: Iterable[str]) -> None:
         """Show these regions' counters at 0 before anything happens on them."""
@@ -147,6 +159,14 @@ class Metrics(RunObserver):
     def chunk_failed(self, type: ExportType) -> None:
         self._chunks_failed.labels(str(type)).inc()
         self._pending.dec()
+
+    def load_finished(self, ok: bool, rows: Mapping[ExportType, int]) -> None:
+        for export_type, count in rows.items():
+            self._load_rows.labels(str(export_type)).inc(count)
+        if ok:
+            self._last_load_success.set(self._clock.now().timestamp())
+        else:
+            self._loads_failed.inc()
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

@@ -77,12 +77,14 @@ class Operation:
         if self._config.healthcheck_url is not None:
             await ping(self._config.healthcheck_url, "start", self._clock)
 
-    async def finished(self, code: int) -> None:
+    async def finished(self, code: int, note: str = "") -> None:
+        """`note`, if any, follows the exit code in the ping's body (a failed load, say)."""
         self.metrics.run_finished(ok=code == 0)
         await self.write_textfile()
         if self._config.healthcheck_url is not None:
             event = "success" if code == 0 else "fail"
-            await ping(self._config.healthcheck_url, event, self._clock, f"exit code {code}\n")
+            body = f"exit code {code}\n" + (f"{note}\n" if note else "")
+            await ping(self._config.healthcheck_url, event, self._clock, body)
 
     async def write_textfile(self) -> None:
         path = self._config.metrics.textfile

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harvester import commands
 from harvester.clock import Clock, wait_first
+from harvester.clover.chunks import ExportType
 from harvester.config import Config, load_config
 from harvester.errors import ConfigError, HarvesterError
 from harvester.harvest.planning import select
@@ -42,6 +43,12 @@ def last_run_path(config: Config) -> Path:
 def required_daily_at(config: Config) -> None:
     if config.schedule.daily_at is None:
         raise ConfigError('schedule.daily_at: required by harvester serve (a UTC time, "00:30")')
+    if config.load.after_run:
+        from harvester.load import missing_extra, needs_extra
+
+        missing = missing_extra()
+        if missing is not None:
+            raise ConfigError(f"load.after_run: {needs_extra(missing)}")
 
 
 class Server:
@@ -124,6 +131,7 @@ class Server:
         log.info("serve.run_starting", at=_iso(started), merchants=len(config.merchants))
         await operation.started()
         code = EXIT_FAILED
+        note = ""
         try:
             selections = select(config, [], [])
             commands.check_nightly_starts(config, selections)
@@ -132,6 +140,9 @@ class Server:
             )
             print(summary.render(), flush=True)
             code = summary.exit_code
+            if config.load.after_run and not stop.is_set():
+                load_code, note = await self._load(config, stop, operation)
+                code = code or load_code
         except ConfigError as exc:
             log.error("serve.run_refused", error=str(exc))
             code = EXIT_USAGE
@@ -139,12 +150,42 @@ class Server:
             log.error("serve.run_failed", error=str(exc))
         finally:
             self._running_since = None
-        await operation.finished(code)
+        await operation.finished(code, note)
         if stop.is_set():
             return  # stopped, not ended: the night is still owed at the next start-up
         self._last = LastRun(started, self._clock.now(), code)
         write_last_run(last_run_path(config), self._last)
         log.info("serve.run_ended", exit_code=code)
+
+    async def _load(
+        self, config: Config, stop: asyncio.Event, operation: Operation
+    ) -> tuple[int, str]:
+        """The load after the night's run: (its exit code, what failed). A failed load is
+        reported (log, metrics, the health ping); the harvest stands."""
+        log = get_logger()
+        # dlt only for a config that asks for loads (required_load_extra has checked it is in).
+        from harvester.load.command import load
+
+        try:
+            loaded = await load(config, stop)
+        except HarvesterError as exc:  # a destination dlt does not know, say
+            log.error("serve.load_failed", error=str(exc))
+            operation.metrics.load_finished(False, {})
+            return EXIT_FAILED, f"load failed: {exc}"
+        print(loaded.render(), flush=True)
+        rows = {export_type: loaded.rows_of(export_type) for export_type in ExportType}
+        operation.metrics.load_finished(loaded.all_done, rows)
+        if loaded.all_done:
+            return 0, f"loaded {loaded.rows} rows"
+        problems = list(loaded.problems)
+        if loaded.chunks_failed:
+            problems.append(
+                f"{loaded.chunks_failed} chunks did not hold up (see load.chunk_failed)"
+            )
+        if loaded.stopped:
+            problems.append("stopped")
+        log.error("serve.load_failed", error="; ".join(problems))
+        return EXIT_FAILED, "load failed: " + "; ".join(problems)
 
 
 def _iso(moment: datetime) -> str:

@@ -84,12 +84,13 @@ _REFUSED_CREDENTIALS = frozenset(
 
 @asynccontextmanager
 async def open_bucket(
-    settings: Bucket, timing: Timing, connections: int
+    settings: Bucket, timing: Timing, connections: int, *, writable: bool = True
 ) -> AsyncIterator[BucketOutput]:
     """A client for the bucket, checked before any work: it exists, and it takes writes.
 
     ConfigError (exit 2) if the bucket is missing, or refuses the credentials or writes;
-    OutputError if it cannot be reached.
+    OutputError if it cannot be reached. With `writable=False` (a reader: `harvester load`)
+    nothing is checked or written here; its reads name what fails.
     """
     config = AioConfig(
         connect_timeout=timing.request_timeout_s,
@@ -124,7 +125,8 @@ async def open_bucket(
     )
     async with client_context as client:
         output = BucketOutput(client, settings, secrets)
-        await output.check()
+        if writable:
+            await output.check()
         yield output
 
 
