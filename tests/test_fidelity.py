@@ -27,7 +27,7 @@ from harvester.merchant import MerchantClient
 from harvester.ratelimit import RequestLimiter
 from harvester.scheduler import Harvest
 from harvester.simulator import Account, Faults, Simulator
-from harvester.simulator.app import EMPTY_EXPORTS, FILE_ENCODINGS, PERMISSION_STATUSES
+from harvester.simulator.choices import EMPTY_EXPORTS, FILE_ENCODINGS, PERMISSION_STATUSES
 from harvester.simulator.faults import FaultKind
 from harvester.state import ChunkStatus
 from harvester.status import build_status, render_status, status_as_json
