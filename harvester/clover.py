@@ -37,7 +37,7 @@ from harvester.errors import (
 from harvester.ratelimit import RequestLimiter, scope_of_header
 from harvester.scrub import describe_url, scrub, scrub_url
 
-DOWNLOAD_PIECE_BYTES = 256 * 1024
+DOWNLOAD_PIECE_BYTES = 64 * 1024
 _BODY_IN_ERRORS = 200  # characters of a server's answer quoted in an error message
 # An export's JSON is small (a few hundred bytes, plus a URL per 1000 objects): an API answer
 # larger than this is not one, and is never read whole into memory.

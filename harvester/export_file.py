@@ -30,6 +30,8 @@ READ_BYTES = 256 * 1024
 # One order or payment is a few kilobytes; anything this large is not one, and refusing it
 # is what keeps memory bounded for a malformed file too.
 MAX_VALUE_CHARS = 16 * 1024 * 1024
+# The elements checked at once: a few copies of this many characters are held meanwhile.
+WINDOW_CHARS = 64 * 1024
 _WHITESPACE = " \t\n\r"
 _decoder = json.JSONDecoder()
 
@@ -209,15 +211,16 @@ class _Reader:
         read element by element, so a refusal costs at most one more pass)."""
         if self._offset + self._pos < self._slow_until:
             return 0
-        while len(self._text) - self._pos < self._read_bytes and self._read():
+        while len(self._text) - self._pos < WINDOW_CHARS and self._read():
             pass
-        text, start, end = self._text, self._pos, len(self._text)
+        text, start = self._text, self._pos
+        end = min(len(text), start + WINDOW_CHARS)
         self._slow_until = self._offset + end
         # Where the braces outside strings balance, a '}' followed by ", {" ends an element of
         # the list: every element is an object, so a bracket inside one is closed before it
         # is (strings holding braces only make a good cut look bad: then the slow way reads
         # it). Counted back from the window's end, without copying it.
-        curly = text.count("{", start) - text.count("}", start)
+        curly = text.count("{", start, end) - text.count("}", start, end)
         balanced_to = end
         cut = text.rfind("}", start, end)
         while cut >= 0:

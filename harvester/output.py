@@ -42,7 +42,6 @@ from harvester.errors import BadFile
 from harvester.export_file import count_elements
 
 MANIFEST_NAME = "_manifest.json"
-WRITE_BYTES = 1024 * 1024  # a part's bytes are written to its file this many at a time
 _STAGING_PREFIX = ".staging-"
 _OLD_PREFIX = ".old-"
 _OWNER_MARK = "@"  # .staging-<chunk>@<owner>; a name without it is from before owners
@@ -210,22 +209,14 @@ class PartWriter:
         self._hash = hashlib.sha256()
         self._size = 0
         self._committed = False
-        # Pieces gathered into writes of WRITE_BYTES: one worker-thread hop per write.
-        self._pending = bytearray()
 
     async def write(self, data: bytes) -> None:
-        """Append `data` to the part; at most WRITE_BYTES are held in memory beyond it."""
+        """Append `data` to the part; nothing is held in memory beyond it."""
         if self._file is None:
             raise RuntimeError(f"{self._final_path.name}: write after commit or abort")
         self._hash.update(data)
         self._size += len(data)
-        self._pending += data
-        if len(self._pending) >= WRITE_BYTES:
-            await self._write_pending(self._file)
-
-    async def _write_pending(self, file: AsyncBufferedIOBase) -> None:
-        pending, self._pending = self._pending, bytearray()
-        await file.write(pending)
+        await self._file.write(data)
 
     async def commit(self, expected_size: int | None, url_index: int) -> PartInfo:
         """Check the part and move it into the staging folder under its final name.
@@ -238,7 +229,6 @@ class PartWriter:
         if file is None:
             raise RuntimeError(f"{self._final_path.name}: commit after commit or abort")
         try:
-            await self._write_pending(file)
             await file.flush()
             await asyncio.to_thread(os.fsync, file.fileno())
             await file.close()
