@@ -43,7 +43,6 @@ def probe(tmp_path: Path, *args: str) -> tuple[int, list[str]]:
     subprocess.run(
         [sys.executable, "-c", PROBE, str(report), *args],
         check=True,
-        cwd=tmp_path,
         env={**os.environ, "TOKEN_ABC": "secret-token-value"},
         stdout=subprocess.DEVNULL,
     )
