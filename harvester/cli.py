@@ -28,13 +28,10 @@ from harvester.harvest.observer import Observers, RunObserver
 from harvester.harvest.planning import Selection, select
 from harvester.harvest.summary import Summary
 from harvester.logs import configure_logging, get_logger
-from harvester.ops.operation import Operation
-from harvester.ops.serve import Server
 from harvester.ops.status import build_status, render_status, status_as_json
 from harvester.scrub import register_secret
 from harvester.simulator import command as simulator_command
 from harvester.state.backends import read_state, state_name
-from harvester.state.postgres import safe_url
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -152,8 +149,8 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         level = args.log_level or config.log_level
         configure_logging(args.log_format, level)
 
-        def relog(stream: TextIO) -> None:
-            configure_logging(args.log_format, level, stream=stream)
+        def relog(stream: TextIO, drawing: bool) -> None:
+            configure_logging(args.log_format, level, stream=stream, drawing=drawing)
 
         live = None if getattr(args, "no_live", True) else relog
         if args.command == "check-config":
@@ -164,14 +161,16 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         if args.command == "load":
             return _load(config, clock, live)
         if args.command == "serve":
+            from harvester.ops.serve import Server
+
             server = Server(args.config, config, clock)
             return asyncio.run(_run_until_signal(server.run, config.timing.shutdown_grace_s, clock))
         selections = select(config, args.merchant, [ExportType(t) for t in args.type])
         if args.command == "run":
             commands.check_nightly_starts(config, selections)
             return _supervise(
-                lambda stop, observer: _report(
-                    commands.nightly(config, selections, clock, stop, observer=observer)
+                lambda stop, observer: commands.nightly(
+                    config, selections, clock, stop, observer=observer
                 ),
                 config,
                 clock,
@@ -181,8 +180,8 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         if args.command == "plan":
             return _plan(config, selections, requested, as_json=args.json)
         return _supervise(
-            lambda stop, observer: _report(
-                commands.backfill(config, selections, requested, clock, stop, observer=observer)
+            lambda stop, observer: commands.backfill(
+                config, selections, requested, clock, stop, observer=observer
             ),
             config,
             clock,
@@ -196,7 +195,7 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         return EXIT_FAILED
 
 
-def _load(config: Config, clock: Clock, live: Callable[[TextIO], None] | None) -> int:
+def _load(config: Config, clock: Clock, live: Callable[[TextIO, bool], None] | None) -> int:
     from harvester.load import missing_extra, needs_extra
 
     missing = missing_extra()
@@ -277,6 +276,8 @@ def _migrate_state(args: argparse.Namespace, clock: Clock) -> int:
         raise ConfigError(f"--from-path: {args.from_path}: no such file")
     url = commands.state_url_argument(args.to_url, os.environ)
     counts = asyncio.run(commands.migrate_state(args.from_path, url, clock))
+    from harvester.state.postgres import safe_url  # loaded by the migration already
+
     copied = ", ".join(f"{n} {table}" for table, n in counts.items())
     print(f"{args.from_path} -> {safe_url(url)}: copied {copied}")
     return EXIT_OK
@@ -305,47 +306,55 @@ def _print_to_reader(text: str) -> None:
         os.close(devnull)
 
 
-async def _report(summary_coroutine: Awaitable[Summary]) -> int:
-    summary = await summary_coroutine
-    print(summary.render(), flush=True)
-    return summary.exit_code
-
-
 def _supervise(
-    work: Callable[[asyncio.Event, RunObserver], Awaitable[int]],
+    work: Callable[[asyncio.Event, RunObserver], Awaitable[Summary]],
     config: Config,
     clock: Clock,
-    live: Callable[[TextIO], None] | None = None,
+    live: Callable[[TextIO, bool], None] | None = None,
 ) -> int:
     return asyncio.run(_operated(work, config, clock, live))
 
 
 async def _operated(
-    work: Callable[[asyncio.Event, RunObserver], Awaitable[int]],
+    work: Callable[[asyncio.Event, RunObserver], Awaitable[Summary]],
     config: Config,
     clock: Clock,
-    live: Callable[[TextIO], None] | None,
+    live: Callable[[TextIO, bool], None] | None,
 ) -> int:
     """One run with its metrics exported and served, its health pings, and on a terminal
-    (unless `live` is None) the live view; `live` points the logs at a stream."""
-    async with Operation(config, clock) as operation, contextlib.AsyncExitStack() as view:
-        observer: RunObserver = operation.metrics
-        if live is not None and sys.stderr.isatty():
-            from harvester.ops.live import LiveView, live_progress  # rich only on a terminal
+    (unless `live` is None) the live view; `live` points the logs at a stream. The run's
+    summary goes to stdout last, below the view's last frame."""
+    from harvester.ops.operation import Operation  # aiohttp, and prometheus-client with metrics
 
-            shown = LiveView(clock)
-            observer = Observers([operation.metrics, shown])
-            await view.enter_async_context(live_progress(shown, sys.stderr, live))
-        await operation.started()
-        code = EXIT_FAILED
-        try:
-            code = await _run_until_signal(
-                lambda stop: work(stop, observer), config.timing.shutdown_grace_s, clock
-            )
-        finally:
-            await view.aclose()
-            await operation.finished(code)
-        return code
+    summaries: list[Summary] = []
+
+    async def reported(stop: asyncio.Event, observer: RunObserver) -> int:
+        summary = await work(stop, observer)
+        summaries.append(summary)
+        return summary.exit_code
+
+    try:
+        async with Operation(config, clock) as operation, contextlib.AsyncExitStack() as view:
+            observer: RunObserver = operation.metrics
+            if live is not None and sys.stderr.isatty():
+                from harvester.ops.live import LiveView, live_progress  # rich only on a terminal
+
+                shown = LiveView(clock)
+                observer = Observers([operation.metrics, shown])
+                await view.enter_async_context(live_progress(shown, sys.stderr, live))
+            await operation.started()
+            code = EXIT_FAILED
+            try:
+                code = await _run_until_signal(
+                    lambda stop: reported(stop, observer), config.timing.shutdown_grace_s, clock
+                )
+            finally:
+                await view.aclose()
+                await operation.finished(code)
+            return code
+    finally:
+        for summary in summaries:
+            print(summary.render(), flush=True)
 
 
 async def _run_until_signal(

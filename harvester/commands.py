@@ -1,4 +1,8 @@
-"""What each CLI word does, as coroutines and functions the CLI (and tests) call."""
+"""What each CLI word does, as coroutines and functions the CLI (and tests) call.
+
+`plan` reads the state only: the harvest's machinery (aiohttp, the hosts, the downloader,
+the output, PostgreSQL) is imported by the words that harvest or migrate.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from harvester.clock import Clock, SystemClock
 from harvester.clover.chunks import ExportType, TimeRange, start_of_utc_day
 from harvester.config import Config, substitute
 from harvester.errors import ChunkOverlap, ConfigError
-from harvester.harvest.downloader import Downloader
 from harvester.harvest.estimate import Estimate, estimate
-from harvester.harvest.hosts import HostFactories, Hosts
 from harvester.harvest.observer import RunObserver
 from harvester.harvest.planning import (
     Selection,
@@ -28,16 +29,20 @@ from harvester.harvest.planning import (
     nightly_start,
     plan_chunks,
 )
-from harvester.harvest.scheduler import Harvest, MerchantWork
 from harvester.harvest.summary import Summary
 from harvester.logs import get_logger
-from harvester.output.target import Output, open_output
 from harvester.scrub import register_secret
 from harvester.state.backends import export_durations, open_state, read_state
 from harvester.state.claims import Owner, ProcessLease, reap
-from harvester.state.postgres import PgStore
 from harvester.state.records import ChunkRecord, ChunkStatus, Snapshot, StateStore
 from harvester.state.sqlite import Store
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from harvester.harvest.hosts import HostFactories, Hosts
+    from harvester.harvest.scheduler import Harvest, MerchantWork
+    from harvester.output.target import Output
 
 USER_AGENT = "clover-harvester/0.1"
 _PLAN_ATTEMPTS = 3  # plans cut again when another process's new chunks got in the way
@@ -112,6 +117,9 @@ async def backfill(
     factories: HostFactories | None = None,
     observer: RunObserver | None = None,
 ) -> Summary:
+    from harvester.harvest.scheduler import MerchantWork
+    from harvester.output.target import open_output
+
     async with (
         open_output(config) as output,
         shared_state(config, output, clock, "backfill") as lease,
@@ -134,6 +142,9 @@ async def nightly(
     observer: RunObserver | None = None,
 ) -> Summary:
     """`harvester run`: everything up to the start of today, then the lookback re-harvest."""
+    from harvester.harvest.scheduler import MerchantWork
+    from harvester.output.target import open_output
+
     today = start_of_utc_day(clock.now())
     lookback = lookback_range(today, config.lookback_days)
     async with open_output(config) as output, shared_state(config, output, clock, "run") as lease:
@@ -231,6 +242,8 @@ async def migrate_state(path: Path, url: str, clock: Clock) -> dict[str, int]:
     """
     async with await Store.open(path, clock) as source:
         tables = await source.dump()
+    from harvester.state.postgres import PgStore
+
     async with await PgStore.open(url, clock) as target:
         return await target.load(tables)
 
@@ -279,6 +292,10 @@ def build_harvest(
     """A harvest wired to its hosts and downloader (the hosts, to look at them afterwards).
 
     Without `lease`, the harvest takes one of its own for its run."""
+    from harvester.harvest.downloader import Downloader
+    from harvester.harvest.hosts import Hosts
+    from harvester.harvest.scheduler import Harvest
+
     hosts = Hosts(config, session, store, clock, rng, factories, observer, lease=lease, stop=stop)
     downloader = Downloader(
         session,
@@ -302,6 +319,8 @@ async def _harvest(
     factories: HostFactories | None,
     observer: RunObserver | None,
 ) -> Summary:
+    import aiohttp
+
     log = get_logger()
     planned = sum(len(item.chunks) for item in work)
     log.info("run.started", merchants=len(work), chunks=planned)

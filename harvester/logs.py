@@ -1,17 +1,33 @@
-"""Logging: structlog, JSON lines for machines, readable lines for people, never a token."""
+"""Logging: structlog, JSON lines for machines, readable lines for people, never a token.
+
+structlog (and rich, which it brings in) is loaded by the first logger made: a command that
+logs nothing, such as `status` or `plan`, starts without it.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
-from typing import Any, Literal, TextIO
-
-import structlog
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from harvester.scrub import scrub
 
+if TYPE_CHECKING:
+    import structlog
+
 LogFormat = Literal["auto", "json", "console"]
+
+
+class _Routing:
+    """Where logs go: set up when the first logger is made, at once after that."""
+
+    def __init__(self) -> None:
+        self.pending: Callable[[], None] | None = None
+        self.loaded = False
+
+
+_routing = _Routing()
 
 
 def _scrub(value: Any) -> Any:
@@ -36,16 +52,42 @@ def scrub_secrets(
 
 
 def configure_logging(
-    log_format: LogFormat = "auto", level: str = "info", stream: TextIO | None = None
+    log_format: LogFormat = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+    *,
+    drawing: bool = False,
 ) -> None:
-    """Route structlog to `stream` (stderr by default) as JSON or console lines."""
+    """Route structlog to `stream` (stderr by default) as JSON or console lines.
+
+    `drawing`: a live view is drawn on the terminal; readable lines below `warning` are left
+    out there (JSON lines, which a person did not ask to read, keep `level`).
+    """
     out = stream if stream is not None else sys.stderr
+    _routing.pending = lambda: _configure(log_format, level, out, drawing)
+    if _routing.loaded:
+        _apply()
+
+
+def _apply() -> None:
+    if _routing.pending is not None:
+        _routing.pending()
+        _routing.pending = None
+    _routing.loaded = True
+
+
+def _configure(log_format: LogFormat, level: str, out: TextIO, drawing: bool) -> None:
+    import structlog
+
     use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    if drawing and not use_json:
+        threshold = max(threshold, logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -55,14 +97,16 @@ def configure_logging(
             scrub_secrets,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 
 
 def get_logger() -> structlog.typing.FilteringBoundLogger:
+    import structlog
+
+    if not _routing.loaded:
+        _apply()
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("harvester")
     return logger

@@ -63,3 +63,56 @@ def test_a_value_too_large_to_be_an_object_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"elements": [{"note": "x" * 5000}]}))
     with pytest.raises(BadFile, match="longer than 1000"):
         count_elements(path, max_value_chars=1000)
+
+
+def many(elements: list[str]) -> bytes:
+    return ('{"elements": [' + ", ".join(elements) + "]}").encode()
+
+
+def test_elements_checked_a_window_at_a_time_count_like_a_full_parse(tmp_path: Path) -> None:
+    """Whole windows of elements are checked at once; strings holding braces and "}, {",
+    nested lists of objects and values Python's decoder takes (NaN) count as before."""
+    rng = random.Random(20)
+    kinds = [
+        '{"id": "A%d", "lineItems": [{"id": "L1"}, {"id": "L2", "tags": [{}]}], "n": 1}',
+        '{"id": "B%d", "note": "a } and a }, { and a {", "more": {"x": [1, {"y": 2}]}}',
+        '{"id": "C%d", "note": "unbalanced {{{", "rate": NaN}',
+        '{"id": "D%d", "note": "unbalanced }}}", "pad": "%s"}',
+    ]
+    elements = []
+    for n in range(1000):
+        kind = rng.choice(kinds)
+        elements.append(kind % ((n, "x" * rng.randint(0, 3000)) if "%s" in kind else n))
+    path = tmp_path / "part.json"
+    path.write_bytes(many(elements))
+    for read_bytes in (64, 4096, 256 * 1024):
+        assert count_elements(path, read_bytes=read_bytes) == 1000
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("[1]", "element 600 is not a JSON object"),
+        ('{"id": tru}', "not JSON"),
+        ('{"id": "\\q"}', "not JSON"),
+    ],
+)
+def test_a_bad_element_among_many_is_refused_as_before(
+    tmp_path: Path, bad: str, problem: str
+) -> None:
+    """An element the window's check refuses is read again one at a time: the refusal names
+    what the element-by-element reading names."""
+    elements = [f'{{"id": "E{n}", "items": [{{"a": 1}}, {{"b": 2}}]}}' for n in range(1000)]
+    elements[600] = bad
+    path = tmp_path / "part.json"
+    path.write_bytes(many(elements))
+    with pytest.raises(BadFile, match=problem):
+        count_elements(path)
+
+
+def test_more_than_1000_elements_in_whole_windows_are_refused(tmp_path: Path) -> None:
+    """The ceiling holds when the elements are counted a window at a time."""
+    path = tmp_path / "part.json"
+    path.write_bytes(many(['{"id": 1}'] * 1500))
+    with pytest.raises(BadFile, match="1001 elements or more, more than 1000"):
+        count_elements(path)

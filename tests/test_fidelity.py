@@ -29,7 +29,7 @@ from harvester.harvest.tokens import RefreshingToken, StaticToken
 from harvester.ops.status import build_status, render_status, status_as_json
 from harvester.pacing.gate import UNKNOWN_DURATION_S
 from harvester.simulator import Account, Faults, Simulator
-from harvester.simulator.app import EMPTY_EXPORTS, FILE_ENCODINGS, PERMISSION_STATUSES
+from harvester.simulator.choices import EMPTY_EXPORTS, FILE_ENCODINGS, PERMISSION_STATUSES
 from harvester.simulator.faults import FaultKind
 from harvester.state.records import ChunkStatus
 from harvester.state.sqlite import Store, read_snapshot

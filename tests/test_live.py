@@ -109,36 +109,40 @@ class Terminal(io.StringIO):
 async def test_live_view_draws_on_a_terminal_and_ends_with_its_last_frame(
     clock: FakeClock,
 ) -> None:
-    """While the block runs the view is drawn, logs go through its stream, and at the end its
-    last frame stays, the logs pointing back at the terminal."""
+    """While the block runs the view is drawn, logs go through its stream (told it is drawn),
+    and at the end its last frame stays, the logs pointing back at the terminal."""
     screen = Terminal()
-    logs_to: list[TextIO] = []
+    logs_to: list[tuple[TextIO, bool]] = []
     view = LiveView(clock)
     view.chunks_planned(2)
-    async with live_progress(view, screen, logs_to.append):
-        assert logs_to == [sys.stderr]
+    async with live_progress(
+        view, screen, lambda stream, drawing: logs_to.append((stream, drawing))
+    ):
+        assert logs_to == [(sys.stderr, True)]
         view.chunk_completed(ExportType.PAYMENTS, 7, 1000)
         await asyncio.sleep(0.6)  # one refresh of the screen, at its real-time pace
         assert "chunks 1/2 done" in plain(screen.getvalue())
-    assert logs_to == [logs_to[0], screen]
+    assert logs_to == [logs_to[0], (screen, False)]
     last_line = text_of(view, 80).rstrip().splitlines()[-1]
     assert plain(screen.getvalue()).rstrip().endswith(last_line.rstrip())
     assert "\x1b[?25h" in screen.getvalue()  # the cursor is shown again
 
 
-async def test_a_backfill_on_a_terminal_draws_the_view_and_ends_cleanly(tmp_path: Path) -> None:
-    """The real CLI, its stderr a pseudo-terminal: the view is drawn, its last frame shows every
-    chunk done, the cursor comes back, and stdout (a pipe) holds the summary alone."""
+async def backfill_on_a_terminal(
+    tmp_path: Path, faults: Faults, *, stdout_too: bool
+) -> tuple[int | None, str, str]:
+    """The real CLI's backfill with stderr (and stdout, if `stdout_too`) on a pseudo-terminal:
+    its exit code, what the terminal showed, and what a stdout pipe got."""
     merchant = "LIVEVIEW0001"
     token = new_token(merchant)
     settings = sim_settings(
         {merchant: Account(token=token)}, pending_s=0.2, export_base_s=0.5, export_per_object_s=0
     )
-    async with Simulator(settings, SystemClock(), Faults()) as sim:
+    async with Simulator(settings, SystemClock(), faults) as sim:
         document = {
             "output_dir": "data",
             "state_path": "state/h.sqlite3",
-            "timing": {"poll_min_s": 0.1, "poll_max_s": 0.3},
+            "timing": {"poll_min_s": 0.1, "poll_max_s": 0.3, "backoff_base_s": 0.1},
             "regions": {"local": {"base_url": sim.api_url, "windows": "always"}},
             "merchants": [{"id": merchant, "region": "local", "token": "${T}"}],
         }
@@ -157,20 +161,48 @@ async def test_a_backfill_on_a_terminal_draws_the_view_and_ends_cleanly(tmp_path
             "--to",
             "2025-02-15",
             env={**os.environ, "T": token, "COLUMNS": "120", "TERM": "xterm"},
-            stdout=asyncio.subprocess.PIPE,
+            stdout=follower if stdout_too else asyncio.subprocess.PIPE,
             stderr=follower,
         )
         os.close(follower)
         screen = await asyncio.to_thread(read_all, leader)
         out, _ = await process.communicate()
-    assert process.returncode == 0, screen
+    return process.returncode, screen, (out or b"").decode()
+
+
+async def test_a_backfill_on_a_terminal_draws_the_view_and_ends_cleanly(tmp_path: Path) -> None:
+    """The real CLI, its stderr a pseudo-terminal: the view is drawn, its last frame shows every
+    chunk done, the cursor comes back, and stdout (a pipe) holds the summary alone."""
+    code, screen, out = await backfill_on_a_terminal(tmp_path, Faults(), stdout_too=False)
+    assert code == 0, screen
     shown = plain(screen)
     assert "chunks 4/4 done" in shown
     assert "exports running/limit" in shown
     assert "ETA done" in shown
     assert "\x1b[?25h" in screen  # the cursor is shown again
-    assert out.decode().startswith("merchant")  # the summary, with no drawing in it
-    assert "\x1b[" not in out.decode()
+    assert out.startswith("merchant")  # the summary, with no drawing in it
+    assert "\x1b[" not in out
+
+
+async def test_under_the_view_only_warnings_are_logged_and_the_summary_comes_last(
+    tmp_path: Path,
+) -> None:
+    """stdout and stderr both on the terminal: while the view is drawn, info lines stay off
+    the screen and a warning is shown; the summary is printed below the view's last frame."""
+    faults = Faults()
+    faults.script("file_5xx")  # one download fails once: a file.retry warning
+    code, screen, _ = await backfill_on_a_terminal(tmp_path, faults, stdout_too=True)
+    assert code == 0, screen
+    shown = plain(screen)
+    assert "file.retry" in shown
+    for info in ("run.started", "export.created", "chunk.completed", "run.finished"):
+        assert info not in shown
+    summary_at = shown.rindex("merchant ")
+    assert shown.rindex("exports running/limit") < summary_at
+    assert "chunks 4/4 done" in shown[:summary_at]
+    summary = shown[summary_at:].rstrip().splitlines()
+    assert summary[1].startswith("LIVEVIEW0001  ORDERS")
+    assert summary[-1] == "all requested work done"  # nothing printed after it
 
 
 def read_all(fd: int) -> str:

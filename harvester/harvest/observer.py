@@ -7,7 +7,7 @@ to several.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from harvester.clover.chunks import ExportType
 from harvester.pacing.gate import HostGate
@@ -43,6 +43,9 @@ class RunObserver:
 
     def chunk_failed(self, type: ExportType) -> None:
         """A chunk gave up for this run."""
+
+    def load_finished(self, ok: bool, rows: Mapping[ExportType, int]) -> None:
+        """A load after the run (`serve`, `load.after_run`) ended, with the rows of each type."""
 
 
 class Observers(RunObserver):

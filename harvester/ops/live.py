@@ -1,7 +1,9 @@
 """The live view on a terminal: chunks, objects, MB, exports per region, windows and an ETA.
 
 Imported only when stderr is a terminal (it brings in rich); off a terminal nothing of it
-runs and the logs stay JSON lines. Log lines and the summary print above the view.
+runs and the logs stay JSON lines. While the view is drawn, readable log lines below
+`warning` are left out (JSON lines keep every level) and print above it; the summary is printed
+below its last frame, once it is stopped.
 """
 
 from __future__ import annotations
@@ -138,12 +140,12 @@ class Shown(Protocol):
 
 @asynccontextmanager
 async def live_progress(
-    view: Shown, stream: TextIO, relog: Callable[[TextIO], None]
+    view: Shown, stream: TextIO, relog: Callable[[TextIO, bool], None]
 ) -> AsyncIterator[None]:
     """Draw `view` on `stream` (a terminal) until the block ends, then leave its last frame.
 
-    `relog(stream)` points the logs at a stream: the view's own while it is drawn, so that log
-    lines print above it instead of through it.
+    `relog(stream, drawing)` points the logs at a stream: the view's own while it is drawn
+    (`drawing` True), so that log lines print above it instead of through it.
     """
     console = Console(file=stream)
     live = Live(
@@ -154,7 +156,7 @@ async def live_progress(
         redirect_stdout=sys.stdout.isatty(),  # a summary sent to a file must stay in the file
     )
     live.start()
-    relog(sys.stderr)  # the live view's proxy now, when stderr is the terminal
+    relog(sys.stderr, True)  # the live view's proxy now, when stderr is the terminal
 
     async def refresh() -> None:
         while True:
@@ -169,4 +171,4 @@ async def live_progress(
         await asyncio.gather(refresher, return_exceptions=True)
         live.update(view.render(), refresh=True)
         live.stop()
-        relog(stream)
+        relog(stream, False)

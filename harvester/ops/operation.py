@@ -3,7 +3,8 @@
 `Operation` lives as long as the process (one `run`, or `serve` with its many runs): it
 serves `/metrics` and `/healthz` on `metrics.listen` and rewrites `metrics.textfile` every
 `metrics.interval_s`. Around each run, `started()` and `finished(code)` move the run gauges,
-write the textfile once more and ping `healthcheck_url`.
+write the textfile once more and ping `healthcheck_url`. Without `metrics:` nothing is
+exported, no metric is kept and prometheus-client is not imported.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import asyncio
 import json
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from harvester.clock import Clock, nap
 from harvester.config import Config
+from harvester.harvest.observer import RunObserver
 from harvester.logs import get_logger
 from harvester.ops.health import Health, ping
-from harvester.ops.metrics import Metrics
+
+if TYPE_CHECKING:
+    from harvester.ops.metrics import Metrics
 
 
 def _always_healthy() -> Health:
@@ -37,8 +41,15 @@ class Operation:
     ) -> None:
         self._config = config
         self._clock = clock
-        self.metrics = metrics or Metrics(clock)
-        self.metrics.regions(sorted({m.region.name for m in config.merchants}))
+        settings = config.metrics
+        if metrics is None and (settings.listen is not None or settings.textfile is not None):
+            from harvester.ops.metrics import Metrics
+
+            metrics = Metrics(clock)
+        self._exported = metrics
+        # What the run reports to: the metrics, or (none exported) nobody.
+        self.metrics: RunObserver = metrics or RunObserver()
+        self._regions(config)
         self._health = health
         self._runner: web.AppRunner | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -69,17 +80,23 @@ class Operation:
     def reconfigure(self, config: Config) -> None:
         """Use `config` from the next run on (the listen address and textfile stay)."""
         self._config = config
-        self.metrics.regions(sorted({m.region.name for m in config.merchants}))
+        self._regions(config)
+
+    def _regions(self, config: Config) -> None:
+        if self._exported is not None:
+            self._exported.regions(sorted({m.region.name for m in config.merchants}))
 
     async def started(self) -> None:
-        self.metrics.run_started()
+        if self._exported is not None:
+            self._exported.run_started()
         await self.write_textfile()
         if self._config.healthcheck_url is not None:
             await ping(self._config.healthcheck_url, "start", self._clock)
 
     async def finished(self, code: int, note: str = "") -> None:
         """`note`, if any, follows the exit code in the ping's body (a failed load, say)."""
-        self.metrics.run_finished(ok=code == 0)
+        if self._exported is not None:
+            self._exported.run_finished(ok=code == 0)
         await self.write_textfile()
         if self._config.healthcheck_url is not None:
             event = "success" if code == 0 else "fail"
@@ -88,10 +105,10 @@ class Operation:
 
     async def write_textfile(self) -> None:
         path = self._config.metrics.textfile
-        if path is None:
+        if path is None or self._exported is None:
             return
         try:
-            await asyncio.to_thread(_write, self.metrics, str(path))
+            await asyncio.to_thread(_write, self._exported, str(path))
         except OSError as exc:
             # Metrics must never stop a harvest; the next interval tries again.
             get_logger().warning("metrics.write_failed", path=str(path), error=str(exc))
@@ -113,8 +130,11 @@ class Operation:
         get_logger().info("metrics.listening", host=host, port=self.address[1])
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        assert self._exported is not None  # served only with metrics.listen: made then
         return web.Response(
-            body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=self._exported.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     async def _health_page(self, request: web.Request) -> web.Response:

@@ -33,6 +33,15 @@ from typing import Any
 from aiohttp import web
 
 from harvester.clock import Clock
+from harvester.simulator.choices import (
+    DONE_STATUSES,
+    EMPTY_EXPORTS,
+    FILE_ENCODINGS,
+    FILE_HOSTS,
+    HEADER_CASES,
+    MAX_OBJECTS_PER_FILE,
+    PERMISSION_STATUSES,
+)
 from harvester.simulator.data import (
     FILTER_FIELDS,
     TYPES,
@@ -45,16 +54,7 @@ from harvester.simulator.data import (
 )
 from harvester.simulator.faults import API_FAULTS, EXPORT_FATES, FILE_FAULTS, FaultKind, Faults
 
-MAX_OBJECTS_PER_FILE = 1000
 WINDOW_BODIES = ("hours", "bare")
-FILE_ENCODINGS = ("identity", "gzip", "deflate")
-# What an export of a range without objects returns: one file of `{"elements": []}`, an
-# empty `exportUrls.elements`, or no `exportUrls` at all.
-EMPTY_EXPORTS = ("file", "no_elements", "no_urls")
-PERMISSION_STATUSES = (401, 403)  # Clover's docs say 401; a 403 has been reported too
-HEADER_CASES = ("canonical", "lower")  # lower: as Clover's docs print them, and HTTP/2 hops
-FILE_HOSTS = ("separate", "api")  # files on their own host, or on the API host
-DONE_STATUSES = ("DONE", "COMPLETE")  # COMPLETE: the name in Clover's 2016 docs
 BUSY_MESSAGE = "Too many concurrent exports, please retry later"
 # A 429's header names the limit broken: per token first, then for the whole app.
 RATE_HEADER = "X-RateLimit-tokenLimit"

@@ -9,9 +9,10 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from typing import TYPE_CHECKING
 
 from harvester.clock import Clock
-from harvester.simulator.app import (
+from harvester.simulator.choices import (
     DONE_STATUSES,
     EMPTY_EXPORTS,
     FILE_ENCODINGS,
@@ -19,11 +20,11 @@ from harvester.simulator.app import (
     HEADER_CASES,
     MAX_OBJECTS_PER_FILE,
     PERMISSION_STATUSES,
-    Account,
-    Simulator,
-    SimulatorSettings,
 )
 from harvester.simulator.faults import Faults
+
+if TYPE_CHECKING:
+    from harvester.simulator.app import Account, SimulatorSettings
 
 MERCHANTS_ENV = "SIMULATOR_MERCHANTS"
 _HOURS = re.compile(r"(\d\d):(\d\d)-(\d\d):(\d\d)")
@@ -140,6 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Faults]:
     """The simulator's settings and faults; ValueError naming the flag on bad input."""
+    from harvester.simulator.app import SimulatorSettings  # the server, only to run it
+
     if not _is_loopback(args.host):
         raise ValueError(f"--host must be a loopback address, got {args.host!r}")
     data_start = _parse_date(args.data_from, "--data-from")
@@ -205,6 +208,8 @@ async def serve(
     Without a file port the file host takes the port after the API's (any free one if
     the API's is 0).
     """
+    from harvester.simulator.app import Simulator
+
     if file_port is None:
         file_port = api_port + 1 if api_port else 0
     simulator = Simulator(settings, clock, faults)
@@ -248,6 +253,8 @@ def _parse_window(text: str) -> DailyWindow:
 
 
 def _accounts(args: argparse.Namespace) -> dict[str, Account]:
+    from harvester.simulator.app import Account
+
     # The messages never repeat the value: it holds a token.
     accounts: dict[str, Account] = {}
     static = args.merchant

@@ -1,4 +1,7 @@
-"""Which state store a config names: SQLite at `state_path`, or PostgreSQL at `state_url`."""
+"""Which state store a config names: SQLite at `state_path`, or PostgreSQL at `state_url`.
+
+The PostgreSQL store (and psycopg) is imported only for a config with `state_url`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,6 @@ from urllib.parse import urlsplit
 from harvester.clock import Clock, SystemClock
 from harvester.config import Config
 from harvester.scrub import register_secret
-from harvester.state.postgres import PgStore, safe_url
-from harvester.state.postgres import read_export_durations as read_pg_durations
-from harvester.state.postgres import read_snapshot as read_pg_snapshot
 from harvester.state.records import Snapshot, StateStore
 from harvester.state.sqlite import Store
 from harvester.state.sqlite import read_export_durations as read_sqlite_durations
@@ -21,6 +21,8 @@ from harvester.state.sqlite import read_snapshot as read_sqlite_snapshot
 def state_name(config: Config) -> str:
     """Where the state is, for messages (never a password)."""
     if config.state_url is not None:
+        from harvester.state.postgres import safe_url
+
         return safe_url(config.state_url.reveal())
     return str(config.state_path)
 
@@ -37,6 +39,8 @@ def _url(config: Config) -> str:
 async def open_state(config: Config, clock: Clock) -> StateStore:
     """Open (creating and migrating if needed) the store the config names."""
     if config.state_url is not None:
+        from harvester.state.postgres import PgStore
+
         return await PgStore.open(_url(config), clock)
     return await Store.open(config.state_path, clock)
 
@@ -48,6 +52,8 @@ def read_state(config: Config, now: datetime | None = None) -> Snapshot | None:
     Synchronous: the CLI calls it outside any event loop.
     """
     if config.state_url is not None:
+        from harvester.state.postgres import read_snapshot as read_pg_snapshot
+
         # The clock only stamps writes, and this only reads.
         return asyncio.run(read_pg_snapshot(_url(config), SystemClock(), now))
     if not config.state_path.exists():
@@ -58,5 +64,7 @@ def read_state(config: Config, now: datetime | None = None) -> Snapshot | None:
 def export_durations(config: Config) -> list[float]:
     """Seconds from creation to DONE of the latest DONE exports, for `plan`'s estimate."""
     if config.state_url is not None:
+        from harvester.state.postgres import read_export_durations as read_pg_durations
+
         return asyncio.run(read_pg_durations(_url(config)))
     return read_sqlite_durations(config.state_path)
