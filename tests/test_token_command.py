@@ -421,3 +421,27 @@ async def test_endless_stderr_is_drained_and_its_first_line_kept(tmp_path: Path)
     )
     with pytest.raises(TokenCommandFailed, match=r"status 4; stderr: first$"):
         await runner(command).fetch("M1", "us")
+
+
+async def test_a_flood_on_stdout_is_cut_short_even_when_its_pipe_was_paused(
+    tmp_path: Path,
+) -> None:
+    """A command that fills a large pipe at once, so that its reader pauses the pipe, is
+    killed at the stdout cap and reaped at once: it never waits for its timeout (a pipe left
+    unread kept the process from being reaped; CI saw it time out)."""
+    command = write_script(
+        tmp_path,
+        "flood",
+        """\
+        import fcntl, os, time
+        fcntl.fcntl(1, 1031, 1 << 20)  # F_SETPIPE_SZ: all of it fits in the pipe at once
+        os.write(1, b"x" * (1 << 20))
+        time.sleep(60)
+        """,
+    )
+    with pytest.raises(TokenCommandFailed) as caught:
+        await runner(command, timeout_s=50).fetch("M1", "us")
+    assert str(caught.value) == (
+        f"token_command app-token: printed more than {MAX_STDOUT_BYTES} bytes (killed); "
+        "stderr: (empty)"
+    )

@@ -29,7 +29,7 @@ import math
 import os
 import re
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -42,6 +42,7 @@ from harvester.scrub import MIN_TOKEN_CHARS, register_secret, scrub
 MAX_STDOUT_BYTES = 64 * 1024
 MAX_STDERR_BYTES = 64 * 1024  # kept to find the first line; the rest is drained unread
 MAX_STDERR_LINE_CHARS = 200
+REAP_S = 5.0  # after a kill, the longest wait for the pipes to close
 # An access token goes into an Authorization header: visible ASCII, no spaces.
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _EPOCH = re.compile(r"\d+(\.\d+)?")
@@ -120,21 +121,27 @@ def _expires_at(value: object) -> datetime | None:
 
 
 class _Capture:
-    """A pipe read to its end, keeping at most `limit` bytes."""
+    """A pipe read to its end, keeping at most `limit` bytes; `on_overflow` is called once,
+    when the limit is first passed.
 
-    def __init__(self, limit: int) -> None:
+    It always reads to the end, even past the limit: a pipe left unread stays open (its
+    reader may have paused it), and a process is only reaped once its pipes are closed.
+    """
+
+    def __init__(self, limit: int, on_overflow: Callable[[], None] | None = None) -> None:
         self.limit = limit
         self.data = bytearray()
         self.overflowed = False
+        self._on_overflow = on_overflow
 
-    async def read(self, stream: asyncio.StreamReader, *, stop_past_limit: bool) -> None:
-        while chunk := await stream.read(16 * 1024):
+    async def read(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(64 * 1024):
             room = self.limit - len(self.data)
             self.data += chunk[: max(room, 0)]
-            if len(chunk) > room:
+            if len(chunk) > room and not self.overflowed:
                 self.overflowed = True
-                if stop_past_limit:
-                    return
+                if self._on_overflow is not None:
+                    self._on_overflow()
 
 
 def first_line(stderr: bytes) -> str:
@@ -186,23 +193,19 @@ class TokenCommandRunner:
             )
         except OSError as exc:
             raise self.failure(f"cannot start it: {exc.strerror or exc}") from None
-        assert process.stdout is not None
-        assert process.stderr is not None
-        out, err = _Capture(MAX_STDOUT_BYTES), _Capture(MAX_STDERR_BYTES)
-        timed_out = False
+        out = _Capture(MAX_STDOUT_BYTES, on_overflow=lambda: _kill(process))
+        err = _Capture(MAX_STDERR_BYTES)
+        timed_out = finished = False
         try:
-            async with asyncio.timeout(command.timeout_s), asyncio.TaskGroup() as group:
-                group.create_task(err.read(process.stderr, stop_past_limit=False))
-                await out.read(process.stdout, stop_past_limit=True)
-                if out.overflowed:
-                    _kill(process)
-                await process.wait()
+            async with asyncio.timeout(command.timeout_s):
+                await _finish(process, out, err)
+            finished = True
         except TimeoutError:
             timed_out = True
         finally:
-            if process.returncode is None:
+            if not finished:
                 _kill(process)
-                await asyncio.shield(process.wait())
+                await asyncio.shield(_reap(process))
         stderr = bytes(err.data)
         if timed_out:
             raise self.failure(f"timed out after {command.timeout_s:g} s (killed)", stderr)
@@ -223,6 +226,24 @@ class TokenCommandRunner:
 def _kill(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _finish(process: asyncio.subprocess.Process, out: _Capture, err: _Capture) -> None:
+    """Both pipes read to their end, then the process reaped."""
+    assert process.stdout is not None
+    assert process.stderr is not None
+    await asyncio.gather(out.read(process.stdout), err.read(process.stderr))
+    await process.wait()
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """A killed process reaped, its pipes drained so that they close: at most REAP_S, as a
+    child that escaped the process group may still hold them open."""
+    assert process.stdout is not None
+    assert process.stderr is not None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(REAP_S):
+            await _finish(process, _Capture(0), _Capture(0))
 
 
 class CommandToken:
