@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from harvester.cli import main
@@ -54,6 +57,30 @@ def write_config(tmp_path: Path, api_url: str, **top: Any) -> Path:
     return path
 
 
+@functools.cache
+def namespaces_refused() -> str | None:
+    """Why this kernel refuses unprivileged user and mount namespaces, or None."""
+    probe = ("unshare", "--user", "--map-root-user", "--mount", "true")
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=30, check=False)
+    except OSError as exc:
+        return f"unshare cannot run: {exc}"
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip()
+        return f"this kernel refuses unprivileged namespaces ({said or done.returncode})"
+    return None
+
+
+def need_namespaces() -> None:
+    """Skip the test, saying why, where namespaces are refused; in CI, fail it instead."""
+    reason = namespaces_refused()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"a disk test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Ran:
     code: int
@@ -67,6 +94,7 @@ async def run_cli(*args: str, inside: str | None = None, env: dict[str, str] | N
     If `inside` names HARVESTER, the harvester runs there instead of after it."""
     command: Sequence[str] = (sys.executable, "-m", "harvester", *args)
     if inside is not None:
+        need_namespaces()
         harvester = shlex.join(command)
         script = (
             f"set -e; {inside.replace('HARVESTER', harvester)}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 from harvester.config import load_config, shown
 from harvester.errors import ConfigError
 from harvester.yaml_file import MAX_CONFIG_BYTES
+from tests.measured import run_measured
 
 # 440 bytes that expand to 9^9 (387 million) strings, "billion laughs", where the config
 # reads a value: a merchant id. (Anchors under unknown keys would be refused for the key.)
@@ -36,26 +35,14 @@ def test_an_alias_bomb_exits_2_quickly_and_lean(tmp_path: Path) -> None:
     of CPU and 200 MB (measured on the child process, not with a wall clock)."""
     path = tmp_path / "config.yaml"
     path.write_text(ALIAS_BOMB)
-    started = time.monotonic()
-    child = subprocess.Popen(
+    run = run_measured(
         [sys.executable, "-m", "harvester", "check-config", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        tmp_path / "rusage.json",
     )
-    _, status, usage = os.wait4(child.pid, 0)
-    wall_s = time.monotonic() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.stderr is not None
-    err = child.stderr.read().decode()
-    child.stderr.close()
-    assert child.stdout is not None
-    child.stdout.close()
-    assert child.returncode == 2, err
-    assert "aliases (*name) expand" in err
-    cpu_s = usage.ru_utime + usage.ru_stime
-    max_rss_mb = usage.ru_maxrss / 1024  # Linux reports kilobytes
-    assert cpu_s < 2.0, f"{cpu_s:.2f} s of CPU ({wall_s:.2f} s on the wall)"
-    assert max_rss_mb < 200, f"{max_rss_mb:.0f} MB"
+    assert run.code == 2, run.err
+    assert "aliases (*name) expand" in run.err
+    assert run.cpu_s < 2.0, f"{run.cpu_s:.2f} s of CPU"
+    assert run.peak_rss_mb < 200, f"{run.peak_rss_mb:.0f} MB"
 
 
 def test_an_alias_that_holds_itself_is_refused(tmp_path: Path) -> None:

@@ -14,6 +14,9 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.hostile import running
 from tests.hostile.running import (
     ONE_CHUNK,
     THREE_CHUNKS,
@@ -193,3 +196,26 @@ async def test_when_the_grace_runs_out_the_summary_is_still_printed(tmp_path: Pa
     assert "stopped before the end" in out.decode()
     assert "run.finished" in err.decode()
     assert "run.abandoned" in err.decode()
+
+
+def test_without_namespaces_a_disk_test_skips_with_its_reason_but_fails_in_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the kernel refuses unprivileged namespaces the disk tests skip, saying why;
+    where CI is set they fail instead, so that CI never passes without them."""
+    monkeypatch.setattr(running, "namespaces_refused", lambda: "refused (for the test)")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"refused \(for the test\)"):
+        running.need_namespaces()
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"cannot run in CI: refused"):
+        running.need_namespaces()
+
+
+def test_this_machine_gives_the_disk_tests_their_namespaces() -> None:
+    """The probe itself: here (as in CI) the kernel grants them, so nothing above skipped."""
+    running.namespaces_refused.cache_clear()
+    reason = running.namespaces_refused()
+    if reason is not None and not os.environ.get("CI"):
+        pytest.skip(reason)
+    assert reason is None
