@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 # The same versions every time: `make install` takes every package from requirements-dev.lock
 # (the runtime, dev and load requirements, pip, and setuptools that builds the project), each
 # checked against its hashes, then the project itself with --no-deps, built by the locked
-# setuptools (--no-build-isolation), so that nothing unlocked comes in; pip is all it needs.
+# setuptools (--no-build-isolation), so that nothing unlocked comes in; pip is all it needs, and
+# `pip check` then finds any dependency the lock left out.
 # requirements.lock is the runtime part alone, at the same versions: what deploy/Containerfile
 # installs. Both change only through `make lock`; pyproject.toml keeps its ranges for those who
 # install the package as a library.
