@@ -4,15 +4,48 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit demo bench bench-processes bench-scale soak clean
+.PHONY: install lock test lint typecheck unit demo bench bench-processes bench-scale soak clean
+
+# The same versions every time: `make install` takes every package from requirements-dev.lock
+# (the runtime, dev and load requirements, pip, and setuptools that builds the project), each
+# checked against its hashes, then the project itself with --no-deps, built by the locked
+# setuptools (--no-build-isolation), so that nothing unlocked comes in; pip is all it needs, and
+# `pip check` then finds any dependency the lock left out.
+# requirements.lock is the runtime part alone, at the same versions: what deploy/Containerfile
+# installs. Both change only through `make lock`; pyproject.toml keeps its ranges for those who
+# install the package as a library.
+LOCKS := requirements.lock requirements-dev.lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCKS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,load]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# `make lock` writes both lock files again from pyproject.toml's ranges, taking the newest
+# releases they admit; `make lock UPGRADE=` keeps the locked versions that still fit and only
+# resolves what pyproject.toml changed. uv, at the version below and in a venv of its own,
+# resolves for Python 3.11 on every platform (--universal): one file serves Linux on x86_64
+# and aarch64 alike, with the hashes of every file of each release. The runtime lock is
+# constrained by the dev lock, so the container runs the versions the tests ran. Each lock also
+# holds what builds the project (pyproject.toml's build-system.requires) and pip itself.
+UV_VERSION := 0.13.9
+LOCK_VENV := .venv-lock
+UPGRADE := --upgrade
+COMPILE := $(LOCK_VENV)/bin/uv --no-config pip compile --quiet pyproject.toml - --universal \
+	--python-version 3.11 --generate-hashes $(UPGRADE) --custom-compile-command 'make lock'
+BUILD_AND_PIP := $(PYTHON) -c 'import tomllib; \
+	pyproject = tomllib.load(open("pyproject.toml", "rb")); \
+	print(*pyproject["build-system"]["requires"], "pip", sep="\n")'
+
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+	$(BUILD_AND_PIP) | $(COMPILE) --extra dev --extra load -o requirements-dev.lock
+	$(BUILD_AND_PIP) | $(COMPILE) --constraint requirements-dev.lock -o requirements.lock
 
 test: install lint typecheck unit
 
@@ -53,4 +86,4 @@ bench-scale: install
 	$(BIN)/python -m benchmarks.bench_scale
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-output
+	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .pytest_cache .ruff_cache demo-output

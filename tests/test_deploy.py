@@ -118,12 +118,12 @@ def test_kubernetes_manifests_parse_and_forbid_overlap() -> None:
         assert "/etc/harvester" in mounted
 
 
-def container_paths(text: str) -> tuple[dict[str, Path], list[list[str]]]:
+def container_paths(text: str) -> tuple[dict[str, Path], list[tuple[str, list[str]]]]:
     """What the container file's COPYs put where (container path -> repository path), and
-    the words of each `pip install` its RUNs do."""
+    each `pip install` its RUNs do: the working directory and the words after `pip install`."""
     workdir = "/"
     copied: dict[str, Path] = {}
-    installs: list[list[str]] = []
+    installs: list[tuple[str, list[str]]] = []
     for word, rest in re.findall(r"^(COPY|RUN|WORKDIR)\s+((?:.*\\\n)*.*)$", text, re.M):
         rest = rest.replace("\\\n", " ")
         if word == "WORKDIR":
@@ -139,19 +139,25 @@ def container_paths(text: str) -> tuple[dict[str, Path], list[list[str]]]:
             for command in rest.split("&&"):
                 words = shlex.split(command)
                 if words[:2] == ["pip", "install"]:
-                    installs.append(words[2:])
+                    installs.append((workdir, words[2:]))
     return copied, installs
 
 
 def test_container_file_copies_real_paths_and_installs_what_it_copied() -> None:
-    """Every COPY source exists from the repository's root, pip installs the folder they were
-    copied to, and the entry point is the project's script."""
+    """Every COPY source exists from the repository's root; pip installs the runtime lock
+    checked against its hashes, then the folder the project was copied to and nothing beside
+    it; the entry point is the project's script."""
     text = (DEPLOY / "Containerfile").read_text()
     copied, installs = container_paths(text)
     for where, source in copied.items():
         assert source.exists(), f"COPY to {where}: {source} is not in the repository"
-    (install,) = installs
-    (folder,) = [word for word in install if not word.startswith("-")]
+    (lock_workdir, lock_install), (package_workdir, package_install) = installs
+    assert {"--require-hashes", "--no-deps"} <= set(lock_install)
+    lock = lock_install[lock_install.index("-r") + 1]
+    assert copied[posixpath.join(lock_workdir, lock)] == ROOT / "requirements.lock"
+    assert {"--no-deps", "--no-build-isolation"} <= set(package_install)
+    (folder,) = [word for word in package_install if not word.startswith("-")]
+    folder = posixpath.join(package_workdir, folder)
     for needed in ("pyproject.toml", "README.md", "harvester"):  # what building the folder reads
         assert copied[posixpath.join(folder, needed)] == ROOT / needed
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
