@@ -56,9 +56,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict harvester tests benchmarks
 
-# Branch coverage of harvester/ (simulator and demo aside); under 95% fails the run.
+# Branch coverage of harvester/ (simulator and demo aside), combined over the workers; under
+# 95% fails the run. Tests run in a new order each time (pytest-randomly prints its seed;
+# `make unit PYTEST_ARGS=--randomly-seed=N` replays it) on twice as many workers as cores, as
+# many tests wait on subprocesses and servers; idle workers take queued tests from busy ones.
+WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
 unit: install
-	$(BIN)/pytest --cov=harvester --cov-report=term-missing:skip-covered --cov-fail-under=95
+	$(BIN)/pytest --numprocesses=$(WORKERS) --dist=worksteal \
+		--cov=harvester --cov-report=term-missing:skip-covered --cov-fail-under=95 $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/python -m harvester.demo
