@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 USER_AGENT = "clover-harvester/0.1"
 _PLAN_ATTEMPTS = 3  # plans cut again when another process's new chunks got in the way
+# Merchants planned in one read and one write: bounds the chunks in memory at once, long
+# histories included.
+_PLAN_MERCHANTS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +127,10 @@ async def backfill(
         open_output(config) as output,
         shared_state(config, output, clock, "backfill") as lease,
     ):
-        store = lease.store
+        due = await due_chunks_of(lease.store, config, selections, lambda *_: requested)
         work = [
-            MerchantWork(s.merchant, tuple(await due_chunks(store, config, s, requested)))
-            for s in selections
+            MerchantWork(s.merchant, tuple(chunks))
+            for s, chunks in zip(selections, due, strict=True)
         ]
         return await _harvest(config, lease, output, work, clock, stop, factories, observer)
 
@@ -148,20 +151,24 @@ async def nightly(
     today = start_of_utc_day(clock.now())
     lookback = lookback_range(today, config.lookback_days)
     async with open_output(config) as output, shared_state(config, output, clock, "run") as lease:
-        store = lease.store
-        work = []
-        for selection in selections:
-            chunks: list[ChunkRecord] = []
-            for export_type in selection.types:
-                covered = await store.covered(selection.merchant.id, export_type)
-                start = nightly_start(selection.merchant, config.default_start, covered)
-                requested = nightly_range(start, today)
-                if requested is not None:
-                    chunks += await due_chunks(store, config, selection, requested, (export_type,))
-                if lookback is not None:
-                    chunks += await _reharvest(store, selection, export_type, lookback, chunks)
-            work.append(MerchantWork(selection.merchant, tuple(chunks)))
+
+        def requested(
+            selection: Selection, export_type: ExportType, known: Sequence[ChunkRecord]
+        ) -> TimeRange | None:
+            covered, _ = _split_known(known)
+            start = nightly_start(selection.merchant, config.default_start, covered)
+            return nightly_range(start, today)
+
+        due = await due_chunks_of(lease.store, config, selections, requested, lookback=lookback)
+        work = [
+            MerchantWork(s.merchant, tuple(chunks))
+            for s, chunks in zip(selections, due, strict=True)
+        ]
         return await _harvest(config, lease, output, work, clock, stop, factories, observer)
+
+
+# What a merchant and type should have harvested, given its known chunks (None: nothing).
+Wanted = Callable[[Selection, ExportType, Sequence[ChunkRecord]], TimeRange | None]
 
 
 async def due_chunks(
@@ -172,40 +179,90 @@ async def due_chunks(
     types: Sequence[ExportType] | None = None,
 ) -> list[ChunkRecord]:
     """The chunks of `requested` to harvest: unfinished known ones, and new ones (stored)."""
-    found: list[ChunkRecord] = []
-    for export_type in types or selection.types:
-        for attempt in range(1, _PLAN_ATTEMPTS + 1):
-            known = await store.chunks(selection.merchant.id, export_type)
-            covered, unfinished = _split_known(known)
-            chunk_plan = plan_chunks(requested, covered, unfinished, config.chunk_days)
-            try:
-                added = await store.add_chunks(selection.merchant.id, export_type, chunk_plan.new)
-            except ChunkOverlap:
-                # Another process cut chunks of its own range meanwhile: plan around them.
-                if attempt == _PLAN_ATTEMPTS:
-                    raise
-                continue
-            found += [c for c in known if c.range in chunk_plan.resume]
-            found += added
-            break
+    (found,) = await due_chunks_of(store, config, [selection], lambda *_: requested, types)
     return found
 
 
-async def _reharvest(
+async def due_chunks_of(
     store: StateStore,
-    selection: Selection,
-    export_type: ExportType,
-    lookback: TimeRange,
-    already: Sequence[ChunkRecord],
-) -> list[ChunkRecord]:
-    """Complete chunks overlapping the lookback: Clover objects change after creation."""
-    taken = {c.id for c in already}
-    complete = await store.chunks(selection.merchant.id, export_type, [ChunkStatus.COMPLETE])
-    return [
-        await store.reset_for_reharvest(c.id)
-        for c in complete
-        if c.range.overlaps(lookback) and c.id not in taken
-    ]
+    config: Config,
+    selections: Sequence[Selection],
+    requested: Wanted,
+    types: Sequence[ExportType] | None = None,
+    *,
+    lookback: TimeRange | None = None,
+) -> list[list[ChunkRecord]]:
+    """Per selection, the chunks to harvest: for each of its types (or `types`), the
+    unfinished known chunks of the range `requested` names and new ones (stored); with
+    `lookback`, also its complete chunks overlapping it, due again (Clover objects change
+    after creation).
+
+    A few hundred merchants at a time: one read and one write each, whatever the number of
+    chunks (a transaction per merchant took minutes at ten thousand merchants).
+    """
+    found: list[list[ChunkRecord]] = []
+    for first in range(0, len(selections), _PLAN_MERCHANTS):
+        batch = selections[first : first + _PLAN_MERCHANTS]
+        found += await _due_batch(store, config, batch, requested, types, lookback)
+    return found
+
+
+async def _due_batch(
+    store: StateStore,
+    config: Config,
+    selections: Sequence[Selection],
+    requested: Wanted,
+    types: Sequence[ExportType] | None,
+    lookback: TimeRange | None,
+) -> list[list[ChunkRecord]]:
+    for attempt in range(1, _PLAN_ATTEMPTS + 1):
+        known: dict[tuple[str, ExportType], list[ChunkRecord]] = {}
+        for chunk in await store.chunks_of([s.merchant.id for s in selections]):
+            known.setdefault((chunk.merchant_id, chunk.type), []).append(chunk)
+        wanted: list[tuple[str, ExportType, Sequence[TimeRange]]] = []
+        resumed: list[list[ChunkRecord]] = []
+        again: list[list[int]] = []  # per selection: complete chunks the lookback takes
+        for selection in selections:
+            again.append([])
+            for export_type in types or selection.types:
+                mine = known.get((selection.merchant.id, export_type), [])
+                if lookback is not None:
+                    again[-1] += [
+                        c.id
+                        for c in mine
+                        if c.status is ChunkStatus.COMPLETE and c.range.overlaps(lookback)
+                    ]
+                wanted_range = requested(selection, export_type, mine)
+                if wanted_range is None:
+                    continue
+                covered, unfinished = _split_known(mine)
+                chunk_plan = plan_chunks(wanted_range, covered, unfinished, config.chunk_days)
+                resume = set(chunk_plan.resume)
+                resumed.append([c for c in mine if c.range in resume])
+                wanted.append((selection.merchant.id, export_type, chunk_plan.new))
+        try:
+            added = iter(await store.add_chunks_of(wanted))
+        except ChunkOverlap:
+            # Another process cut chunks of its own range meanwhile: plan around them.
+            if attempt == _PLAN_ATTEMPTS:
+                raise
+            continue
+        due: list[list[ChunkRecord]] = []
+        resumed_each = iter(resumed)
+        for selection in selections:
+            chunks: list[ChunkRecord] = []
+            for export_type in types or selection.types:
+                mine = known.get((selection.merchant.id, export_type), [])
+                if requested(selection, export_type, mine) is not None:
+                    chunks += next(resumed_each)
+                    chunks += next(added)
+            due.append(chunks)
+        if any(again):
+            reset = iter(await store.reset_for_reharvest_of([i for ids in again for i in ids]))
+            for chunks, ids in zip(due, again, strict=True):
+                chunks += [next(reset) for _ in ids]
+        return due
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @asynccontextmanager

@@ -318,11 +318,11 @@ class StaleFirstListing:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def chunks(self, *args: Any, **kwargs: Any) -> list[ChunkRecord]:
+    async def chunks_of(self, *args: Any, **kwargs: Any) -> list[ChunkRecord]:
         if self.stale:
             self.stale = False
             return []
-        return await self._store.chunks(*args, **kwargs)
+        return await self._store.chunks_of(*args, **kwargs)
 
 
 async def test_a_plan_cut_from_a_stale_listing_is_cut_again(

@@ -12,9 +12,11 @@ lock). In SQLite a write transaction holds the whole file, so both come for free
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.errors import ChunkOverlap, StoreError
@@ -47,6 +49,8 @@ from harvester.state.sql import (
     to_ms,
 )
 
+T = TypeVar("T")
+
 # An export in one of these states can still deliver files: a chunk keeps pointing at it.
 LIVE_EXPORT_STATES = (ExportState.RUNNING.value, ExportState.DONE.value)
 ENDED_EXPORT_STATES = frozenset({ExportState.FAILED, ExportState.EXPIRED, ExportState.LOST})
@@ -72,6 +76,20 @@ def _chunk_row(at: At, chunk_id: int, lock: bool = False) -> Work[Row]:
 # -- chunks -------------------------------------------------------------------------------
 
 
+# Rows or keys per statement where a batch is sent as one (`IN (...)`, multi-row VALUES):
+# far below either backend's limit on parameters.
+_BATCH = 400
+
+
+def _batches(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for first in range(0, len(items), _BATCH):
+        yield items[first : first + _BATCH]
+
+
+def _marks(count: int, each: str = "?") -> str:
+    return ", ".join([each] * count)
+
+
 def add_chunks(
     at: At, merchant_id: str, type: ExportType, ranges: Sequence[TimeRange]
 ) -> Work[list[ChunkRecord]]:
@@ -80,34 +98,77 @@ def add_chunks(
     Refuses the whole batch if a new range overlaps a known chunk of the same merchant
     and type with other bounds: covered intervals never overlap.
     """
-    # One merchant and type at a time: the overlap check must see every insert.
-    yield execute(SERIALISE, (f"chunks:{merchant_id}:{type}",))
-    records = []
-    for wanted in ranges:
-        key = (merchant_id, type.value, wanted.start_ms, wanted.end_ms)
-        row = yield one(
-            "SELECT * FROM chunks"
-            " WHERE merchant_id = ? AND type = ? AND start_ms = ? AND end_ms = ?",
-            key,
+    added = yield from add_chunks_of(at, [(merchant_id, type, ranges)])
+    return added[0]
+
+
+def add_chunks_of(
+    at: At, wanted: Sequence[tuple[str, ExportType, Sequence[TimeRange]]]
+) -> Work[list[list[ChunkRecord]]]:
+    """`add_chunks` for many merchants and types at once, in one transaction: for each
+    (merchant, type, ranges), its rows in the order given. An overlap refuses them all."""
+    # One planner at a time: the overlap check must see every insert. One key for every
+    # merchant: a lock per merchant would take thousands of PostgreSQL's lock slots.
+    yield execute(SERIALISE, ("chunks",))
+    merchant_ids = sorted({merchant_id for merchant_id, _, ranges in wanted if ranges})
+    known: dict[tuple[str, str], list[Row]] = {}
+    for batch in _batches(merchant_ids):
+        rows = yield every(
+            f"SELECT * FROM chunks WHERE merchant_id IN ({_marks(len(batch))})"  # noqa: S608
+            " ORDER BY merchant_id, type, start_ms",
+            batch,
         )
-        if row is None:
-            clash = yield one(
-                "SELECT start_ms, end_ms FROM chunks"
-                " WHERE merchant_id = ? AND type = ? AND start_ms < ? AND end_ms > ? LIMIT 1",
-                (merchant_id, type.value, wanted.end_ms, wanted.start_ms),
-            )
-            if clash is not None:
-                existing = TimeRange.from_ms(clash["start_ms"], clash["end_ms"])
+        for row in rows:
+            known.setdefault((row["merchant_id"], row["type"]), []).append(row)
+    found: dict[tuple[str, str, int, int], Row] = {}
+    new: dict[tuple[str, str, int, int], None] = {}  # in the order met
+    for merchant_id, type, ranges in wanted:
+        rows = known.get((merchant_id, type.value), [])
+        by_bounds = {(row["start_ms"], row["end_ms"]): row for row in rows}
+        taken = sorted(by_bounds)  # intervals that never overlap: sorted by start and end
+        for wanted_range in ranges:
+            bounds = (wanted_range.start_ms, wanted_range.end_ms)
+            key = (merchant_id, type.value, *bounds)
+            if bounds in by_bounds:
+                found[key] = by_bounds[bounds]
+                continue
+            if key in found or key in new:
+                continue
+            # The last known interval starting before this one ends is the only candidate.
+            before = bisect.bisect_left(taken, (bounds[1],)) - 1
+            if before >= 0 and taken[before][1] > bounds[0]:
+                existing = TimeRange.from_ms(*taken[before])
                 raise ChunkOverlap(
-                    f"state store {at.where}: chunk {wanted} of merchant "
+                    f"state store {at.where}: chunk {wanted_range} of merchant "
                     f"{merchant_id} {type.value} overlaps the known chunk {existing}"
                 )
-            row = yield one(
-                "INSERT INTO chunks (merchant_id, type, start_ms, end_ms, status, updated_at_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-                (*key, ChunkStatus.PENDING.value, at.now),
-            )
-        records.append(chunk_record(row))
+            bisect.insort(taken, bounds)
+            new[key] = None
+    for inserts in _batches(list(new)):
+        rows = yield every(
+            "INSERT INTO chunks (merchant_id, type, start_ms, end_ms, status, updated_at_ms)"  # noqa: S608
+            f" VALUES {_marks(len(inserts), '(?, ?, ?, ?, ?, ?)')} RETURNING *",
+            [value for key in inserts for value in (*key, ChunkStatus.PENDING.value, at.now)],
+        )
+        for row in rows:
+            found[(row["merchant_id"], row["type"], row["start_ms"], row["end_ms"])] = row
+    return [
+        [chunk_record(found[(merchant_id, type.value, r.start_ms, r.end_ms)]) for r in ranges]
+        for merchant_id, type, ranges in wanted
+    ]
+
+
+def chunks_of(at: At, merchant_ids: Sequence[str]) -> Work[list[ChunkRecord]]:
+    """Every chunk of these merchants, sorted by merchant, type, start: what planning reads,
+    a batch of merchants per statement."""
+    records = []
+    for batch in _batches(sorted(set(merchant_ids))):
+        rows = yield every(
+            f"SELECT * FROM chunks WHERE merchant_id IN ({_marks(len(batch))})"  # noqa: S608
+            " ORDER BY merchant_id, type, start_ms",
+            batch,
+        )
+        records += [chunk_record(row) for row in rows]
     return records
 
 
@@ -164,6 +225,26 @@ def reset_for_reharvest(at: At, chunk_id: int) -> Work[ChunkRecord]:
         (ChunkStatus.PENDING.value, at.now, chunk_id, ChunkStatus.COMPLETE.value),
     )
     return chunk_record((yield from _chunk_row(at, chunk_id)))
+
+
+def reset_for_reharvest_of(at: At, chunk_ids: Sequence[int]) -> Work[list[ChunkRecord]]:
+    """`reset_for_reharvest` for many chunks in one transaction, in the order given."""
+    found: dict[int, ChunkRecord] = {}
+    for batch in _batches(list(chunk_ids)):
+        yield execute(
+            "UPDATE chunks SET status = ?, export_id = NULL, updated_at_ms = ?"  # noqa: S608
+            f" WHERE id IN ({_marks(len(batch))}) AND status = ?",
+            (ChunkStatus.PENDING.value, at.now, *batch, ChunkStatus.COMPLETE.value),
+        )
+        rows = yield every(
+            f"SELECT * FROM chunks WHERE id IN ({_marks(len(batch))})",  # noqa: S608
+            batch,
+        )
+        found.update((row["id"], chunk_record(row)) for row in rows)
+    missing = [chunk_id for chunk_id in chunk_ids if chunk_id not in found]
+    if missing:
+        raise _missing(at, f"chunk {missing[0]}")
+    return [found[chunk_id] for chunk_id in chunk_ids]
 
 
 def complete_chunk(at: At, chunk_id: int) -> Work[None]:

@@ -2,12 +2,16 @@
 
 The harvester runs unattended, can be killed at any instant, and resumes from this file:
 it must lose nothing, duplicate nothing, and never forget an export it created (each one
-holds a scarce server slot). So every write is a single transaction, committed in WAL
-mode with synchronous=FULL before its coroutine returns.
+holds a scarce server slot). So every write is committed in WAL mode with synchronous=FULL
+before its coroutine returns.
 
 One connection lives on one dedicated worker thread: SQLite never blocks the event loop
 and never sees two threads. An operation (queries.py, shared with PostgreSQL) runs whole on
-that thread, in one hop. `read_snapshot` is the separate, read-only way in for
+that thread, in one hop. Operations asked for while the thread is busy wait for it together
+and then run as one group: one transaction, each operation in a savepoint of its own (one
+that fails is rolled back alone), one COMMIT and so one sync for all of them; none of their
+coroutines returns before that COMMIT. At a thousand merchants a sync per operation was most
+of the harvester's time. `read_snapshot` is the separate, read-only way in for
 `harvester status`, safe while a run is writing.
 """
 
@@ -19,6 +23,7 @@ import sqlite3
 import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +49,8 @@ _BUSY_TIMEOUT_S = 30.0
 # by the busy timeout, so a "locked" answer on open is tried again after a pause.
 _OPEN_ATTEMPTS = 12
 _OPEN_PAUSE_S = 0.05
+# The most operations one group commit takes: a bound on how long any of them waits.
+_MOST_IN_A_GROUP = 256
 
 
 def _migrate(
@@ -181,6 +188,18 @@ _FETCH: dict[Fetch, Callable[[sqlite3.Cursor], Any]] = {
 }
 
 
+@dataclass(slots=True, eq=False)
+class _Call:
+    """One operation asked of the store, and once its group has run, how it went."""
+
+    operation: str
+    work: Work[Any]
+    kind: Transaction
+    done: asyncio.Future[Any]  # answered on the loop once the group's COMMIT is behind it
+    result: Any = None
+    error: BaseException | None = None
+
+
 class Store(SqlStore):
     """The harvest state in SQLite. Open with `await Store.open(path, clock)`, use `async with`."""
 
@@ -195,6 +214,8 @@ class Store(SqlStore):
         self._path = path
         self._executor = executor
         self._connection = connection
+        self._waiting: list[_Call] = []  # asked for while a group ran: the next group
+        self._group: asyncio.Future[None] | None = None  # the group on the thread now
 
     @classmethod
     async def open(
@@ -232,6 +253,8 @@ class Store(SqlStore):
             return
         self._closed = True
         loop = asyncio.get_running_loop()
+        while self._group is not None:  # the calls already made run first
+            await asyncio.shield(self._group)
         try:
             await loop.run_in_executor(self._executor, self._connection.close)
         except sqlite3.Error as exc:
@@ -245,11 +268,106 @@ class Store(SqlStore):
     async def _transact(self, operation: str, work: Work[T], kind: Transaction) -> T:
         if self._closed:
             raise StoreError(f"state store {self._path}: {operation} after close")
-        future = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._transaction, operation, work, kind
-        )
+        call = _Call(operation, work, kind, asyncio.get_running_loop().create_future())
+        self._waiting.append(call)
+        if self._group is None:
+            self._start_group()
         # Once asked for, a write lands even if the caller is cancelled meanwhile.
-        return await asyncio.shield(future)
+        result: T = await asyncio.shield(call.done)
+        return result
+
+    def _start_group(self) -> None:
+        """Hand the calls waiting to the thread as one group (on the loop's thread)."""
+        group = self._waiting[:_MOST_IN_A_GROUP]
+        del self._waiting[:_MOST_IN_A_GROUP]
+        running = asyncio.get_running_loop().run_in_executor(self._executor, self._run_group, group)
+        self._group = running
+        running.add_done_callback(lambda _: self._group_done(group))
+
+    def _group_done(self, group: list[_Call]) -> None:
+        """The group's COMMIT is behind it: answer its calls, start the next group."""
+        self._group = None
+        for call in group:
+            if call.done.cancelled():  # only if the loop is going away
+                continue
+            if call.error is not None:
+                call.done.set_exception(call.error)
+            else:
+                call.done.set_result(call.result)
+        if self._waiting:
+            self._start_group()
+
+    def _run_group(self, group: list[_Call]) -> None:
+        """On the thread: run the group, each call's outcome kept in it. Never raises."""
+        if len(group) == 1:
+            call = group[0]
+            try:
+                call.result = self._transaction(call.operation, call.work, call.kind)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                call.error = exc
+            return
+        if all(call.kind is not Transaction.WRITE for call in group):
+            # Reads: each as on its own, without the write lock other processes wait for.
+            for call in group:
+                try:
+                    call.result = self._transaction(call.operation, call.work, call.kind)
+                except BaseException as exc:
+                    call.error = exc
+            return
+        self._run_together(group)
+
+    def _run_together(self, group: list[_Call]) -> None:
+        """One transaction for the group, a savepoint per call, one COMMIT."""
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for call in group:
+                call.error = self._failed(call.operation, exc)
+            return
+        for call in group:
+            try:
+                connection.execute("SAVEPOINT call")
+                call.result = run_work(connection, call.work)
+                connection.execute("RELEASE call")
+            except BaseException as exc:
+                call.error = (
+                    self._failed(call.operation, exc) if isinstance(exc, sqlite3.Error) else exc
+                )
+                if not self._undo_call(connection):
+                    # SQLite ended the whole transaction (a full disk, say): nothing of
+                    # the group landed.
+                    for other in group:
+                        if other.error is None:
+                            other.error = self._failed(other.operation, exc)
+                    return
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            for call in group:
+                call.error = self._failed(call.operation, exc)
+
+    @staticmethod
+    def _undo_call(connection: sqlite3.Connection) -> bool:
+        """Roll back the failed call's savepoint; False if the transaction is gone."""
+        if not connection.in_transaction:
+            return False
+        try:
+            connection.execute("ROLLBACK TO call")
+            connection.execute("RELEASE call")
+        except sqlite3.Error:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            return False
+        return True
+
+    def _failed(self, operation: str, exc: BaseException) -> StoreError:
+        # sqlite3's messages name tables and columns, never bound values (tokens).
+        error = StoreError(f"state store {self._path}: {operation} failed: {exc}")
+        error.__cause__ = exc
+        return error
 
     def _transaction(self, operation: str, work: Work[T], kind: Transaction) -> T:
         connection = self._connection
@@ -268,8 +386,7 @@ class Store(SqlStore):
                 raise
             return result
         except sqlite3.Error as exc:
-            # sqlite3's messages name tables and columns, never bound values (tokens).
-            raise StoreError(f"state store {self._path}: {operation} failed: {exc}") from exc
+            raise self._failed(operation, exc) from exc
 
     async def _on_thread(self, operation: str, call: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:

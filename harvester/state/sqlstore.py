@@ -87,10 +87,13 @@ class SqlStore:
 
     # chunks
     add_chunks = _timed_write(queries.add_chunks)
+    add_chunks_of = _timed_write(queries.add_chunks_of)
     covered = _read(queries.covered)
     chunks = _read(queries.chunks)
+    chunks_of = _snapshot(queries.chunks_of)
     get_chunk = _read(queries.get_chunk)
     reset_for_reharvest = _timed_write(queries.reset_for_reharvest)
+    reset_for_reharvest_of = _timed_write(queries.reset_for_reharvest_of)
     complete_chunk = _timed_write(queries.complete_chunk)
     fail_chunk = _timed_write(queries.fail_chunk)
     note_lost_create = _write(queries.note_lost_create)
