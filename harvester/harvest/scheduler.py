@@ -61,7 +61,14 @@ from harvester.pacing.orphans import OrphanHolds
 from harvester.pacing.polling import next_poll_delay, progress_elapsed_s
 from harvester.pacing.slots import Slot
 from harvester.state.claims import ClaimLost, ProcessLease
-from harvester.state.records import ChunkRecord, ChunkStatus, ExportRecord, ExportState, StateStore
+from harvester.state.records import (
+    ChunkRecord,
+    ChunkStatus,
+    ClaimResult,
+    ExportRecord,
+    ExportState,
+    StateStore,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +79,10 @@ class MerchantWork:
     chunks: tuple[ChunkRecord, ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Merchant:
+    """A merchant taken up by a runner: its client, and the chunks left to it this run."""
+
     merchant: Merchant
     host: Host
     client: MerchantClient
@@ -81,7 +90,23 @@ class _Merchant:
     deferred: deque[ChunkRecord] = field(default_factory=deque)  # claimed by another process
     refusal: str | None = None  # set once Clover refused the merchant: no more tries this run
     waited: set[int] = field(default_factory=set)  # deferred ids looked at since the last nap
-    lanes: list[asyncio.Task[None]] = field(default_factory=list)
+    reported: set[int] = field(default_factory=set)  # ids logged as held elsewhere
+    claims: dict[int, ClaimResult] = field(default_factory=dict)  # taken for its turn
+    put_back_at: float | None = None  # monotonic: when its last turn left chunks deferred
+
+
+# A merchant waiting for its turn, not yet taken up, or put back with chunks held elsewhere.
+_Waiting = MerchantWork | _Merchant
+
+
+def active_merchants(maximum: int) -> int:
+    """How many merchants of a host are taken up at once, for its limit of `maximum` exports.
+
+    Enough that its slots never wait for a merchant (each has up to `maximum` lanes, and a
+    lane is busy downloading after its slot went back), few enough that ten thousand
+    merchants with nothing to do right now cost a queue entry each, not tasks and clients.
+    """
+    return max(16, 4 * maximum)
 
 
 class _Stopped(Exception):
@@ -134,17 +159,19 @@ class Harvest:
         return await self._run(work)
 
     async def _run(self, work: Sequence[MerchantWork]) -> Summary:
+        waiting: dict[str, deque[_Waiting]] = {}
         for item in work:
             for chunk in item.chunks:
                 self.summary.tally(item.merchant.id, ExportType(chunk.type)).chunks_planned += 1
+            if item.chunks:
+                waiting.setdefault(item.merchant.region.name, deque()).append(item)
         self._observer.chunks_planned(sum(len(item.chunks) for item in work))
         try:
             async with asyncio.TaskGroup() as group:
-                for item in work:
-                    if item.chunks:
-                        group.create_task(
-                            self._merchant_worker(item), name=f"merchant-{item.merchant.id}"
-                        )
+                for name, queue in waiting.items():
+                    host = self._host(queue[0].merchant)
+                    for _ in range(min(len(queue), active_merchants(host.slots.maximum))):
+                        group.create_task(self._runner(host, queue), name=f"merchants-{name}")
         except* StoreError as errors:
             # Nothing can be recorded any more (the state's disk is full, say): every worker
             # has stopped, and what was not recorded is redone by the next run.
@@ -156,29 +183,59 @@ class Harvest:
         self.summary.stopped = self._stop.is_set() and not self.summary.all_done
         return self.summary
 
-    async def _merchant_worker(self, work: MerchantWork) -> None:
-        merchant = work.merchant
+    def _host(self, merchant: Merchant) -> Host:
         host = self._hosts.host(merchant.region)
         if merchant.region.name not in self._announced:
             self._announced.add(merchant.region.name)
             self._observer.host_added(merchant.region.name, host.slots, host.gate)
-        client = self._hosts.client(merchant)
-        # Chunks already in flight go first: their exports hold server slots right now.
-        ordered = sorted(work.chunks, key=lambda c: (c.export_id is None, c.range.start, c.type))
-        state = _Merchant(merchant, host, client, deque(ordered))
-        structlog.contextvars.bind_contextvars(merchant=merchant.id)
+        return host
+
+    async def _runner(self, host: Host, waiting: deque[_Waiting]) -> None:
+        """Take up the host's waiting merchants one after another, each for its turn."""
+        while waiting and not self._stop.is_set():
+            item = waiting.popleft()
+            if isinstance(item, _Merchant):
+                state = item
+                if state.put_back_at is not None:
+                    # Its chunks were all held elsewhere a moment ago: give their holders time.
+                    left_s = state.put_back_at + self._hold_poll_s() - self._clock.monotonic()
+                    if left_s > 0 and not await self._nap(left_s):
+                        return
+                    await self.lease.reap()
+            else:
+                # Chunks already in flight go first: their exports hold server slots now.
+                ordered = sorted(
+                    item.chunks, key=lambda c: (c.export_id is None, c.range.start, c.type)
+                )
+                client = self._hosts.client(item.merchant)
+                state = _Merchant(item.merchant, host, client, deque(ordered))
+            with structlog.contextvars.bound_contextvars(merchant=state.merchant.id):
+                await self._turn(state, waiting)
+            if state.deferred and not self._stop.is_set():
+                # Held elsewhere: the merchants waiting behind it go first.
+                state.put_back_at = self._clock.monotonic()
+                waiting.append(state)
+
+    async def _turn(self, state: _Merchant, waiting: deque[_Waiting]) -> None:
+        """Harvest the merchant's chunks, its lanes claiming them all in one transaction."""
+        state.queue.extend(state.deferred)
+        state.deferred.clear()
+        claims = await self.lease.claim_many([chunk.id for chunk in state.queue])
+        state.claims = {claim.chunk.id: claim for claim in claims}
         # A merchant may run several exports at once when slots are free; fairness between
         # merchants is the slots' job.
-        lanes = min(host.slots.maximum, len(ordered))
+        lanes = min(state.host.slots.maximum, len(state.queue))
         async with asyncio.TaskGroup() as group:
             for _ in range(lanes):
-                group.create_task(self._lane(state))
+                group.create_task(self._lane(state, waiting))
 
-    async def _lane(self, state: _Merchant) -> None:
+    async def _lane(self, state: _Merchant, waiting: deque[_Waiting]) -> None:
         while not self._stop.is_set():
             if state.queue:
                 chunk = state.queue.popleft()
             elif state.deferred:
+                if waiting:
+                    return  # other merchants wait for the runner: these come after them
                 chunk = state.deferred.popleft()
                 if chunk.id in state.waited:
                     # A whole round of chunks held elsewhere: give their holders time.
@@ -202,7 +259,8 @@ class Harvest:
         """Harvest the chunk under its claim, or defer it while another process holds it."""
         log = get_logger()
         tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
-        claim = await self.lease.claim(chunk.id)
+        # Claimed with the merchant's other chunks when its turn began, or now.
+        claim = state.claims.pop(chunk.id, None) or await self.lease.claim(chunk.id)
         if claim.chunk.status is ChunkStatus.COMPLETE:
             # Done by another process since this run planned it.
             if claim.granted:
@@ -216,7 +274,8 @@ class Harvest:
         if not claim.granted:
             holder = claim.held_by
             assert holder is not None
-            if chunk.id not in state.waited:
+            if chunk.id not in state.reported:
+                state.reported.add(chunk.id)
                 log.info(
                     "chunk.held_elsewhere",
                     host=holder.host,

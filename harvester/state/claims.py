@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -199,6 +200,10 @@ class ProcessLease:
 
     async def claim(self, chunk_id: int) -> ClaimResult:
         return await self.store.claim_chunk(chunk_id, self.owner.id)
+
+    async def claim_many(self, chunk_ids: Sequence[int]) -> list[ClaimResult]:
+        """`claim` for each chunk, in one transaction; in the order given."""
+        return await self.store.claim_chunks(chunk_ids, self.owner.id) if chunk_ids else []
 
     async def confirm(self, chunk_id: int) -> None:
         """ClaimLost unless this process still holds the chunk: call before acting on it."""

@@ -542,6 +542,14 @@ def claim_chunk(at: At, chunk_id: int, owner: str) -> Work[ClaimResult]:
     return ClaimResult(chunk, None)
 
 
+def claim_chunks(at: At, chunk_ids: Sequence[int], owner: str) -> Work[list[ClaimResult]]:
+    """`claim_chunk` for each chunk, in one transaction; in the order given."""
+    claims = []
+    for chunk_id in chunk_ids:
+        claims.append((yield from claim_chunk(at, chunk_id, owner)))
+    return claims
+
+
 def holds_chunk(at: At, chunk_id: int, owner: str) -> Work[bool]:
     """True while `owner` holds the chunk's claim (nobody took it over)."""
     row = yield one("SELECT 1 FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))

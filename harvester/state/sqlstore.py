@@ -115,6 +115,7 @@ class SqlStore:
     end_process = _timed_write(queries.end_process)
     processes = _read(queries.processes)
     claim_chunk = _timed_write(queries.claim_chunk)
+    claim_chunks = _timed_write(queries.claim_chunks)
     holds_chunk = _read(queries.holds_chunk)
     release_chunk = _write(queries.release_chunk)
     # shared export slots and refresh locks
