@@ -3,7 +3,8 @@
 tests/data holds such a state on each backend, made by commit 5828628's stores and dumped
 as SQL: a SQLite file at schema version 4 (`iterdump`, and its user_version) and a
 PostgreSQL database at version 1 (`pg_dump --inserts`). Each is loaded as it is, opened by
-today's store, read back whole, and worked on: nothing is migrated, nothing is lost.
+today's store, read back whole, and worked on: nothing is lost, and the only migration is
+the one that came after it (issue 18's indexes of the hot queries).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ async def read_and_work(store: StateStore, clock: FakeClock) -> None:
 async def test_a_sqlite_state_made_by_the_shipped_store_opens_and_works(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    """The SQLite file stays at version 4, its rows read back, and it takes new work."""
+    """The SQLite file goes from version 4 to 5 (indexes only), its rows read back, and it
+    takes new work."""
     path = tmp_path / "state.sqlite3"
     connection = sqlite3.connect(path)
     connection.executescript((DATA / "main-state.sqlite.sql").read_text())
@@ -85,18 +87,25 @@ async def test_a_sqlite_state_made_by_the_shipped_store_opens_and_works(
     async with await Store.open(path, clock) as store:
         await read_and_work(store, clock)
     connection = sqlite3.connect(path)
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 5
+    indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     connection.close()
+    assert {"chunks_by_export", "chunks_by_status", "slot_waiters_by_host"} <= indexes
 
 
 async def test_a_postgresql_state_made_by_the_shipped_store_opens_and_works(
     pg_url: str, clock: FakeClock
 ) -> None:
-    """The database stays at version 1, its rows read back, and it takes new work."""
+    """The database goes from version 1 to 2 (indexes only), its rows read back, and it takes
+    new work."""
     with psycopg.connect(pg_url, autocommit=True) as connection:
         connection.execute((DATA / "main-state.postgres.sql").read_bytes())
     async with await PgStore.open(pg_url, clock) as store:
         await read_and_work(store, clock)
     with psycopg.connect(pg_url) as connection:
         row = connection.execute(b"SELECT version FROM schema_version").fetchone()
-        assert row == (1,)
+        assert row == (2,)
+        indexes = {
+            name for (name,) in connection.execute(b"SELECT indexname FROM pg_indexes").fetchall()
+        }
+    assert {"chunks_by_export", "chunks_by_status", "slot_waiters_by_host"} <= indexes

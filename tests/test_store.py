@@ -95,7 +95,7 @@ async def test_open_creates_the_folder_and_the_schema(db_path: Path, clock: Fake
     """Opening a path in a missing folder creates it and a WAL database at the latest schema."""
     async with await Store.open(db_path, clock):
         pass
-    assert user_version(db_path) == SCHEMA_VERSION == 4
+    assert user_version(db_path) == SCHEMA_VERSION == 5
     connection = sqlite3.connect(db_path)
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -578,7 +578,8 @@ def next_in_line(
     served: dict[str, int], waiters: Sequence[tuple[int, str, int]], free: int
 ) -> set[int]:
     """The waiters (id, merchant, since) the next `free` grants go to: round-robin across
-    merchants, least recently served first, then the longest waiting."""
+    merchants, least recently served first, then the longest waiting. `served` holds at
+    least the waiting merchants' last grants."""
     queues: dict[str, list[tuple[int, int]]] = {}
     for waiter_id, merchant_id, since_ms in waiters:
         queues.setdefault(merchant_id, []).append((since_ms, waiter_id))
@@ -628,7 +629,13 @@ def take_slot(
     in_use = int((yield one("SELECT count(*) AS n FROM slots WHERE host = ?", (host,)))["n"])
     if (busy_until_ms is not None and busy_until_ms > at.now) or in_use >= limit:
         return SlotTry(None, waiter, limit, in_use, busy_until)
-    served_rows = yield every("SELECT merchant_id, last_grant FROM served WHERE host = ?", (host,))
+    # The waiting merchants' grants only: the host's every merchant is tens of thousands
+    # of rows at ten thousand merchants, read at each grant.
+    served_rows = yield every(
+        "SELECT merchant_id, last_grant FROM served WHERE host = ? AND merchant_id IN"
+        " (SELECT merchant_id FROM slot_waiters WHERE host = ?)",
+        (host, host),
+    )
     waiter_rows = yield every(
         "SELECT id, merchant_id, since_ms FROM slot_waiters WHERE host = ? ORDER BY since_ms, id",
         (host,),

@@ -3,7 +3,8 @@
 Each statement is written in one form with three words left open: `{id}` (a generated key),
 `{big}` (a 64-bit integer: instants in milliseconds, sizes, counters) and `{real}`. The two
 histories differ and stay as they shipped: SQLite grew in four versions (PRAGMA
-user_version), PostgreSQL arrived with all of it in one (table schema_version). Append new
+user_version), PostgreSQL arrived with all of it in one (table schema_version); both then
+took the same fifth and second: the indexes of the hot queries. Append new
 versions to both; never edit one that has shipped: SQLite keeps each CREATE's text as written.
 """
 
@@ -143,6 +144,16 @@ _SLOTS = (
 )
 
 
+# Issue 18: the hot queries at ten thousand merchants each use an index (tests/test_plans.py
+# holds their plans): a chunk by its export (export_done, end_export), chunks by status
+# (start_run, the DOWNLOADING ones a start keeps), a host's slot waiters in their order.
+_HOT_INDEXES = (
+    "CREATE INDEX chunks_by_export ON chunks (export_id)",
+    "CREATE INDEX chunks_by_status ON chunks (status)",
+    "CREATE INDEX slot_waiters_by_host ON slot_waiters (host, since_ms, id)",
+)
+
+
 def _sqlite(*statements: str) -> tuple[str, ...]:
     words = {
         **_SQLITE,
@@ -168,6 +179,7 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (f"ALTER TABLE chunks ADD COLUMN {_LOST_CREATES}",),
     _sqlite(*_CLAIMS),
     _sqlite(*_SLOTS),
+    _HOT_INDEXES,
 )
 
 POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -179,4 +191,5 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         *_CLAIMS,
         *_SLOTS,
     ),
+    _HOT_INDEXES,
 )
