@@ -1,0 +1,151 @@
+"""Ten thousand merchants (issue 18): the config, the plan, idle merchants and a stop.
+
+Nothing here is timed on the wall clock: a load is held to the CPU time it takes (a loaded
+machine stretches wall time, not CPU time), planning to the transactions it takes, idle
+merchants to the tasks alive, and a stop to the virtual time of the fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harvester import commands
+from harvester.clover.chunks import TimeRange
+from harvester.config import Config, load_config
+from harvester.harvest.planning import select
+from harvester.harvest.scheduler import Harvest, active_merchants
+from harvester.state.records import StateStore
+from harvester.state.sqlite import Store
+from tests.conftest import DATA_START
+from tests.fakeclock import FakeClock
+from tests.harness import harvest, recorded_exports, simulated
+
+MERCHANTS = 10_000
+ONE_CHUNK = TimeRange(DATA_START, DATA_START + timedelta(days=30))
+
+
+def many_merchants(folder: Path, count: int) -> Path:
+    document = {
+        "output_dir": "data",
+        "state_path": "state.sqlite3",
+        "regions": {"local": {"base_url": "http://127.0.0.1:9", "windows": "always"}},
+        "merchants": [
+            {"id": f"SCALE{n:05d}SHOP", "region": "local", "token": f"scale-token-{n:05d}-abcdef"}
+            for n in range(count)
+        ],
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_a_config_of_ten_thousand_merchants_loads_within_two_cpu_seconds(
+    tmp_path: Path,
+) -> None:
+    """Loading and checking 10,000 merchants takes under 2 s of this thread's CPU."""
+    path = many_merchants(tmp_path, MERCHANTS)
+    before = cpu_s()
+    config = load_config(path, environ={})
+    spent = cpu_s() - before
+    assert len(config.merchants) == MERCHANTS
+    assert spent < 2.0, f"{spent:.2f} s of CPU"
+
+
+class Counting:
+    """A store that counts the calls made of it (each is one transaction)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls[name] += 1
+        return getattr(self._store, name)
+
+
+async def test_planning_twenty_thousand_chunks_takes_a_few_transactions(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """10,000 merchants x 2 types are planned in two calls of the store per 500 merchants,
+    not one per merchant and type; planned again, they are the same chunks, none added."""
+    config: Config = load_config(many_merchants(tmp_path, MERCHANTS), environ={})
+    selections = select(config, [], [])
+    async with await Store.open(config.state_path, clock) as store:
+        counting = Counting(store)
+        due = await commands.due_chunks_of(
+            counting,
+            config,
+            selections,
+            lambda *_: ONE_CHUNK,
+        )
+        assert counting.calls == {"chunks_of": 20, "add_chunks_of": 20}
+        planned = [chunk for chunks in due for chunk in chunks]
+        assert len(planned) == len({chunk.id for chunk in planned}) == 2 * MERCHANTS
+        again = await commands.due_chunks_of(store, config, selections, lambda *_: ONE_CHUNK)
+        assert [c.id for chunks in again for c in chunks] == [c.id for c in planned]
+        assert len(await store.chunks()) == 2 * MERCHANTS
+
+
+async def test_merchants_waiting_for_their_turn_hold_no_tasks(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """With one export slot and 40 merchants, the tasks alive stay those of the few
+    merchants taken up at once, and every merchant's chunks are harvested in the end."""
+    async with simulated(
+        tmp_path, clock, merchants=40, max_concurrent_exports=1, objects_per_day=1.0
+    ) as scenario:
+        scenario.region["max_concurrent_exports"] = 1
+        most = 0
+
+        async def count_tasks(running: Harvest) -> None:
+            nonlocal most
+            while True:
+                most = max(most, len(asyncio.all_tasks()))
+                await clock.sleep(0.5)
+
+        run = await harvest(scenario, clock, ONE_CHUNK, beside=count_tasks)
+        assert run.summary.all_done, run.summary.render()
+        assert scenario.sim.stats.exports_created == 2 * 40
+    # Each merchant taken up has a runner and at most two lanes (its two chunks); the rest
+    # is the simulator's and the client's handful. A task per merchant and lane: over 120.
+    assert most < 3 * active_merchants(1) + 30, most
+
+
+async def test_a_stop_with_many_merchants_waiting_ends_at_once_with_every_export_recorded(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Stopped while 150 merchants wait for two slots, the harvest ends within a few
+    seconds of virtual time (well inside the shutdown grace), starts no merchant after the
+    stop, and every export the server created is in the state for the next run."""
+    async with simulated(
+        tmp_path, clock, merchants=150, max_concurrent_exports=2, objects_per_day=1.0
+    ) as scenario:
+        scenario.region["max_concurrent_exports"] = 2
+        stop = asyncio.Event()
+        stopped_at: list[float] = []
+
+        async def stop_after_some_exports(running: Harvest) -> None:
+            while scenario.sim.stats.exports_created < 10:
+                await clock.sleep(0.1)
+            stopped_at.append(clock.monotonic())
+            stop.set()
+
+        run = await harvest(scenario, clock, ONE_CHUNK, stop=stop, beside=stop_after_some_exports)
+        ended_s = clock.monotonic() - stopped_at[0]
+        created = scenario.sim.stats.exports_created
+        assert run.summary.stopped
+        assert ended_s < scenario.config().timing.shutdown_grace_s, ended_s
+        assert created < 30, "merchants were taken up after the stop"
+        assert len(recorded_exports(scenario)) == created
