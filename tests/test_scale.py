@@ -11,6 +11,7 @@ import asyncio
 import resource
 from collections import Counter
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,11 @@ from harvester.clover.chunks import TimeRange
 from harvester.config import Config, load_config
 from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest, active_merchants
-from harvester.state.records import StateStore
+from harvester.state.records import ExportState, StateStore
 from harvester.state.sqlite import Store
-from tests.conftest import DATA_START
+from tests.conftest import DATA_START, FAST_TIMING
 from tests.fakeclock import FakeClock
-from tests.harness import harvest, recorded_exports, simulated
+from tests.harness import harvest, log_events, metronome, recorded_exports, simulated
 
 MERCHANTS = 10_000
 ONE_CHUNK = TimeRange(DATA_START, DATA_START + timedelta(days=30))
@@ -141,6 +142,7 @@ async def test_a_stop_with_many_merchants_waiting_ends_at_once_with_every_export
                 await clock.sleep(0.1)
             stopped_at.append(clock.monotonic())
             stop.set()
+            await metronome(clock, 3600)  # the fake clock must not leap meanwhile
 
         run = await harvest(scenario, clock, ONE_CHUNK, stop=stop, beside=stop_after_some_exports)
         ended_s = clock.monotonic() - stopped_at[0]
@@ -149,3 +151,42 @@ async def test_a_stop_with_many_merchants_waiting_ends_at_once_with_every_export
         assert ended_s < scenario.config().timing.shutdown_grace_s, ended_s
         assert created < 30, "merchants were taken up after the stop"
         assert len(recorded_exports(scenario)) == created
+
+
+async def test_a_stop_cuts_a_retry_backoff_short_and_fails_nothing(
+    tmp_path: Path, clock: FakeClock, log_buffer: StringIO
+) -> None:
+    """With the server gone (every request a 500) and polls backing off for up to ten
+    minutes, a stop ends the harvest at once; the chunks keep their recorded exports, not
+    failed, for the next run to pick up."""
+    async with simulated(tmp_path, clock, merchants=1, objects_per_day=1.0) as scenario:
+        timing = {**FAST_TIMING, "backoff_base_s": 300, "backoff_max_s": 600, "max_attempts": 5}
+        scenario.top["timing"] = timing
+        stop = asyncio.Event()
+        stopped_at: list[float] = []
+
+        async def server_gone_then_stop(running: Harvest) -> None:
+            while scenario.sim.stats.exports_created < 1:
+                await clock.sleep(0.1)
+            scenario.sim.faults.set_probability("api_5xx", 1.0)
+            while not log_events(log_buffer, "request.retry"):
+                await clock.sleep(0.1)
+            await clock.sleep(1)
+            stopped_at.append(clock.monotonic())
+            stop.set()
+            # Short naps: the fake clock must not leap while the harvest waits on sockets.
+            await metronome(clock, 3600)
+
+        run = await harvest(
+            scenario,
+            clock,
+            TimeRange(DATA_START, DATA_START + timedelta(days=10)),
+            stop=stop,
+            beside=server_gone_then_stop,
+        )
+        assert clock.monotonic() - stopped_at[0] < 5
+        assert run.summary.stopped
+        assert not any(t.chunks_failed for t in run.summary.tallies.values())
+        exports = recorded_exports(scenario)
+        assert len(exports) == scenario.sim.stats.exports_created
+        assert {export.state for export in exports} == {ExportState.RUNNING}

@@ -156,6 +156,7 @@ class Hosts:
             self._clock,
             self._rng,
             on_rate_limited=lambda scope: self._observer.rate_limited(merchant.region.name, scope),
+            stop=self._stop,
         )
 
     def _command_token(self, merchant: Merchant) -> TokenSource:

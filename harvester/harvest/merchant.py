@@ -14,11 +14,12 @@ token is refreshed, at most once per merchant and run for this, and the create t
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from harvester.clock import Clock
+from harvester.clock import Clock, nap
 from harvester.clover.api import CloverApi, ExportInfo
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.clover.ratelimit import RequestLimiter, Scope
@@ -54,8 +55,11 @@ class MerchantClient:
         clock: Clock,
         rng: random.Random,
         on_rate_limited: Callable[[str], None] = lambda scope: None,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.merchant_id = merchant_id
+        # A run stopping: a retry's backoff ends at once with the failure it waited on.
+        self._stop = stop or asyncio.Event()
         self._on_rate_limited = on_rate_limited
         self._api = api
         self._tokens = tokens
@@ -149,4 +153,5 @@ class MerchantClient:
                 log.warning(
                     "request.retry", error=str(exc), attempt=failures, wait_s=round(delay, 3)
                 )
-                await self._clock.sleep(delay)
+                if not await nap(self._clock, delay, self._stop):
+                    raise

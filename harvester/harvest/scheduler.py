@@ -412,6 +412,10 @@ class Harvest:
             except StoreError:
                 raise
             except HarvesterError as exc:
+                if self._stop.is_set():
+                    # Cut short by the stop (a retry's backoff, say): not the chunk's failure.
+                    # Its export, if any, is recorded: the next run picks it up.
+                    raise _Stopped from exc
                 await self._fail(chunk, str(exc))
                 return
 
