@@ -7,9 +7,10 @@ the output, PostgreSQL) is imported by the words that harvest or migrate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,19 +121,14 @@ async def backfill(
     factories: HostFactories | None = None,
     observer: RunObserver | None = None,
 ) -> Summary:
-    from harvester.harvest.scheduler import MerchantWork
     from harvester.output.target import open_output
 
     async with (
         open_output(config) as output,
         shared_state(config, output, clock, "backfill") as lease,
     ):
-        due = await due_chunks_of(lease.store, config, selections, lambda *_: requested)
-        work = [
-            MerchantWork(s.merchant, tuple(chunks))
-            for s, chunks in zip(selections, due, strict=True)
-        ]
-        return await _harvest(config, lease, output, work, clock, stop, factories, observer)
+        planned = planned_work(lease.store, config, selections, lambda *_: requested)
+        return await _harvest(config, lease, output, planned, clock, stop, factories, observer)
 
 
 async def nightly(
@@ -145,7 +141,6 @@ async def nightly(
     observer: RunObserver | None = None,
 ) -> Summary:
     """`harvester run`: everything up to the start of today, then the lookback re-harvest."""
-    from harvester.harvest.scheduler import MerchantWork
     from harvester.output.target import open_output
 
     today = start_of_utc_day(clock.now())
@@ -159,12 +154,8 @@ async def nightly(
             start = nightly_start(selection.merchant, config.default_start, covered)
             return nightly_range(start, today)
 
-        due = await due_chunks_of(lease.store, config, selections, requested, lookback=lookback)
-        work = [
-            MerchantWork(s.merchant, tuple(chunks))
-            for s, chunks in zip(selections, due, strict=True)
-        ]
-        return await _harvest(config, lease, output, work, clock, stop, factories, observer)
+        planned = planned_work(lease.store, config, selections, requested, lookback=lookback)
+        return await _harvest(config, lease, output, planned, clock, stop, factories, observer)
 
 
 # What a merchant and type should have harvested, given its known chunks (None: nothing).
@@ -205,6 +196,24 @@ async def due_chunks_of(
         batch = selections[first : first + _PLAN_MERCHANTS]
         found += await _due_batch(store, config, batch, requested, types, lookback)
     return found
+
+
+async def planned_work(
+    store: StateStore,
+    config: Config,
+    selections: Sequence[Selection],
+    requested: Wanted,
+    *,
+    lookback: TimeRange | None = None,
+) -> AsyncGenerator[list[MerchantWork], None]:
+    """`due_chunks_of`, a batch of merchants at a time, as the harvest's work: the harvest
+    starts on the first batch while the others are planned."""
+    from harvester.harvest.scheduler import MerchantWork
+
+    for first in range(0, len(selections), _PLAN_MERCHANTS):
+        batch = selections[first : first + _PLAN_MERCHANTS]
+        due = await _due_batch(store, config, batch, requested, None, lookback)
+        yield [MerchantWork(s.merchant, tuple(c)) for s, c in zip(batch, due, strict=True)]
 
 
 async def _due_batch(
@@ -370,7 +379,29 @@ async def _harvest(
     config: Config,
     lease: ProcessLease,
     output: Output,
+    planned: AsyncGenerator[list[MerchantWork], None],
+    clock: Clock,
+    stop: asyncio.Event,
+    factories: HostFactories | None,
+    observer: RunObserver | None,
+) -> Summary:
+    """Harvest what `planned` yields: its first batch is planned before anything starts
+    (a plan that fails, fails before any export), the rest while the harvest goes on."""
+    log = get_logger()
+    async with contextlib.aclosing(planned):
+        work: list[MerchantWork] = await anext(planned, [])
+        log.info("run.started", merchants=len(work), chunks=sum(len(item.chunks) for item in work))
+        return await _harvest_planned(
+            config, lease, output, work, planned, clock, stop, factories, observer
+        )
+
+
+async def _harvest_planned(
+    config: Config,
+    lease: ProcessLease,
+    output: Output,
     work: Sequence[MerchantWork],
+    more: AsyncIterator[Sequence[MerchantWork]],
     clock: Clock,
     stop: asyncio.Event,
     factories: HostFactories | None,
@@ -379,8 +410,6 @@ async def _harvest(
     import aiohttp
 
     log = get_logger()
-    planned = sum(len(item.chunks) for item in work)
-    log.info("run.started", merchants=len(work), chunks=planned)
     async with aiohttp.ClientSession(
         headers={"User-Agent": USER_AGENT},
         trust_env=False,
@@ -399,7 +428,7 @@ async def _harvest(
             lease,
         )
         try:
-            summary = await harvest.run(work)
+            summary = await harvest.run(work, more)
         except asyncio.CancelledError:
             # The shutdown grace ran out (or a second signal came): what was done is still
             # reported; what was cut short is picked up by the next run.

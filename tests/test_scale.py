@@ -15,6 +15,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from harvester import commands
@@ -26,7 +27,14 @@ from harvester.state.records import ExportState, StateStore
 from harvester.state.sqlite import Store
 from tests.conftest import DATA_START, FAST_TIMING
 from tests.fakeclock import FakeClock
-from tests.harness import harvest, log_events, metronome, recorded_exports, simulated
+from tests.harness import (
+    assert_exactly_once,
+    harvest,
+    log_events,
+    metronome,
+    recorded_exports,
+    simulated,
+)
 
 MERCHANTS = 10_000
 ONE_CHUNK = TimeRange(DATA_START, DATA_START + timedelta(days=30))
@@ -190,3 +198,45 @@ async def test_a_stop_cuts_a_retry_backoff_short_and_fails_nothing(
         exports = recorded_exports(scenario)
         assert len(exports) == scenario.sim.stats.exports_created
         assert {export.state for export in exports} == {ExportState.RUNNING}
+
+
+async def test_merchants_planned_while_the_first_are_harvested_are_harvested_too(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planned two merchants at a time, the harvest starts on the first two and takes up
+    the others as their batches are planned: every object lands exactly once."""
+    monkeypatch.setattr(commands, "_PLAN_MERCHANTS", 2)
+    async with simulated(tmp_path, clock, merchants=5, objects_per_day=2.0) as scenario:
+        config = scenario.config()
+        summary = await commands.backfill(
+            config, select(config, [], []), ONE_CHUNK, clock, asyncio.Event()
+        )
+        assert summary.exit_code == 0, summary.render()
+        assert sum(t.chunks_planned for t in summary.tallies.values()) == 5 * 2
+        assert scenario.sim.stats.exports_created == 5 * 2
+        assert_exactly_once(scenario, ONE_CHUNK)
+
+
+async def test_a_stop_while_planning_leaves_the_run_stopped(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped before the last batch of merchants is planned, the run counts as stopped
+    (work is left), not as done, even with every chunk it planned complete."""
+    monkeypatch.setattr(commands, "_PLAN_MERCHANTS", 2)
+    async with simulated(tmp_path, clock, merchants=5, objects_per_day=2.0) as scenario:
+        config = scenario.config()
+        stop = asyncio.Event()
+        add_chunks_of = Store.add_chunks_of
+        batches = 0
+
+        async def stop_at_the_third_batch(self: Store, *args: Any) -> Any:
+            nonlocal batches
+            batches += 1
+            if batches == 3:
+                stop.set()
+            return await add_chunks_of(self, *args)
+
+        monkeypatch.setattr(Store, "add_chunks_of", stop_at_the_third_batch)
+        summary = await commands.backfill(config, select(config, [], []), ONE_CHUNK, clock, stop)
+        assert summary.stopped
+        assert sum(t.chunks_planned for t in summary.tallies.values()) < 5 * 2

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -144,6 +144,9 @@ class Harvest:
         self._rng = rng or random.Random()
         self._orphans = OrphanHolds(clock)
         self._room = OutputRoom(config.output_dir, config.min_free_bytes)
+        self._waiting: dict[str, deque[_Waiting]] = {}  # per region: merchants to take up
+        self._runners: Counter[str] = Counter()  # per region: runners taking them up
+        self._all_planned = True  # False while merchants are still being planned
         self.summary = Summary()
 
     @property
@@ -151,27 +154,27 @@ class Harvest:
         """This process's lease on the state (its hosts'): claims are taken under it."""
         return self._hosts.lease
 
-    async def run(self, work: Sequence[MerchantWork]) -> Summary:
+    async def run(
+        self,
+        work: Sequence[MerchantWork],
+        more: AsyncIterator[Sequence[MerchantWork]] | None = None,
+    ) -> Summary:
+        """Harvest `work`, and what `more` yields as it comes (planned meanwhile)."""
         if not self.lease.active:
             # Not entered by the caller (as in-process tests run it): for this run only.
             async with self.lease:
-                return await self._run(work)
-        return await self._run(work)
+                return await self._run(work, more)
+        return await self._run(work, more)
 
-    async def _run(self, work: Sequence[MerchantWork]) -> Summary:
-        waiting: dict[str, deque[_Waiting]] = {}
-        for item in work:
-            for chunk in item.chunks:
-                self.summary.tally(item.merchant.id, ExportType(chunk.type)).chunks_planned += 1
-            if item.chunks:
-                waiting.setdefault(item.merchant.region.name, deque()).append(item)
-        self._observer.chunks_planned(sum(len(item.chunks) for item in work))
+    async def _run(
+        self, work: Sequence[MerchantWork], more: AsyncIterator[Sequence[MerchantWork]] | None
+    ) -> Summary:
+        self._all_planned = more is None
         try:
             async with asyncio.TaskGroup() as group:
-                for name, queue in waiting.items():
-                    host = self._host(queue[0].merchant)
-                    for _ in range(min(len(queue), active_merchants(host.slots.maximum))):
-                        group.create_task(self._runner(host, queue), name=f"merchants-{name}")
+                self._take_up(group, work)
+                if more is not None:
+                    group.create_task(self._take_up_planned(group, more))
         except* StoreError as errors:
             # Nothing can be recorded any more (the state's disk is full, say): every worker
             # has stopped, and what was not recorded is redone by the next run.
@@ -180,8 +183,39 @@ class Harvest:
             get_logger().error("run.state_failed", error=str(error))
         finally:
             await self._orphans.close()
-        self.summary.stopped = self._stop.is_set() and not self.summary.all_done
+        # Merchants not planned yet when it stopped are work left too.
+        self.summary.stopped = self._stop.is_set() and not (
+            self._all_planned and self.summary.all_done
+        )
         return self.summary
+
+    async def _take_up_planned(
+        self, group: asyncio.TaskGroup, more: AsyncIterator[Sequence[MerchantWork]]
+    ) -> None:
+        async for work in more:
+            if self._stop.is_set():
+                return
+            self._take_up(group, work)
+        self._all_planned = True
+
+    def _take_up(self, group: asyncio.TaskGroup, work: Sequence[MerchantWork]) -> None:
+        """Queue the merchants' work on their hosts, with runners for it as needed."""
+        for item in work:
+            for chunk in item.chunks:
+                self.summary.tally(item.merchant.id, ExportType(chunk.type)).chunks_planned += 1
+        self._observer.chunks_planned(sum(len(item.chunks) for item in work))
+        touched: dict[str, Host] = {}
+        for item in work:
+            if item.chunks:
+                host = self._host(item.merchant)
+                self._waiting.setdefault(host.region.name, deque()).append(item)
+                touched[host.region.name] = host
+        for name, host in touched.items():
+            queue = self._waiting[name]
+            wanted = min(len(queue), active_merchants(host.slots.maximum) - self._runners[name])
+            for _ in range(wanted):
+                self._runners[name] += 1
+                group.create_task(self._runner(host, queue), name=f"merchants-{name}")
 
     def _host(self, merchant: Merchant) -> Host:
         host = self._hosts.host(merchant.region)
@@ -192,6 +226,12 @@ class Harvest:
 
     async def _runner(self, host: Host, waiting: deque[_Waiting]) -> None:
         """Take up the host's waiting merchants one after another, each for its turn."""
+        try:
+            await self._take_turns(host, waiting)
+        finally:
+            self._runners[host.region.name] -= 1
+
+    async def _take_turns(self, host: Host, waiting: deque[_Waiting]) -> None:
         while waiting and not self._stop.is_set():
             item = waiting.popleft()
             if isinstance(item, _Merchant):
