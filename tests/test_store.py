@@ -323,9 +323,9 @@ async def test_full_lifecycle(
     assert polled.updated_at == START + timedelta(seconds=31)
 
     until = START + timedelta(hours=24)
-    await store.export_done("E1", until, URLS)
+    returned = await store.export_done("E1", until, URLS)
     done = await store.get_export("E1")
-    assert done is not None
+    assert done == returned  # what export_done returns is the export as stored
     assert (done.state, done.status, done.urls, done.available_until) == (
         ExportState.DONE,
         "DONE",

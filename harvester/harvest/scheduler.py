@@ -654,12 +654,10 @@ class Harvest:
                     seconds = (now - record.created_at).total_seconds()
                     state.host.gate.observe_duration(seconds)
                     self._observer.export_done(state.host.region.name, seconds)
-                await asyncio.shield(
+                done = await asyncio.shield(
                     self._store.export_done(record.id, info.available_until, info.urls or ())
                 )
                 get_logger().info("export.done", export_id=record.id, files=len(info.urls or ()))
-                done = await self._store.get_export(record.id)
-                assert done is not None
                 return done
             if info.status not in RUNNING_STATUSES:
                 raise ExportFailed(f"export {record.id} ended with status {info.status}")

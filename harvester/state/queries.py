@@ -364,20 +364,23 @@ def update_export(at: At, export_id: str, status: str, percent: float) -> Work[N
 
 def export_done(
     at: At, export_id: str, available_until: datetime | None, urls: Sequence[str]
-) -> Work[None]:
-    """Clover says DONE: keep its file URLs; its chunk moves on to DOWNLOADING."""
+) -> Work[ExportRecord]:
+    """Clover says DONE: keep its file URLs; its chunk moves on to DOWNLOADING. Returns
+    the export as it is now."""
     until = None if available_until is None else to_ms(available_until)
-    changed = yield count(
+    row = yield one(
         "UPDATE exports SET state = ?, status = 'DONE', percent = 100.0,"
-        " available_until_ms = ?, urls = ?, updated_at_ms = ? WHERE id = ?",
+        " available_until_ms = ?, urls = ?, updated_at_ms = ? WHERE id = ? RETURNING *",
         (ExportState.DONE.value, until, json.dumps(list(urls)), at.now, export_id),
     )
-    if changed == 0:
+    if row is None:
         raise _missing(at, f"export {export_id}")
+    done = export_record(row)
     yield execute(
         "UPDATE chunks SET status = ?, updated_at_ms = ? WHERE export_id = ? AND status = ?",
         (ChunkStatus.DOWNLOADING.value, at.now, export_id, ChunkStatus.EXPORTING.value),
     )
+    return done
 
 
 def end_export(at: At, export_id: str, state: ExportState, error: str) -> Work[None]:
@@ -544,10 +547,11 @@ def claim_chunk(at: At, chunk_id: int, owner: str) -> Work[ClaimResult]:
 
 def claim_chunks(at: At, chunk_ids: Sequence[int], owner: str) -> Work[list[ClaimResult]]:
     """`claim_chunk` for each chunk, in one transaction; in the order given."""
-    claims = []
-    for chunk_id in chunk_ids:
-        claims.append((yield from claim_chunk(at, chunk_id, owner)))
-    return claims
+    claims: dict[int, ClaimResult] = {}
+    # Row locks taken in one order by every process: two batches never wait for each other.
+    for chunk_id in sorted(set(chunk_ids)):
+        claims[chunk_id] = yield from claim_chunk(at, chunk_id, owner)
+    return [claims[chunk_id] for chunk_id in chunk_ids]
 
 
 def holds_chunk(at: At, chunk_id: int, owner: str) -> Work[bool]:
