@@ -1,10 +1,11 @@
 """`SqlStore`: the `StateStore` both backends share, each method one operation of queries.py.
 
 A backend (`sqlite.Store`, `postgres.PgStore`) opens its connection and says how an
-operation runs there (`_transact`): SQLite on its worker thread inside `BEGIN IMMEDIATE`,
-PostgreSQL on its async connection inside a transaction. Either way every write is one
-transaction, committed before its coroutine returns, and lands even if the caller is
-cancelled meanwhile: it often records something that already happened on the server.
+operation runs there (`_transact`): SQLite on its worker thread inside `BEGIN IMMEDIATE`
+(with the others asked for meanwhile, each in a savepoint: a group commit), PostgreSQL on
+its async connection inside a transaction. Either way every write is atomic, committed
+before its coroutine returns, and lands even if the caller is cancelled meanwhile: it often
+records something that already happened on the server.
 Each method's contract is the docstring of its operation in queries.py.
 """
 
