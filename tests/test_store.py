@@ -7,6 +7,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -24,7 +25,9 @@ from harvester.state.records import (
     PartRecord,
     StateStore,
 )
+from harvester.state.sql import Work, execute
 from harvester.state.sqlite import MIGRATIONS, SCHEMA_VERSION, Store, read_snapshot
+from harvester.state.sqlstore import Transaction
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
 from tests.statefile import exports_in, pg_exports_in
@@ -485,6 +488,131 @@ async def test_a_cancelled_write_still_lands(sqlite_store: StateStore, db_path: 
         blocker.close()
     await busy
     assert (await sqlite_store.get_chunk(chunk.id)).export_id == "E1"
+
+
+async def test_writes_asked_for_while_the_thread_is_busy_commit_together(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Writes queued behind a busy store thread run as one group: one COMMIT for all of
+    them, and each caller's write has landed when its call returns."""
+    async with await Store.open(db_path, clock) as store:
+        statements: list[str] = []
+        await store._on_thread("trace", lambda c: c.set_trace_callback(statements.append))
+        async with thread_held(store, db_path):
+            queued = [
+                asyncio.create_task(
+                    store.add_chunks(f"MERCHANT0000{n}", ExportType.ORDERS, [JANUARY])
+                )
+                for n in range(5)
+            ]
+        added = [chunk for task in queued for chunk in await task]
+        assert statements.count("COMMIT") == 2  # the busy write's, and the group's
+        assert [chunk.merchant_id for chunk in added] == [f"MERCHANT0000{n}" for n in range(5)]
+    assert len(read_snapshot(db_path).chunks) == 5
+
+
+async def test_a_failing_operation_of_a_group_is_rolled_back_alone(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """In a group, an operation that fails after writing leaves nothing behind, and the
+    operations around it land."""
+    async with await Store.open(db_path, clock) as store:
+        done = await add_one(store)
+        await store.complete_chunk(done.id)
+        async with thread_held(store, db_path):
+            before = asyncio.create_task(
+                store.add_chunks("MERCHANT00002", ExportType.ORDERS, [JANUARY])
+            )
+            # Resets the complete chunk, then finds no chunk 999999: its reset must go.
+            failing = asyncio.create_task(store.reset_for_reharvest_of([done.id, 999999]))
+            after = asyncio.create_task(
+                store.add_chunks("MERCHANT00003", ExportType.ORDERS, [JANUARY])
+            )
+        with pytest.raises(StoreError, match="no chunk 999999"):
+            await failing
+        assert [c.merchant_id for c in await before] == ["MERCHANT00002"]
+        assert [c.merchant_id for c in await after] == ["MERCHANT00003"]
+        assert (await store.get_chunk(done.id)).status is ChunkStatus.COMPLETE
+
+
+@asynccontextmanager
+async def thread_held(store: Store, db_path: Path) -> AsyncIterator[None]:
+    """Calls made in the block queue up behind a write the store thread waits in: they
+    run as one group once the block ends."""
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        busy = asyncio.create_task(store.save_refresh_token(MERCHANT, "r-1", None))
+        await asyncio.sleep(0)
+        yield
+        await asyncio.sleep(0)
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    await busy
+
+
+def hand_made(*statements: str) -> Work[None]:
+    """An operation of raw statements, to provoke what no real operation does."""
+    for statement in statements:
+        yield execute(statement)
+
+
+async def test_reads_asked_for_together_run_without_the_write_lock(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """A group of reads only takes no write lock: each reads as on its own."""
+    async with await Store.open(db_path, clock) as store:
+        chunk = await add_one(store)
+        async with thread_held(store, db_path):
+            reads = [asyncio.create_task(store.get_chunk(chunk.id)) for _ in range(3)]
+            missing = asyncio.create_task(store.get_chunk(999999))
+        assert [(await read).id for read in reads] == [chunk.id] * 3
+        with pytest.raises(StoreError, match="no chunk 999999"):
+            await missing
+
+
+async def test_when_sqlite_ends_a_group_s_transaction_nothing_of_the_group_lands(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """An operation during which SQLite ends the whole transaction (a full disk, say) fails
+    every operation of its group, the ones before it included: none landed."""
+    async with await Store.open(db_path, clock) as store:
+        async with thread_held(store, db_path):
+            before = asyncio.create_task(store.add_chunks(MERCHANT, ExportType.ORDERS, [JANUARY]))
+            ending = asyncio.create_task(
+                store._transact("ending", hand_made("ROLLBACK"), Transaction.WRITE)
+            )
+            after = asyncio.create_task(store.add_chunks(MERCHANT, ExportType.ORDERS, [FEBRUARY]))
+        for task in (before, ending, after):
+            with pytest.raises(StoreError, match="failed"):
+                await task
+        assert await store.chunks() == []
+
+
+async def test_a_group_whose_commit_fails_fails_every_operation_in_it(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """A COMMIT refused (here a deferred foreign key) fails the group's every operation,
+    and none of their writes is left behind."""
+    async with await Store.open(db_path, clock) as store:
+        async with thread_held(store, db_path):
+            added = asyncio.create_task(store.add_chunks(MERCHANT, ExportType.ORDERS, [JANUARY]))
+            orphan = asyncio.create_task(
+                store._transact(
+                    "orphan",
+                    hand_made(
+                        "PRAGMA defer_foreign_keys = ON",
+                        "INSERT INTO claims (chunk_id, owner, claimed_at_ms)"
+                        " VALUES (999999, 'nobody', 0)",
+                    ),
+                    Transaction.WRITE,
+                )
+            )
+        for task in (added, orphan):
+            with pytest.raises(StoreError, match="FOREIGN KEY"):
+                await task
+        assert await store.chunks() == []
 
 
 # -- parts and tokens -----------------------------------------------------------------------
