@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from harvester import commands
 from harvester.cli import main
 from harvester.clover.chunks import ExportType, TimeRange
+from harvester.harvest import scheduler
 from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest
 from harvester.state.claims import ClaimLost, Owner, ProcessLease, machine_id, pid_alive, reap
@@ -267,6 +268,40 @@ async def test_a_chunk_held_elsewhere_is_waited_for_and_reported_done_elsewhere(
     (held,) = log_events(log_buffer, "chunk.held_elsewhere")
     assert held["host"] == "host-other"
     assert "harvested by another process" in run.summary.render()
+
+
+async def test_a_merchant_whose_chunks_are_all_held_elsewhere_waits_behind_the_others(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking up one merchant at a time, the first, whose every chunk another process
+    holds, goes to the back of the queue: the others are harvested meanwhile, and its
+    chunks count as done elsewhere once that process has completed them."""
+    monkeypatch.setattr(scheduler, "active_merchants", lambda maximum: 1)
+    async with simulated(tmp_path, clock, merchants=3) as scenario:
+        config = scenario.config()
+        async with await Store.open(config.state_path, clock) as store:
+            due = await commands.due_chunks_of(
+                store, config, select(config, [], []), lambda *_: FULL
+            )
+            held = due[0]
+            await store.register_process(process("other", clock, lease_s=3600))
+            claims = await store.claim_chunks([chunk.id for chunk in held], "other")
+            assert all(claim.granted for claim in claims)
+        others = sum(len(chunks) for chunks in due[1:])
+
+        async def the_other_finishes(harvest: Harvest) -> None:
+            while scenario.sim.stats.exports_created < others:
+                await clock.sleep(1)
+            await clock.sleep(30)
+            async with await Store.open(config.state_path, clock) as store:
+                for chunk in held:
+                    await store.complete_chunk(chunk.id)
+                    await store.release_chunk(chunk.id, "other")
+
+        run = await harvest(scenario, clock, beside=the_other_finishes)
+    assert run.summary.all_done
+    assert sum(t.chunks_elsewhere for t in run.summary.tallies.values()) == len(held)
+    assert scenario.sim.stats.exports_created == others
 
 
 async def test_a_chunk_whose_holder_stopped_renewing_is_taken_over(
