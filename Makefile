@@ -58,9 +58,10 @@ typecheck: install
 
 # Branch coverage of harvester/ (simulator and demo aside), combined over the workers; under
 # 95% fails the run. Tests run in a new order each time (pytest-randomly prints its seed;
-# `make unit PYTEST_ARGS=--randomly-seed=N` replays it) on twice as many workers as cores, as
-# many tests wait on subprocesses and servers; idle workers take queued tests from busy ones.
-WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
+# `make unit PYTEST_ARGS=--randomly-seed=N` replays it) on twice as many workers as cores (at
+# most 8), as many tests wait on subprocesses and servers; idle workers take queued tests from
+# busy ones.
+WORKERS ?= $(shell n=$$(( $$(nproc) * 2 )); echo $$(( n > 8 ? 8 : n )))
 unit: install
 	$(BIN)/pytest --numprocesses=$(WORKERS) --dist=worksteal \
 		--cov=harvester --cov-report=term-missing:skip-covered --cov-fail-under=95 $(PYTEST_ARGS)
