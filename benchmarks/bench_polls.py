@@ -14,7 +14,7 @@ backfill's start to its last export's end). A slot stays ours from the create un
 DONE, so a late poll shows there.
 
 It runs on a fake clock (hours in seconds); a metronome caps each leap of virtual time at a
-two-hundredth of an export, so that real disk latency is not counted as idle virtual time.
+thousandth of an export, so that real disk latency is not counted as idle virtual time.
 
     .venv/bin/python -m benchmarks.bench_polls [--seed 1]
 
@@ -139,7 +139,7 @@ async def measure(length: Length, history: int, seed: int) -> tuple[Phase, Phase
 
     async def metronome() -> None:
         while not done.is_set():
-            await clock.sleep(max(0.25, length.typical_s / 200))
+            await clock.sleep(max(0.25, length.typical_s / 1000))
 
     with tempfile.TemporaryDirectory() as folder:
         async with Simulator(settings, clock, Faults()) as sim:
