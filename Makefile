@@ -58,9 +58,10 @@ typecheck: install
 
 # Branch coverage of harvester/ (simulator and demo aside), combined over the workers; under
 # 95% fails the run. Tests run in a new order each time (pytest-randomly prints its seed;
-# `make unit PYTEST_ARGS=--randomly-seed=N` replays it) on twice as many workers as cores, as
-# many tests wait on subprocesses and servers; idle workers take queued tests from busy ones.
-WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
+# `make unit PYTEST_ARGS=--randomly-seed=N` replays it) on twice as many workers as cores (at
+# most 8), as many tests wait on subprocesses and servers; idle workers take queued tests from
+# busy ones.
+WORKERS ?= $(shell n=$$(( $$(nproc) * 2 )); echo $$(( n > 8 ? 8 : n )))
 unit: install
 	$(BIN)/pytest --numprocesses=$(WORKERS) --dist=worksteal \
 		--cov=harvester --cov-report=term-missing:skip-covered --cov-fail-under=95 $(PYTEST_ARGS)
@@ -75,10 +76,12 @@ soak: install
 # Figures, not pass/fail: download memory with ~1 MB files against ~20 MB files, how busy
 # a server that takes 2 exports is kept when the config says 6, and throughput and memory of
 # the folder against a bucket (a local SeaweedFS) on the same work, and `harvester load` into
-# DuckDB against a plain read_json of the same files.
+# DuckDB against a plain read_json of the same files; status polls per export and slots busy
+# for exports of ~5 s, ~60 s and ~30 min, polls aimed by past durations and by progress alone.
 bench: install
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python -m benchmarks.bench_busy
+	$(BIN)/python -m benchmarks.bench_polls
 	$(BIN)/python -m benchmarks.bench_output
 	$(BIN)/python -m benchmarks.bench_load
 

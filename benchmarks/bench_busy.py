@@ -11,6 +11,7 @@ as idle virtual time; a metronome caps each leap at `--step-s` of virtual time, 
 figure measures the scheduling, not this machine's disk.
 
     .venv/bin/python -m benchmarks.bench_busy [--seeds 3] [--step-s 0.25] [--latency-s S]
+        [--poll-history N]
 
 (as a module from the repository's root: the fake clock lives with the tests)
 """
@@ -49,7 +50,9 @@ TIMING = {
 }
 
 
-async def measure(seed: int, step_s: float, latency_s: float, folder: Path) -> str:
+async def measure(
+    seed: int, step_s: float, latency_s: float, folder: Path, poll_history: int
+) -> str:
     clock = FakeClock(NOW)
     tokens = {m: f"bench-token-{m}" for m in MERCHANTS}
     settings = SimulatorSettings(
@@ -69,7 +72,7 @@ async def measure(seed: int, step_s: float, latency_s: float, folder: Path) -> s
         document = {
             "output_dir": "data",
             "state_path": "state/h.sqlite3",
-            "timing": TIMING,
+            "timing": {**TIMING, "poll_history": poll_history},
             "regions": {
                 "local": {
                     "base_url": sim.api_url,
@@ -109,14 +112,15 @@ async def measure(seed: int, step_s: float, latency_s: float, folder: Path) -> s
     )
 
 
-async def main(seeds: int, step_s: float, latencies_s: list[float]) -> None:
+async def main(seeds: int, step_s: float, latencies_s: list[float], poll_history: int) -> None:
     configure_logging("json", "warning", stream=io.StringIO())
     print(f"told {CONFIGURED_EXPORTS} exports at once, the server takes {SERVER_EXPORTS}:")
     for latency_s in latencies_s:
         print(f"API answers after {latency_s:g} s:")
         for seed in range(1, seeds + 1):
             with tempfile.TemporaryDirectory() as folder:
-                print(await measure(seed, step_s, latency_s, Path(folder)), flush=True)
+                found = await measure(seed, step_s, latency_s, Path(folder), poll_history)
+                print(found, flush=True)
 
 
 if __name__ == "__main__":
@@ -126,5 +130,18 @@ if __name__ == "__main__":
     parser.add_argument(
         "--latency-s", type=float, action="append", help="API latency (repeat; default 0, 0.3)"
     )
+    parser.add_argument(
+        "--poll-history",
+        type=int,
+        default=20,
+        help="timing.poll_history (0: polls by progress alone, as before it)",
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.seeds, arguments.step_s, arguments.latency_s or [0.0, 0.3]))
+    asyncio.run(
+        main(
+            arguments.seeds,
+            arguments.step_s,
+            arguments.latency_s or [0.0, 0.3],
+            arguments.poll_history,
+        )
+    )

@@ -68,6 +68,9 @@ class Secret:
 class Timing:
     poll_min_s: float = 2.0
     poll_max_s: float = 60.0
+    # Export durations kept per merchant and type to aim polls at an export's likely end
+    # (pacing/polling.py); 0: polls follow the progress alone.
+    poll_history: int = 20
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
     export_timeout_s: float = 3600.0  # a running export with no progress this long has failed
@@ -683,6 +686,7 @@ def _read_timing(section: _Section) -> Timing:
     timing = Timing(
         poll_min_s=seconds("poll_min_s", defaults.poll_min_s),
         poll_max_s=seconds("poll_max_s", defaults.poll_max_s),
+        poll_history=section.whole("poll_history", defaults.poll_history, minimum=0),
         backoff_base_s=seconds("backoff_base_s", defaults.backoff_base_s),
         backoff_max_s=seconds("backoff_max_s", defaults.backoff_max_s),
         export_timeout_s=seconds("export_timeout_s", defaults.export_timeout_s),

@@ -22,7 +22,7 @@ import yaml
 
 from harvester.clock import Clock
 from harvester.config import Config, load_config
-from harvester.logs import configure_logging
+from harvester.logs import configure_logging, get_logger
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from harvester.state.postgres import PgStore
 from harvester.state.records import StateStore
@@ -55,6 +55,9 @@ def log_buffer() -> Iterator[io.StringIO]:
     """Every test logs JSON lines into its own buffer, whatever a previous test configured."""
     buffer = io.StringIO()
     configure_logging("json", "debug", stream=buffer)
+    # Routed now, not at the first log line: structlog's capture_logs() in a test must not
+    # be undone by a routing still pending (it was, when that test came first in a worker).
+    get_logger()
     yield buffer
     structlog.reset_defaults()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 
 class FakeClock:
@@ -16,6 +18,10 @@ class FakeClock:
     make progress), then jumps virtual time to the earliest wake and wakes it. An hour
     of virtual waiting costs a few real milliseconds, and no test depends on the time
     of day. `advance()` moves time by hand.
+
+    Time never jumps while work handed to a thread (`run_in_executor`, `to_thread`: the
+    SQLite store, fsyncs, file writes) is still running: an fsync that takes 50 ms on a
+    loaded machine would otherwise let virtual seconds pass in the middle of one step.
     """
 
     def __init__(self, start: datetime, tick_s: float = 0.002) -> None:
@@ -27,6 +33,8 @@ class FakeClock:
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._driver: asyncio.Task[None] | None = None
+        self._in_threads = 0  # jobs handed to threads and not yet back
+        self._watched: asyncio.AbstractEventLoop | None = None
 
     def now(self) -> datetime:
         return self._start + timedelta(seconds=self._elapsed)
@@ -40,14 +48,38 @@ class FakeClock:
         self._wake_due()
 
     async def sleep(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._watch_threads(loop)
         if seconds <= 0:
             await asyncio.sleep(0)
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._sleepers, (self._elapsed + seconds, next(self._order), future))
         if self._driver is None or self._driver.done():
             self._driver = asyncio.create_task(self._drive(), name="fake-clock-driver")
         await future
+
+    @property
+    def jobs_in_threads(self) -> int:
+        return self._in_threads
+
+    def _watch_threads(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count the jobs `loop` hands to threads, from now on, until each is back."""
+        if self._watched is loop:
+            return
+        self._watched = loop
+        handed = loop.run_in_executor
+
+        def run_in_executor(executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+            future = handed(executor, func, *args)
+            self._in_threads += 1
+            future.add_done_callback(self._back_from_thread)
+            return future
+
+        setattr(loop, "run_in_executor", run_in_executor)  # noqa: B010 (an instance attribute)
+
+    def _back_from_thread(self, _: object) -> None:
+        self._in_threads -= 1
 
     def _wake_due(self) -> None:
         while self._sleepers and self._sleepers[0][0] <= self._elapsed:
@@ -62,5 +94,7 @@ class FakeClock:
                 heapq.heappop(self._sleepers)
             if not self._sleepers:
                 return
+            if self._in_threads:
+                continue
             self._elapsed = max(self._elapsed, self._sleepers[0][0])
             self._wake_due()

@@ -90,6 +90,24 @@ def test_an_unusable_export_answer_is_a_clover_error(body: Any, message: str) ->
 
 
 @pytest.mark.parametrize(
+    ("created", "modified", "expected"),
+    [
+        (JAN_1_MS, JAN_1_MS + 90_500, 90.5),
+        (str(JAN_1_MS), str(JAN_1_MS + 1000), 1.0),
+        (None, JAN_1_MS, None),
+        (JAN_1_MS, "soon", None),
+        (JAN_1_MS, JAN_1_MS - 1000, None),
+    ],
+)
+def test_the_servers_own_duration_is_modified_less_created_time(
+    created: Any, modified: Any, expected: float | None
+) -> None:
+    """modifiedTime - createdTime, when both are readable and in order; else None."""
+    body = {"id": "E1", "status": "DONE", "createdTime": created, "modifiedTime": modified}
+    assert parse_export(body).server_duration_s == expected
+
+
+@pytest.mark.parametrize(
     ("percent", "expected"),
     [(None, 0.0), ("42.5", 42.5), ("lots", 0.0), ([1], 0.0), (-5, 0.0), (250, 100.0)],
 )

@@ -266,6 +266,7 @@ def test_settings_are_read(tmp_path: Path) -> None:
         timing:
           poll_min_s: 0.5
           poll_max_s: 0.5
+          poll_history: 0
           backoff_base_s: 2
           backoff_max_s: 4
           export_timeout_s: 10
@@ -281,6 +282,7 @@ def test_settings_are_read(tmp_path: Path) -> None:
     assert config.timing == Timing(
         poll_min_s=0.5,
         poll_max_s=0.5,
+        poll_history=0,
         backoff_base_s=2,
         backoff_max_s=4,
         export_timeout_s=10,
@@ -624,6 +626,7 @@ REFUSALS = [
     ),
     ("max_export_attempts: -2\n" + MERCHANT, "max_export_attempts: must be at least 1, got -2"),
     ("timing: {max_attempts: 0}\n" + MERCHANT, "timing.max_attempts: must be at least 1, got 0"),
+    ("timing: {poll_history: -1}\n" + MERCHANT, "timing.poll_history: must be at least 0, got -1"),
     (
         "regions: {eu: {rate_limits: {token_requests_per_s: 0.5}}}\n" + MERCHANT,
         "regions.eu.rate_limits.token_requests_per_s: must be at least 1, got 0.5",

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harvester.pacing.polling import next_poll_delay, progress_elapsed_s
+from harvester.pacing.polling import expected_durations, next_poll_delay, progress_elapsed_s
 
 POLL_MIN_S = 2.0
 POLL_MAX_S = 60.0
@@ -119,3 +119,155 @@ def test_progress_elapsed_uses_the_rate_seen_between_polls(
 ) -> None:
     """The elapsed time used for prediction leaves out the export's wait in the queue."""
     assert progress_elapsed_s(elapsed_s, first_progress, now_s, percent) == pytest.approx(expected)
+
+
+# -- aimed by past durations ------------------------------------------------------------------
+
+PREDICTED_MAX_S = 3600.0
+HISTORY = (100.0, 105.0, 110.0, 115.0, 120.0)  # p50 110, p90 120
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "percent", "polls", "expected_s"),
+    [
+        # First poll: at the median of past durations, past poll_max_s if need be.
+        (0.0, 0.0, 0, 110.0),
+        (10.0, 0.0, 0, 100.0),
+        (109.5, 5.0, 0, 2.0),  # never under poll_min_s
+        # Not done, progress known: aimed at the predicted end from 50% on, half of it below.
+        (110.0, 90.0, 1, 110.0 * 10 / 90),
+        (110.0, 50.0, 1, 110.0),
+        (110.0, 20.0, 1, 220.0),
+        (100.0, 75.0, 3, 100.0 / 3),
+        # Not done, no progress known: at the 90th percentile, then growing as without history.
+        (110.0, 0.0, 1, 10.0),
+        (121.0, 0.0, 1, 30.25),
+        (130.0, 0.0, 2, 32.5),
+        (1000.0, 0.0, 2, 60.0),
+        # Past the median already when first asked (a re-attached export): by what is known.
+        (200.0, 0.0, 0, 50.0),
+        (200.0, 80.0, 0, 50.0),
+        # Reported complete but not yet DONE: look again soon.
+        (50.0, 100.0, 0, 2.0),
+    ],
+)
+def test_poll_delay_with_history_table(
+    elapsed_s: float, percent: float, polls: int, expected_s: float
+) -> None:
+    """With past durations, the first poll goes at their median, then at the end the progress
+    predicts, then as without history."""
+    delay = next_poll_delay(
+        elapsed_s,
+        percent,
+        POLL_MIN_S,
+        POLL_MAX_S,
+        expected_s=HISTORY,
+        polls=polls,
+        predicted_max_s=PREDICTED_MAX_S,
+    )
+    assert delay == pytest.approx(expected_s)
+
+
+def test_a_predicted_wait_is_capped_by_predicted_max() -> None:
+    """A wait aimed at a predicted end goes past poll_max_s but never past predicted_max_s; with
+    no predicted_max_s, poll_max_s caps it."""
+    day = (86400.0,)
+    assert next_poll_delay(0.0, 0.0, 2.0, 60.0, expected_s=day, predicted_max_s=3600.0) == 3600.0
+    assert next_poll_delay(0.0, 0.0, 2.0, 60.0, expected_s=day) == 60.0
+
+
+@pytest.mark.parametrize("polls", [0, 1, 2, 5])
+@pytest.mark.parametrize("percent", [0.0, 1.0, 50.0, 99.0, 100.0, math.nan])
+@pytest.mark.parametrize("elapsed_s", [0.0, 7.0, 110.0, 3600.0, 86400.0])
+def test_poll_delay_with_history_stays_within_bounds(
+    elapsed_s: float, percent: float, polls: int
+) -> None:
+    """With history too, no delay is under poll_min_s or over the predicted maximum."""
+    delay = next_poll_delay(
+        elapsed_s,
+        percent,
+        POLL_MIN_S,
+        POLL_MAX_S,
+        expected_s=HISTORY,
+        polls=polls,
+        predicted_max_s=PREDICTED_MAX_S,
+    )
+    assert POLL_MIN_S <= delay <= PREDICTED_MAX_S
+
+
+@pytest.mark.parametrize("percent", [0.0, 30.0, 75.0])
+@pytest.mark.parametrize("elapsed_s", [0.0, 20.0, 1000.0])
+def test_without_history_the_schedule_is_the_progress_one(elapsed_s: float, percent: float) -> None:
+    """No past durations: the delay is the progress schedule's, whatever polls and the cap say."""
+    plain = next_poll_delay(elapsed_s, percent, POLL_MIN_S, POLL_MAX_S)
+    assert plain == next_poll_delay(
+        elapsed_s, percent, POLL_MIN_S, POLL_MAX_S, polls=3, predicted_max_s=PREDICTED_MAX_S
+    )
+
+
+def poll_with_history(
+    duration_s: float, expected_s: tuple[float, ...], poll_min_s: float, poll_max_s: float
+) -> tuple[float, int]:
+    """As simulate_export, aimed by `expected_s`: (seconds from DONE to seeing it, polls)."""
+    elapsed = 0.0
+    percent = 0
+    polls = 0
+    while True:
+        elapsed += next_poll_delay(
+            elapsed,
+            percent,
+            poll_min_s,
+            poll_max_s,
+            expected_s=expected_s,
+            polls=polls,
+            predicted_max_s=PREDICTED_MAX_S,
+        )
+        polls += 1
+        if elapsed >= duration_s:
+            return elapsed - duration_s, polls
+        percent = min(99, math.floor(100 * elapsed / duration_s))
+
+
+@pytest.mark.parametrize("spread", [0.9, 1.0, 1.1])
+@pytest.mark.parametrize("typical_s", [5.0, 60.0, 300.0, 1800.0])
+def test_a_well_predicted_export_takes_at_most_three_polls(typical_s: float, spread: float) -> None:
+    """Past durations within 10% of this one's: at most 3 polls, DONE seen within the history's
+    miss of it (or poll_min_s), plus 2%."""
+    expected_s = tuple(sorted(typical_s * f for f in (0.9, 0.95, 1.0, 1.05, 1.1)))
+    duration_s = typical_s * spread
+    latency_s, polls = poll_with_history(duration_s, expected_s, POLL_MIN_S, POLL_MAX_S)
+    assert polls <= 3
+    miss_s = max(0.0, typical_s - duration_s)
+    assert latency_s <= max(POLL_MIN_S, miss_s + 0.02 * duration_s)
+
+
+def test_an_export_far_longer_than_its_history_takes_a_few_polls() -> None:
+    """History 30 times too short: a handful of polls (against 30 by progress alone), DONE
+    seen within 2% of the export."""
+    latency_s, polls = poll_with_history(1800.0, (60.0,), POLL_MIN_S, POLL_MAX_S)
+    assert polls <= 4
+    assert latency_s <= 0.02 * 1800.0
+
+
+def test_an_export_far_shorter_than_its_history_is_seen_at_the_median() -> None:
+    """History 30 times too long: the first poll still goes at its median, and sees DONE there.
+    The price of trusting the history, bounded by it (a range shorter than the past ones is
+    scaled down before, see expected_durations)."""
+    latency_s, polls = poll_with_history(60.0, (1800.0,), POLL_MIN_S, POLL_MAX_S)
+    assert (latency_s, polls) == (1740.0, 1)
+
+
+def test_expected_durations_scale_longer_ranges_down_and_never_up() -> None:
+    """A past export of a range three times as long counts a third; one of a shorter range
+    counts as it is; unusable durations are left out; the result is sorted."""
+    day, month = 86400.0, 30 * 86400.0
+    history = [(900.0, month), (30.0, day), (0.0, day), (60.0, 0.0)]
+    assert expected_durations(history, 10 * day) == (30.0, 60.0, 300.0)
+
+
+def test_expected_durations_of_other_merchants_keep_the_shorter_half() -> None:
+    """Durations borrowed from other merchants: the shorter half only, an unknown merchant being
+    taken for a small one (a poll early rather than late)."""
+    history = [(float(seconds), 86400.0) for seconds in (50, 10, 40, 20, 30)]
+    assert expected_durations(history, 86400.0, lower_half=True) == (10.0, 20.0, 30.0)
+    assert expected_durations([], 86400.0, lower_half=True) == ()

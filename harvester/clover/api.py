@@ -68,6 +68,9 @@ class ExportInfo:
     percent: float
     available_until: datetime | None
     urls: tuple[str, ...] | None  # None: the answer had no exportUrls
+    # modifiedTime - createdTime, both the server's: once DONE, how long the export took
+    # (polling learns from it); None when either is missing or they are out of order.
+    server_duration_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,16 @@ def parse_export(body: Any) -> ExportInfo:
         percent=max(0.0, min(100.0, percent)),
         available_until=_epoch_ms(body.get("availableUntil")),
         urls=urls,
+        server_duration_s=_server_duration_s(body),
     )
+
+
+def _server_duration_s(body: Mapping[str, Any]) -> float | None:
+    created = _epoch_ms(body.get("createdTime"))
+    modified = _epoch_ms(body.get("modifiedTime"))
+    if created is None or modified is None or modified < created:
+        return None
+    return (modified - created).total_seconds()
 
 
 def parse_grant(body: Any) -> TokenGrant:

@@ -49,6 +49,7 @@ from harvester.errors import (
     WindowClosed,
 )
 from harvester.harvest.downloader import Downloader
+from harvester.harvest.durations import ExportDurations
 from harvester.harvest.hosts import Host, Hosts
 from harvester.harvest.merchant import MerchantClient
 from harvester.harvest.observer import RunObserver
@@ -143,6 +144,7 @@ class Harvest:
         self._stop = stop
         self._rng = rng or random.Random()
         self._orphans = OrphanHolds(clock)
+        self._durations = ExportDurations(store, config.timing.poll_history)
         self._room = OutputRoom(config.output_dir, config.min_free_bytes)
         self._waiting: dict[str, deque[_Waiting]] = {}  # per region: merchants to take up
         self._runners: Counter[str] = Counter()  # per region: runners taking them up
@@ -501,7 +503,7 @@ class Harvest:
                 state.host.shared.hold(state.merchant.id),
             ):
                 state.host.slots.runs(slot)
-                return await self._follow(state, record, None, confirming)
+                return await self._follow(state, chunk, record, None, confirming)
         return await self._create_and_follow(state, chunk, confirming)
 
     async def _create_and_follow(
@@ -587,7 +589,7 @@ class Harvest:
                         ).exports_created += 1
                         self._observer.export_created(host.region.name)
                         log.info("export.created", export_id=info.id)
-                        return await self._follow(state, record, info, confirming)
+                        return await self._follow(state, chunk, record, info, confirming)
             if pause_s > 0 and not await self._nap(pause_s):
                 raise _Stopped
 
@@ -607,9 +609,15 @@ class Harvest:
         self._observer.lost_create(host.region.name)
 
     async def _follow(
-        self, state: _Merchant, record: ExportRecord, info: ExportInfo | None, confirming: bool
+        self,
+        state: _Merchant,
+        chunk: ChunkRecord,
+        record: ExportRecord,
+        info: ExportInfo | None,
+        confirming: bool,
     ) -> ExportRecord:
-        """Poll an export (whose slot the caller holds) until DONE.
+        """Poll an export (whose slot the caller holds) until DONE, aiming the polls at its
+        likely end as past exports of the merchant and type tell it.
 
         DONE listing no files raises _NoFilesListed, unless `confirming` (the export before
         said the same): then the export is DONE with no files, an empty chunk.
@@ -622,6 +630,12 @@ class Harvest:
         # night, which says nothing of how long exports take; as a margin it could outgrow
         # the window and keep every export out for good.
         timed = info is not None
+        host_name = state.host.region.name
+        export_type = ExportType(chunk.type)
+        expected = await self._durations.expected(
+            host_name, chunk.merchant_id, export_type, chunk.range
+        )
+        polls = 0
         while True:
             if info is None or info.status not in DONE_STATUSES:
                 now = self._clock.now()
@@ -634,10 +648,19 @@ class Harvest:
                     self._clock.monotonic(),
                     percent,
                 )
-                delay = next_poll_delay(elapsed, percent, timing.poll_min_s, timing.poll_max_s)
+                delay = next_poll_delay(
+                    elapsed,
+                    percent,
+                    timing.poll_min_s,
+                    timing.poll_max_s,
+                    expected_s=expected,
+                    polls=polls,
+                    predicted_max_s=timing.export_timeout_s,
+                )
                 if not await self._nap(delay):
                     raise _Stopped
                 info = await state.client.get_export(record.id)
+                polls += 1
                 get_logger().debug(
                     "export.polled",
                     export_id=record.id,
@@ -654,10 +677,17 @@ class Harvest:
                     seconds = (now - record.created_at).total_seconds()
                     state.host.gate.observe_duration(seconds)
                     self._observer.export_done(state.host.region.name, seconds)
+                    # The server's own finish, when it says so, leaves out how late we saw it.
+                    took_s = min(seconds, info.server_duration_s or seconds)
+                    self._durations.observe(
+                        host_name, chunk.merchant_id, export_type, chunk.range, took_s
+                    )
                 done = await asyncio.shield(
                     self._store.export_done(record.id, info.available_until, info.urls or ())
                 )
-                get_logger().info("export.done", export_id=record.id, files=len(info.urls or ()))
+                get_logger().info(
+                    "export.done", export_id=record.id, files=len(info.urls or ()), polls=polls
+                )
                 return done
             if info.status not in RUNNING_STATUSES:
                 raise ExportFailed(f"export {record.id} ended with status {info.status}")

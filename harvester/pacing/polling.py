@@ -2,8 +2,11 @@
 
 Polling every poll_min_s notices a finished export at once but spends hundreds of requests on an
 hour-long one; polling every poll_max_s is cheap but sits up to poll_max_s on a finished export
-whose files expire in 24 hours and whose server slot another merchant is waiting for. So the
-delay follows Clover's percentComplete:
+whose files expire in 24 hours and whose server slot another merchant is waiting for. Every
+poll spends a request of the app's 50 a second, shared by every merchant; every second a DONE
+export goes unnoticed keeps our slot for it from the next export.
+
+With nothing learned yet, the delay follows Clover's percentComplete:
 
 - Progress known (0 < p < 100): assuming the rate so far holds, the export ends in
   elapsed * (100 - p) / p. Waiting half of that approaches the predicted finish geometrically,
@@ -13,16 +16,49 @@ delay follows Clover's percentComplete:
   watched closely and a long queue is polled ever more rarely, growing 25% per poll.
 - Done (p >= 100) but not yet reported DONE: the files are being written; look again soon.
 
-Every answer lies in [poll_min_s, poll_max_s].
+With past exports' durations (`expected_s`: how long exports like this one took, see
+`expected_durations`), the first poll goes where the export most likely ends, and the ones
+after it aim at the end rather than creep up on it:
+
+- First poll: at the median of the expected durations. A well-predicted export is DONE there,
+  or nearly: one poll, or two.
+- Not done, progress known: at the end the progress rate predicts, all of the remaining time
+  from 50% on (a percentage rounded down puts that end late by at most 1/percent of the
+  export), half of it below (an early reading says little: this export is not the ones before).
+- Not done, no progress known (queued, or a server that does not count): at the 90th
+  percentile of the expected durations, then the growing schedule as without history.
+
+A wait aimed at a predicted end may be longer than poll_max_s (a 30-minute export is best
+polled once at 30 minutes, not 30 times), up to `predicted_max_s`. Every other answer lies in
+[poll_min_s, poll_max_s], and none is under poll_min_s.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
+
+# From this percentage on, the end it predicts is aimed at straight: a percentage rounded down
+# by up to 1 puts that end late by at most 1/percent of the export (2%).
+AIM_FROM_PERCENT = 50.0
+
 
 def next_poll_delay(
-    elapsed_s: float, percent: float, poll_min_s: float, poll_max_s: float
+    elapsed_s: float,
+    percent: float,
+    poll_min_s: float,
+    poll_max_s: float,
+    *,
+    expected_s: Sequence[float] = (),
+    polls: int = 0,
+    predicted_max_s: float | None = None,
 ) -> float:
-    """Seconds to wait before the next poll of an export created elapsed_s ago at percent done."""
+    """Seconds to wait before the next poll of an export created elapsed_s ago at percent done.
+
+    `expected_s`: durations (creation to DONE) that exports like this one took, sorted; empty
+    when none is known. `polls`: how many times this export was polled already.
+    `predicted_max_s`: the longest wait aimed at a predicted end (poll_max_s when None).
+    """
     if not 0 < poll_min_s <= poll_max_s:
         raise ValueError(
             f"need 0 < poll_min_s <= poll_max_s, got poll_min_s={poll_min_s} "
@@ -30,14 +66,58 @@ def next_poll_delay(
         )
     elapsed_s = max(0.0, elapsed_s)
     # Written so that NaN, like a missing percentage, counts as "nothing known".
+    if percent >= 100:
+        return poll_min_s
+    if expected_s:
+        aimed_max_s = max(poll_max_s, predicted_max_s or poll_max_s)
+        wanted = -1.0
+        if polls == 0:
+            wanted = quantile(expected_s, 0.5) - elapsed_s
+        if wanted <= 0 < percent:
+            wanted = elapsed_s * (100 - percent) / percent
+            if percent < AIM_FROM_PERCENT:
+                wanted /= 2
+        elif wanted <= 0 and polls <= 1:
+            wanted = quantile(expected_s, 0.9) - elapsed_s
+        if wanted > 0:
+            return min(aimed_max_s, max(poll_min_s, wanted))
+        # Overdue and nothing says when it ends: as without history.
     if not percent > 0:
         wanted = elapsed_s / 4
-    elif percent >= 100:
-        wanted = poll_min_s
     else:
         predicted_remaining_s = elapsed_s * (100 - percent) / percent
         wanted = predicted_remaining_s / 2
     return min(poll_max_s, max(poll_min_s, wanted))
+
+
+def quantile(ordered: Sequence[float], fraction: float) -> float:
+    """The nearest-rank quantile (`fraction` in 0..1] of a sorted, non-empty sequence."""
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def expected_durations(
+    history: Iterable[tuple[float, float]], span_s: float, *, lower_half: bool = False
+) -> tuple[float, ...]:
+    """How long an export of a range span_s long may take, sorted, from (duration_s, span_s)
+    of past exports.
+
+    A past export of a longer range is scaled down in proportion (a nightly day after a
+    backfill's 30-day chunks); one of a shorter range is taken as it is, never scaled up. Both
+    err toward a poll too early, which costs a request, not toward one too late, which costs
+    the slot: an export's fixed cost makes the proportional guess short of the truth in the
+    first case, and more objects make it longer in the second.
+
+    `lower_half`: keep the shorter half only, for durations of other merchants (whose sizes
+    differ): a merchant not seen yet is taken for a small one.
+    """
+    scaled = sorted(
+        duration_s * min(1.0, span_s / past_span_s) if past_span_s > 0 else duration_s
+        for duration_s, past_span_s in history
+        if duration_s > 0
+    )
+    if lower_half:
+        scaled = scaled[: (len(scaled) + 1) // 2]
+    return tuple(scaled)
 
 
 def progress_elapsed_s(

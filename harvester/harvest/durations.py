@@ -1,0 +1,80 @@
+"""How long exports took, per merchant and type and per host: what polling predicts with.
+
+Learned as exports end in this run, and read once per merchant and type from the state store
+(the latest exports of its covered chunks: their DONE was recorded when it was seen, so they
+are a little long, which errs toward a poll early rather than late). A merchant and type
+with no export seen yet borrows the shorter half of its host's (pacing/polling.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.pacing.polling import expected_durations
+from harvester.state.records import ChunkStatus, ExportState, StateStore
+
+# Per host, the exports of every merchant: enough to hold a few of each size.
+_HOST_KEPT = 200
+
+
+def _span_s(range_: TimeRange) -> float:
+    return (range_.end - range_.start).total_seconds()
+
+
+class ExportDurations:
+    """Durations of ended exports as (seconds to DONE, seconds of range), kept `latest` per
+    merchant and type. `latest` 0 learns nothing: polling goes by progress alone."""
+
+    def __init__(self, store: StateStore, latest: int) -> None:
+        self._store = store
+        self._latest = latest
+        self._by_kind: dict[tuple[str, ExportType], deque[tuple[float, float]]] = {}
+        self._by_host: dict[str, deque[tuple[float, float]]] = {}
+
+    async def expected(
+        self, host: str, merchant_id: str, type: ExportType, range_: TimeRange
+    ) -> tuple[float, ...]:
+        """How long an export of this merchant, type and range may take, sorted; () if unknown."""
+        if self._latest <= 0:
+            return ()
+        key = (merchant_id, type)
+        if key not in self._by_kind:
+            self._by_kind[key] = deque(maxlen=self._latest)
+            for seen in await self._stored(merchant_id, type):
+                self._keep(host, key, seen)
+        span_s = _span_s(range_)
+        if self._by_kind[key]:
+            return expected_durations(self._by_kind[key], span_s)
+        return expected_durations(self._by_host.get(host, ()), span_s, lower_half=True)
+
+    def observe(
+        self, host: str, merchant_id: str, type: ExportType, range_: TimeRange, seconds: float
+    ) -> None:
+        """An export of this range took `seconds` from creation to DONE."""
+        if self._latest > 0 and seconds > 0:
+            key = (merchant_id, type)
+            self._by_kind.setdefault(key, deque(maxlen=self._latest))
+            self._keep(host, key, (seconds, _span_s(range_)))
+
+    def _keep(self, host: str, key: tuple[str, ExportType], seen: tuple[float, float]) -> None:
+        self._by_kind[key].append(seen)
+        self._by_host.setdefault(host, deque(maxlen=_HOST_KEPT)).append(seen)
+
+    async def _stored(self, merchant_id: str, type: ExportType) -> list[tuple[float, float]]:
+        """The latest DONE exports of the merchant's covered chunks, oldest first."""
+        chunks = await self._store.chunks(merchant_id, type, (ChunkStatus.COMPLETE,))
+        latest = sorted(
+            (c for c in chunks if c.export_id is not None and c.completed_at is not None),
+            key=lambda c: c.completed_at or datetime.min,
+        )[-self._latest :]
+        found = []
+        for chunk in latest:
+            assert chunk.export_id is not None
+            export = await self._store.get_export(chunk.export_id)
+            if export is not None and export.state is ExportState.DONE:
+                seconds = (export.updated_at - export.created_at).total_seconds()
+                if seconds > 0:
+                    found.append((seconds, _span_s(chunk.range)))
+        return found

@@ -1,0 +1,77 @@
+"""What polling predicts with: durations from the store's covered chunks and from this run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from harvester.clover.chunks import ExportType, TimeRange
+from harvester.harvest.durations import ExportDurations
+from harvester.state.records import StateStore
+from harvester.state.sqlite import Store
+from tests.conftest import DATA_START
+from tests.fakeclock import FakeClock
+
+MERCHANT = "M000TESTSHOP0"
+OTHER = "M001TESTSHOP1"
+HOST = "local"
+DAY = timedelta(days=1)
+
+
+def month(n: int) -> TimeRange:
+    return TimeRange(DATA_START + n * 30 * DAY, DATA_START + (n + 1) * 30 * DAY)
+
+
+async def export_taking(store: StateStore, clock: FakeClock, n: int, seconds: float) -> None:
+    """Month n of MERCHANT's payments exported in `seconds`, and covered."""
+    [chunk] = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [month(n)])
+    await store.record_export(chunk.id, f"E{n}", "PENDING", 0.0)
+    clock.advance(seconds)
+    await store.export_done(f"E{n}", None, ["https://files/1"])
+    await store.complete_chunk(chunk.id)
+
+
+async def test_a_merchants_durations_come_from_its_covered_chunks(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The latest `latest` DONE exports of covered chunks, read once; a chunk not covered
+    counts for nothing; a shorter range scales them down."""
+    async with await Store.open(tmp_path / "state.sqlite3", clock) as store:
+        for n, seconds in enumerate((900.0, 600.0, 300.0, 120.0)):
+            await export_taking(store, clock, n, seconds)
+        [open_chunk] = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [month(5)])
+        await store.record_export(open_chunk.id, "E5", "PENDING", 0.0)
+        durations = ExportDurations(store, latest=3)
+
+        found = await durations.expected(HOST, MERCHANT, ExportType.PAYMENTS, month(6))
+        assert found == (120.0, 300.0, 600.0)
+        three_days = TimeRange(month(6).start, month(6).start + 3 * DAY)
+        assert await durations.expected(HOST, MERCHANT, ExportType.PAYMENTS, three_days) == (
+            12.0,
+            30.0,
+            60.0,
+        )
+        durations.observe(HOST, MERCHANT, ExportType.PAYMENTS, month(6), 240.0)
+        found = await durations.expected(HOST, MERCHANT, ExportType.PAYMENTS, month(7))
+        assert found == (120.0, 240.0, 300.0)
+
+
+async def test_a_merchant_not_seen_borrows_the_shorter_half_of_its_hosts(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Nothing of its own: the shorter half of what other merchants of the host took; nothing
+    on the host either, or history turned off: nothing."""
+    async with await Store.open(tmp_path / "state.sqlite3", clock) as store:
+        durations = ExportDurations(store, latest=20)
+        assert await durations.expected(HOST, OTHER, ExportType.ORDERS, month(0)) == ()
+        for seconds in (400.0, 100.0, 300.0, 200.0, 0.0):
+            durations.observe(HOST, MERCHANT, ExportType.PAYMENTS, month(0), seconds)
+        assert await durations.expected(HOST, OTHER, ExportType.ORDERS, month(0)) == (
+            100.0,
+            200.0,
+        )
+        assert await durations.expected("elsewhere", OTHER, ExportType.ORDERS, month(0)) == ()
+
+        off = ExportDurations(store, latest=0)
+        off.observe(HOST, MERCHANT, ExportType.PAYMENTS, month(0), 100.0)
+        assert await off.expected(HOST, MERCHANT, ExportType.PAYMENTS, month(0)) == ()
