@@ -73,10 +73,13 @@ class Breakdown:
     running_s: float
     head_s: list[float]  # per slot: start -> its first create
     gaps_s: list[float]  # DONE -> next create into that slot
+    gap_spans: list[tuple[float, float]]  # each gap's (DONE, create), from the first create
     unseen_s: list[float]  # per gap: DONE -> the harvester logged it
     tail_s: list[float]  # per slot: its last DONE -> exit
+    tail_unseen_s: list[float]  # per slot: its last DONE -> the harvester logged it
     burst_503s: int  # before the first export ended
     later_503s: int
+    busy_503s_at: list[float]  # from the first create
 
 
 def breakdown(run: Run, slots: int) -> Breakdown:
@@ -89,6 +92,7 @@ def breakdown(run: Run, slots: int) -> Breakdown:
     free: deque[tuple[float, str | None]] = deque((run.started_s, None) for _ in range(slots))
     head: list[float] = []
     gaps: list[float] = []
+    gap_spans: list[tuple[float, float]] = []
     unseen: list[float] = []
     for at, is_create, export_id in events:
         if not is_create:
@@ -99,9 +103,15 @@ def breakdown(run: Run, slots: int) -> Breakdown:
             head.append(at - since)
         else:
             gaps.append(at - since)
+            gap_spans.append((since, at))
             seen = run.seen_done.get(freed_by, since)
             unseen.append(min(max(0.0, seen - since), at - since))
     tail = [run.exited_s - since for since, _ in free]
+    tail_unseen = [
+        min(max(0.0, run.seen_done.get(freed_by, since) - since), run.exited_s - since)
+        for since, freed_by in free
+        if freed_by is not None
+    ]
     running_s = sum(ended - created for _, created, ended in run.spans)
     first_create = min(created for _, created, _ in run.spans)
     last_done = max(ended for _, _, ended in run.spans)
@@ -114,10 +124,13 @@ def breakdown(run: Run, slots: int) -> Breakdown:
         running_s=running_s,
         head_s=head,
         gaps_s=gaps,
+        gap_spans=[(since - first_create, at - first_create) for since, at in gap_spans],
         unseen_s=unseen,
         tail_s=tail,
+        tail_unseen_s=tail_unseen,
         burst_503s=sum(1 for at in run.busy_503s if at < first_done),
         later_503s=sum(1 for at in run.busy_503s if at >= first_done),
+        busy_503s_at=[at - first_create for at in run.busy_503s],
     )
 
 
@@ -221,10 +234,22 @@ def report(found: Breakdown, slots: int) -> str:
             f"    tail {share(sum(found.tail_s))}  (per slot: "
             + ", ".join(f"{s:.2f} s" for s in found.tail_s)
             + ")",
+            f"      until the DONE was seen {share(sum(found.tail_unseen_s))}",
+            f"      after it was seen       {share(sum(found.tail_s) - sum(found.tail_unseen_s))}",
+            f"    the longest gaps: {_longest(found)}",
             f"  busy 503s: {found.burst_503s + found.later_503s} ({found.burst_503s} before the "
             f"first export ended, {found.later_503s} after)",
         ]
     )
+
+
+def _longest(found: Breakdown, count: int = 3) -> str:
+    """The longest gaps, when they began (from the first create), and the busy 503s within."""
+    described = []
+    for done, created in sorted(found.gap_spans, key=lambda gap: gap[0] - gap[1])[:count]:
+        refused = sum(1 for at in found.busy_503s_at if done <= at < created)
+        described.append(f"{created - done:.2f} s at +{done:.1f} s ({refused} busy 503s in it)")
+    return "; ".join(described)
 
 
 async def main(runs: int) -> None:
