@@ -37,9 +37,12 @@ async def test_with_history_every_export_takes_at_most_three_polls(
 
         assert len(polls_per_export(second)) == 2 * 2 * 2
         assert max(polls_per_export(second)) <= 3
-        # The first run's very first exports knew nothing: the schedule by progress alone.
-        assert max(polls_per_export(first)) > 10
-        assert sum(polls_per_export(first)) < 10 * len(polls_per_export(first))
+        # The first run's very first exports (the region's 2 slots, before any export ended)
+        # knew nothing: the schedule by progress alone, some 30 polls each, more or fewer as
+        # the fake clock leaps. Every later one had its host's durations: at most 3.
+        polls = sorted(polls_per_export(first), reverse=True)
+        assert min(polls[:2]) > 10
+        assert max(polls[2:]) <= 3
 
 
 async def test_without_history_polls_follow_the_progress_alone(
