@@ -135,10 +135,10 @@ HISTORY = (100.0, 105.0, 110.0, 115.0, 120.0)  # p50 110, p90 120
 @pytest.mark.parametrize(
     ("elapsed_s", "percent", "polls", "expected_s"),
     [
-        # First poll: at the median of past durations, past poll_max_s if need be.
-        (0.0, 0.0, 0, 110.0),
-        (10.0, 0.0, 0, 100.0),
-        (109.5, 5.0, 0, 2.0),  # never under poll_min_s
+        # First poll: at the shortest tenth of past durations, past poll_max_s if need be.
+        (0.0, 0.0, 0, 100.0),
+        (10.0, 0.0, 0, 90.0),
+        (99.5, 5.0, 0, 2.0),  # never under poll_min_s
         # Not done, progress known: aimed at the predicted end from 50% on, half of it below.
         (110.0, 90.0, 1, 110.0 * 10 / 90),
         (110.0, 50.0, 1, 110.0),
@@ -165,8 +165,8 @@ HISTORY = (100.0, 105.0, 110.0, 115.0, 120.0)  # p50 110, p90 120
 def test_poll_delay_with_history_table(
     elapsed_s: float, percent: float, polls: int, expected_s: float
 ) -> None:
-    """With past durations, the first poll goes at their median, then at the end the progress
-    predicts, then as without history."""
+    """With past durations, the first poll goes at their shortest tenth, then at the end the
+    progress predicts, then as without history."""
     delay = next_poll_delay(
         elapsed_s,
         percent,
@@ -226,15 +226,28 @@ def simulate_aimed_export(duration_s: float, history: tuple[float, ...]) -> tupl
 
 
 @pytest.mark.parametrize("late_s", [0.1, 0.5, 1.0, 1.9])
-def test_an_export_a_little_longer_than_the_median_is_seen_done_soon_after_it(
+def test_an_export_a_little_longer_than_the_first_poll_is_seen_done_soon_after_it(
     late_s: float,
 ) -> None:
-    """An export that ends just after the median its first poll aims at is seen DONE by the
+    """An export that ends just after the duration its first poll aims at is seen DONE by the
     second poll, well within poll_min_s of its end (2% of it at most), not poll_min_s later."""
-    history = (10.0, 12.0, 14.0)
+    history = (12.0, 13.0, 14.0)
     latency_s, polls = simulate_aimed_export(12.0 + late_s, history)
     assert polls == 2
     assert latency_s <= 0.02 * (12.0 + late_s) + 1e-9
+
+
+@pytest.mark.parametrize(("duration_s", "most_polls"), [(4.0, 1), (10.0, 3), (16.0, 3), (17.0, 3)])
+def test_exports_of_a_merchant_whose_months_differ_are_each_seen_done_soon(
+    duration_s: float, most_polls: int
+) -> None:
+    """With an empty month (4 s), a half one (10 s) and full ones (16 s) behind it, an export
+    of any of these sizes is seen DONE within 2% of its length, in at most 3 polls: the empty
+    one at the first poll, not at the full months' median 12 s after its end."""
+    history = (4.0, 10.0, 16.0, 16.0, 16.0, 16.0)
+    latency_s, polls = simulate_aimed_export(duration_s, history)
+    assert polls <= most_polls
+    assert latency_s <= 0.02 * duration_s + 1e-9
 
 
 @pytest.mark.parametrize("percent", [0.0, 30.0, 75.0])
