@@ -18,7 +18,7 @@ of the run (the process's start to its exit), and over first create to last DONE
   the gate's busy backoff, the POST);
 - tail: each slot from its last DONE to the process's exit (the last downloads, the end).
 
-    .venv/bin/python -m benchmarks.bench_busy_live [--runs 2]    # from the repository's root
+    .venv/bin/python -m benchmarks.bench_busy_live [--runs 2] [--first-seed 1]  # from the root
 """
 
 from __future__ import annotations
@@ -252,15 +252,15 @@ def _longest(found: Breakdown, count: int = 3) -> str:
     return "; ".join(described)
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, first_seed: int) -> None:
     print(
         f"harvester backfill told {CONFIGURED_EXPORTS} exports at once, the server takes "
         f"{SERVER_EXPORTS}; {len(MERCHANTS)} merchants x 2 types x 6 chunks"
     )
-    for number in range(1, runs + 1):
+    for number in range(first_seed, first_seed + runs):
         load = os.getloadavg()
         with tempfile.TemporaryDirectory(prefix="bench-busy-live-") as folder:
-            run = await run_once(Path(folder), seed=number)
+            run = await run_once(Path(folder), seed=number)  # the run's number is its seed
         lengths = [ended - created for _, created, ended in run.spans]
         print(
             f"run {number}: load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
@@ -273,4 +273,6 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=2)
-    asyncio.run(main(parser.parse_args().runs))
+    parser.add_argument("--first-seed", type=int, default=1, help="the simulator's, run by run")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.runs, arguments.first_seed))
