@@ -74,13 +74,16 @@ soak: install
 	SOAK_SCALE=5 $(BIN)/pytest tests/test_soak.py -s
 
 # Figures, not pass/fail: download memory with ~1 MB files against ~20 MB files, how busy
-# a server that takes 2 exports is kept when the config says 6, and throughput and memory of
-# the folder against a bucket (a local SeaweedFS) on the same work, and `harvester load` into
-# DuckDB against a plain read_json of the same files; status polls per export and slots busy
-# for exports of ~5 s, ~60 s and ~30 min, polls aimed by past durations and by progress alone.
+# a server that takes 2 exports is kept when the config says 6 (on a fake clock, then the real
+# CLI on real time over the whole run, its idle time split into head, gaps and tail), and
+# throughput and memory of the folder against a bucket (a local SeaweedFS) on the same work,
+# and `harvester load` into DuckDB against a plain read_json of the same files; status polls
+# per export and slots busy for exports of ~5 s, ~60 s and ~30 min, polls aimed by past
+# durations and by progress alone.
 bench: install
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python -m benchmarks.bench_busy
+	$(BIN)/python -m benchmarks.bench_busy_live
 	$(BIN)/python -m benchmarks.bench_polls
 	$(BIN)/python -m benchmarks.bench_output
 	$(BIN)/python -m benchmarks.bench_load

@@ -193,11 +193,15 @@ async def test_a_stop_releases_everyone_waiting_at_the_gate(clock: FakeClock) ->
 async def test_a_busy_answer_holds_every_caller_back_for_a_growing_jittered_backoff(
     clock: FakeClock,
 ) -> None:
-    """After busy answers in a row, no caller is admitted before the backoff has passed; the
-    backoffs are full-jitter draws under a doubling cap, and a created export resets them."""
+    """After busy answers in a row (each to a POST sent after the backoff before it), no
+    caller is admitted before the backoff has passed; the backoffs are full-jitter draws under
+    a doubling cap, and a created export resets them."""
     gate = gate_for(ALWAYS, clock, backoff_max_s=300, margin_s=None)
     stop = asyncio.Event()
-    pauses = [gate.busy() for _ in range(10)]
+    pauses = [gate.busy()]
+    for _ in range(9):
+        clock.advance(pauses[-1] + 0.001)  # the retry goes once the backoff has passed
+        pauses.append(gate.busy())
     caps = [min(300.0, 2.0**n) for n in range(10)]
     assert all(0 <= p <= cap for p, cap in zip(pauses, caps, strict=True))
     assert max(pauses[6:]) > 8, "later backoffs should reach well beyond the first caps"
@@ -209,6 +213,26 @@ async def test_a_busy_answer_holds_every_caller_back_for_a_growing_jittered_back
     gate.created()
     assert gate.wait_s(clock.now()) == 0
     assert gate.busy() <= 1.0, "the streak starts over after a created export"
+
+
+def test_answers_to_posts_sent_before_a_backoff_neither_grow_nor_lengthen_it(
+    clock: FakeClock,
+) -> None:
+    """Six POSTs go at once and four come back busy: the first answer's backoff holds, the
+    three others (sent before it began) return what is left of it, and the next answer after
+    it is the second in a row, not the fifth."""
+    gate = gate_for(ALWAYS, clock, backoff_max_s=300, margin_s=None)
+    first = gate.busy()
+    holds_until = clock.now() + timedelta(seconds=first)
+    for _ in range(3):
+        clock.advance(first / 4)
+        assert gate.busy() == pytest.approx((holds_until - clock.now()).total_seconds())
+        assert gate.wait_s(clock.now()) == pytest.approx(
+            (holds_until - clock.now()).total_seconds()
+        )
+    clock.advance(first)  # the backoff is over; a retry is refused again
+    second = gate.busy()
+    assert 0 <= second <= 2.0, "the second in a row: a cap of 2 s, not 8 s"
 
 
 @pytest.mark.parametrize(

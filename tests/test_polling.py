@@ -4,7 +4,12 @@ import math
 
 import pytest
 
-from harvester.pacing.polling import expected_durations, next_poll_delay, progress_elapsed_s
+from harvester.pacing.polling import (
+    AIMED_MIN_S,
+    expected_durations,
+    next_poll_delay,
+    progress_elapsed_s,
+)
 
 POLL_MIN_S = 2.0
 POLL_MAX_S = 60.0
@@ -130,15 +135,21 @@ HISTORY = (100.0, 105.0, 110.0, 115.0, 120.0)  # p50 110, p90 120
 @pytest.mark.parametrize(
     ("elapsed_s", "percent", "polls", "expected_s"),
     [
-        # First poll: at the median of past durations, past poll_max_s if need be.
-        (0.0, 0.0, 0, 110.0),
-        (10.0, 0.0, 0, 100.0),
-        (109.5, 5.0, 0, 2.0),  # never under poll_min_s
+        # First poll: at the shortest tenth of past durations, past poll_max_s if need be.
+        (0.0, 0.0, 0, 100.0),
+        (10.0, 0.0, 0, 90.0),
+        (99.5, 5.0, 0, 2.0),  # never under poll_min_s
         # Not done, progress known: aimed at the predicted end from 50% on, half of it below.
         (110.0, 90.0, 1, 110.0 * 10 / 90),
         (110.0, 50.0, 1, 110.0),
         (110.0, 20.0, 1, 220.0),
         (100.0, 75.0, 3, 100.0 / 3),
+        # A near miss: the predicted end is closer than poll_min_s; aim at it, not past it.
+        (111.0, 99.0, 1, 111.0 / 99),
+        (10.0, 98.0, 1, 10.0 * 2 / 98),
+        (10.0, 99.9, 2, AIMED_MIN_S),  # but never under AIMED_MIN_S
+        (110.0, 49.0, 1, 110.0 * 51 / 49 / 2),  # below 50% the floor stays poll_min_s
+        (1.0, 49.0, 1, 2.0),
         # Not done, no progress known: at the 90th percentile, then growing as without history.
         (110.0, 0.0, 1, 10.0),
         (121.0, 0.0, 1, 30.25),
@@ -154,8 +165,8 @@ HISTORY = (100.0, 105.0, 110.0, 115.0, 120.0)  # p50 110, p90 120
 def test_poll_delay_with_history_table(
     elapsed_s: float, percent: float, polls: int, expected_s: float
 ) -> None:
-    """With past durations, the first poll goes at their median, then at the end the progress
-    predicts, then as without history."""
+    """With past durations, the first poll goes at their shortest tenth, then at the end the
+    progress predicts, then as without history."""
     delay = next_poll_delay(
         elapsed_s,
         percent,
@@ -182,7 +193,8 @@ def test_a_predicted_wait_is_capped_by_predicted_max() -> None:
 def test_poll_delay_with_history_stays_within_bounds(
     elapsed_s: float, percent: float, polls: int
 ) -> None:
-    """With history too, no delay is under poll_min_s or over the predicted maximum."""
+    """With history too, no delay is over the predicted maximum, and none is under poll_min_s
+    but one aimed at the end progress of 50% or more predicts (never under AIMED_MIN_S)."""
     delay = next_poll_delay(
         elapsed_s,
         percent,
@@ -192,7 +204,50 @@ def test_poll_delay_with_history_stays_within_bounds(
         polls=polls,
         predicted_max_s=PREDICTED_MAX_S,
     )
-    assert POLL_MIN_S <= delay <= PREDICTED_MAX_S
+    assert delay <= PREDICTED_MAX_S
+    aimed = 50.0 <= percent < 100.0
+    assert delay >= (AIMED_MIN_S if aimed else POLL_MIN_S)
+
+
+def simulate_aimed_export(duration_s: float, history: tuple[float, ...]) -> tuple[float, int]:
+    """Poll, aimed by `history`, an export that runs duration_s with percentComplete rising
+    linearly as a whole number. Returns (seconds from DONE to the poll that saw it, polls)."""
+    elapsed = 0.0
+    percent = 0
+    polls = 0
+    while True:
+        elapsed += next_poll_delay(
+            elapsed, percent, POLL_MIN_S, POLL_MAX_S, expected_s=history, polls=polls
+        )
+        polls += 1
+        if elapsed >= duration_s:
+            return elapsed - duration_s, polls
+        percent = min(99, math.floor(100 * elapsed / duration_s))
+
+
+@pytest.mark.parametrize("late_s", [0.1, 0.5, 1.0, 1.9])
+def test_an_export_a_little_longer_than_the_first_poll_is_seen_done_soon_after_it(
+    late_s: float,
+) -> None:
+    """An export that ends just after the duration its first poll aims at is seen DONE by the
+    second poll, well within poll_min_s of its end (2% of it at most), not poll_min_s later."""
+    history = (12.0, 13.0, 14.0)
+    latency_s, polls = simulate_aimed_export(12.0 + late_s, history)
+    assert polls == 2
+    assert latency_s <= 0.02 * (12.0 + late_s) + 1e-9
+
+
+@pytest.mark.parametrize(("duration_s", "most_polls"), [(4.0, 1), (10.0, 3), (16.0, 3), (17.0, 3)])
+def test_exports_of_a_merchant_whose_months_differ_are_each_seen_done_soon(
+    duration_s: float, most_polls: int
+) -> None:
+    """With an empty month (4 s), a half one (10 s) and full ones (16 s) behind it, an export
+    of any of these sizes is seen DONE within 2% of its length, in at most 3 polls: the empty
+    one at the first poll, not at the full months' median 12 s after its end."""
+    history = (4.0, 10.0, 16.0, 16.0, 16.0, 16.0)
+    latency_s, polls = simulate_aimed_export(duration_s, history)
+    assert polls <= most_polls
+    assert latency_s <= 0.02 * duration_s + 1e-9
 
 
 @pytest.mark.parametrize("percent", [0.0, 30.0, 75.0])

@@ -617,6 +617,22 @@ async def test_stats_integrate_running_exports_over_time(
     assert stats.requests == {"create": 2}
 
 
+async def test_stats_keep_each_export_span_and_each_busy_503_instant(
+    sim: Simulator, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """Each ended export's (id, created, ended) and each busy 503's instant are kept."""
+    quiet = {"type": "ORDERS", "startTime": 0, "endTime": DAY_MS}  # no objects: runs 6 s
+    sim.faults.script("busy_503", times=1)
+    assert (await create(session, sim, body=quiet)).status == 503
+    clock.advance(2.0)
+    export_id = (await create(session, sim, body=quiet)).data["id"]
+    assert sim.stats.export_spans == []  # still running
+    clock.advance(LONG_S)
+    start_s = NOW.timestamp()
+    assert sim.stats.busy_503_times == [start_s]
+    assert sim.stats.export_spans == [(export_id, start_s + 2.0, start_s + 8.0)]
+
+
 async def test_stats_endpoint_serves_the_stats_as_json_without_auth(
     sim: Simulator, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:

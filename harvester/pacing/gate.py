@@ -81,7 +81,8 @@ class HostGate:
     through; the others wait for its outcome, so a closed host sees at most one POST per
     `probe_interval_s`. After it said "busy", nobody creates an export on it until a
     backoff (exponential in the busy answers in a row, with full jitter) has passed: the
-    slot a busy answer frees goes to no one else's immediate retry.
+    slot a busy answer frees goes to no one else's immediate retry. The answers to POSTs
+    already on their way when it said so are of the same burst: they add nothing.
     """
 
     def __init__(
@@ -184,15 +185,23 @@ class HostGate:
         self._open()
 
     def busy(self) -> float:
-        """The host said it is full (so its window is open). Returns the backoff, in seconds."""
+        """The host said it is full (so its window is open). Returns the backoff, in seconds.
+
+        An answer that comes while the backoff of an earlier one still runs is for a POST sent
+        before that backoff began (nobody is admitted during one): the same burst, as when
+        the first POSTs of a run all go at once. It neither grows nor lengthens the backoff;
+        counted as a retry in a row, the start's four refused POSTs held every lane back for
+        up to 8 s, past the end of the first exports.
+        """
         self._open()
+        now = self._clock.now()
+        if self._busy_until is not None and now < self._busy_until:
+            return (self._busy_until - now).total_seconds()
         self._busy_in_a_row += 1
         pause_s = backoff_delay(
             min(self._busy_in_a_row - 1, 30), self._backoff_base_s, self._backoff_max_s, self._rng
         )
-        until = self._clock.now() + timedelta(seconds=pause_s)
-        if self._busy_until is None or until > self._busy_until:
-            self._busy_until = until
+        self._busy_until = now + timedelta(seconds=pause_s)
         return pause_s
 
     def closed(self, error: WindowClosed) -> None:

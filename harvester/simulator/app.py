@@ -160,6 +160,10 @@ class SimulatorStats:
     first_create_at: datetime | None = None
     last_done_at: datetime | None = None  # the last time an export stopped running
     busy_503s: int = 0  # injected ones included, as for every outcome counter
+    # When each busy 503 was answered, and each ended export's (id, created, ended), instants
+    # in epoch seconds, in the order seen: how busy the slots were, moment by moment.
+    busy_503_times: list[float] = field(default_factory=list)
+    export_spans: list[tuple[str, float, float]] = field(default_factory=list)
     window_503s: int = 0
     rate_limited: Counter[str] = field(default_factory=Counter)  # by header name
     max_requests_in_a_second: int = 0  # the most API requests of any sliding second, refused too
@@ -464,6 +468,7 @@ class Simulator:
                 still_running.append(export)
                 continue
             self._ended_running_s += export.ends_s - export.created_s
+            self._stats.export_spans.append((export.id, export.created_s, export.ends_s))
             self._stats.exports_by_final_state[export.final_state] += 1
             ended_at = datetime.fromtimestamp(export.ends_s, UTC)
             if self._stats.last_done_at is None or ended_at > self._stats.last_done_at:
@@ -690,6 +695,7 @@ class Simulator:
         at_limit = len(self._running) >= self.settings.max_concurrent_exports
         if at_limit or self._inject((FaultKind.BUSY_503,)):
             self._stats.busy_503s += 1
+            self._stats.busy_503_times.append(now_s)
             return _message(503, BUSY_MESSAGE)
         export = self._new_export(merchant_id, export_type, start_ms, end_ms, now_s)
         if self._inject((FaultKind.CREATE_LOST,)):
