@@ -15,7 +15,7 @@ Printed per case:
 - peak RSS MB: the process's own. Linux carries a peak RSS over `exec`, and a child started
   from this process (the simulator of 10,000 merchants holds some 200 MB) would report this
   process's as its own: the harvester is started by a small launcher, a fresh interpreter
-  that forks it, passes SIGTERM on, and reports its rusage (as tests/measured.py does);
+  that forks it, passes SIGTERM on, and reports its rusage (tests/measured.py);
 - app 429s and the most API requests the server saw in any sliding second;
 - stop s: from SIGTERM to exit, and the exit code (143: stopped by SIGTERM, 0: done first).
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -43,6 +42,7 @@ import yaml
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from harvester.simulator.app import APP_CONCURRENT_HEADER, APP_RATE_HEADER
+from tests.measured import Usage, launched, read_usage
 
 DATA_START = datetime(2025, 1, 1, tzinfo=UTC)
 DAYS = 30
@@ -100,28 +100,6 @@ def write_config(folder: Path, api_url: str, merchants: dict[str, str]) -> Path:
     return config
 
 
-# Forks the command, passes SIGTERM on to it, and writes its exit code and rusage.
-_LAUNCHER = """\
-import json, os, signal, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(pid, signum))
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as report:
-    json.dump({"code": os.waitstatus_to_exitcode(status),
-               "cpu_s": usage.ru_utime + usage.ru_stime,
-               "peak_rss_kib": usage.ru_maxrss}, report)
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    code: int
-    cpu_s: float
-    peak_rss_mb: float
-
-
 async def reap(pid: int, report: Path) -> Usage:
     """Wait for the launcher `pid` without blocking the loop (the simulator runs on it);
     what it reports of the harvester."""
@@ -130,8 +108,7 @@ async def reap(pid: int, report: Path) -> Usage:
         done, _, _ = os.wait4(pid, os.WNOHANG)  # noqa: ASYNC222
         if done:
             # A few bytes, once, after the harvester has exited.
-            figures = json.loads(report.read_text())  # noqa: ASYNC240
-            return Usage(figures["code"], figures["cpu_s"], figures["peak_rss_kib"] / 1024)
+            return read_usage(report)
         await asyncio.sleep(0.05)
 
 
@@ -147,27 +124,26 @@ async def case(merchant_count: int, seconds: float) -> Outcome:
             # The harvester's own CLI, through the launcher; Popen (not asyncio's): reap()
             # waits for it without a child watcher.
             process = subprocess.Popen(  # noqa: S603, ASYNC220
-                [
-                    sys.executable,
-                    "-c",
-                    _LAUNCHER,
-                    str(report),
-                    sys.executable,
-                    "-m",
-                    "harvester",
-                    "backfill",
-                    "--config",
-                    str(config),
-                    "--from",
-                    DATA_START.date().isoformat(),
-                    "--to",
-                    end.date().isoformat(),
-                    "--log-format",
-                    "json",
-                    "--log-level",
-                    "warning",
-                    "--no-live",
-                ],
+                launched(
+                    [
+                        sys.executable,
+                        "-m",
+                        "harvester",
+                        "backfill",
+                        "--config",
+                        str(config),
+                        "--from",
+                        DATA_START.date().isoformat(),
+                        "--to",
+                        end.date().isoformat(),
+                        "--log-format",
+                        "json",
+                        "--log-level",
+                        "warning",
+                        "--no-live",
+                    ],
+                    report,
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

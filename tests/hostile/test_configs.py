@@ -39,10 +39,10 @@ def test_an_alias_bomb_exits_2_quickly_and_lean(tmp_path: Path) -> None:
         [sys.executable, "-m", "harvester", "check-config", "--config", str(path)],
         tmp_path / "rusage.json",
     )
-    assert run.code == 2, run.err
+    assert run.usage.code == 2, run.err
     assert "aliases (*name) expand" in run.err
-    assert run.cpu_s < 2.0, f"{run.cpu_s:.2f} s of CPU"
-    assert run.peak_rss_mb < 200, f"{run.peak_rss_mb:.0f} MB"
+    assert run.usage.cpu_s < 2.0, f"{run.usage.cpu_s:.2f} s of CPU"
+    assert run.usage.peak_rss_mb < 200, f"{run.usage.peak_rss_mb:.0f} MB"
 
 
 def test_an_alias_that_holds_itself_is_refused(tmp_path: Path) -> None:
