@@ -50,6 +50,55 @@ FAST_TIMING: dict[str, float] = {
 }
 
 
+# The tests that take longest on the wall clock, longest first (`pytest --durations`): under
+# pytest-xdist each worker starts on one of them, so that none is left to run last.
+SLOWEST = (
+    "tests/test_app_tokens.py::test_a_thousand_merchants",
+    "tests/test_soak.py::",
+    "tests/test_resume.py::test_sigkill_at_random_points",
+    "tests/test_scale.py::test_merchants_waiting_for_their_turn",
+    "tests/test_scale.py::test_planning_twenty_thousand_chunks",
+    "tests/test_bucket.py::test_a_bucket_answering_500_or_503",
+    "tests/test_many.py::",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, put the slowest tests at the head of each worker's first share.
+
+    The scheduler (`--dist worksteal`) hands each of the W workers a contiguous share of the
+    collection (in the order pytest-randomly chose), and idle workers later take queued
+    tests from busy ones; a long test that starts last makes the run's tail. So the slowest
+    are dealt out, longest first, to the heads of the shares. Every worker computes the
+    same order from the same collection, as xdist requires.
+    """
+    workers: int = getattr(config, "workerinput", {}).get("workercount", 0)
+    if workers < 2:
+        return
+
+    def rank(item: pytest.Item) -> int:
+        return next(
+            (n for n, prefix in enumerate(SLOWEST) if item.nodeid.startswith(prefix)),
+            len(SLOWEST),
+        )
+
+    slow = sorted((item for item in items if rank(item) < len(SLOWEST)), key=rank)
+    rest = [item for item in items if rank(item) == len(SLOWEST)]
+    # The shares as xdist cuts them: node i takes len(left) // (workers - i) of what is left.
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for n, item in enumerate(slow):
+        shares[n % workers].append(item)
+    left = len(items)
+    ordered: list[pytest.Item] = []
+    for node, share in enumerate(shares):
+        size = left // (workers - node)
+        left -= size
+        take = max(0, size - len(share))
+        ordered += share + rest[:take]
+        del rest[:take]
+    items[:] = ordered + rest
+
+
 @pytest.fixture(autouse=True)
 def log_buffer() -> Iterator[io.StringIO]:
     """Every test logs JSON lines into its own buffer, whatever a previous test configured."""
