@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.harvest.durations import ExportDurations
 from harvester.state.records import StateStore
 from harvester.state.sqlite import Store
-from tests.conftest import DATA_START
+from tests.conftest import BACKENDS, DATA_START, opened_store
 from tests.fakeclock import FakeClock
 
 MERCHANT = "M000TESTSHOP0"
@@ -31,12 +33,13 @@ async def export_taking(store: StateStore, clock: FakeClock, n: int, seconds: fl
     await store.complete_chunk(chunk.id)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_a_merchants_durations_come_from_its_covered_chunks(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    """The latest `latest` DONE exports of covered chunks, read once; a chunk not covered
+    """The latest `latest` DONE exports of covered chunks, in one read; a chunk not covered
     counts for nothing; a shorter range scales them down."""
-    async with await Store.open(tmp_path / "state.sqlite3", clock) as store:
+    async with opened_store(backend, request, tmp_path / "state.sqlite3", clock) as store:
         for n, seconds in enumerate((900.0, 600.0, 300.0, 120.0)):
             await export_taking(store, clock, n, seconds)
         [open_chunk] = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [month(5)])

@@ -9,11 +9,10 @@ with no export seen yet borrows the shorter half of its host's (pacing/polling.p
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime
 
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.pacing.polling import expected_durations
-from harvester.state.records import ChunkStatus, ExportState, StateStore
+from harvester.state.records import StateStore
 
 # Per host, the exports of every merchant: enough to hold a few of each size.
 _HOST_KEPT = 200
@@ -64,17 +63,5 @@ class ExportDurations:
 
     async def _stored(self, merchant_id: str, type: ExportType) -> list[tuple[float, float]]:
         """The latest DONE exports of the merchant's covered chunks, oldest first."""
-        chunks = await self._store.chunks(merchant_id, type, (ChunkStatus.COMPLETE,))
-        latest = sorted(
-            (c for c in chunks if c.export_id is not None and c.completed_at is not None),
-            key=lambda c: c.completed_at or datetime.min,
-        )[-self._latest :]
-        found = []
-        for chunk in latest:
-            assert chunk.export_id is not None
-            export = await self._store.get_export(chunk.export_id)
-            if export is not None and export.state is ExportState.DONE:
-                seconds = (export.updated_at - export.created_at).total_seconds()
-                if seconds > 0:
-                    found.append((seconds, _span_s(chunk.range)))
-        return found
+        found = await self._store.past_durations(merchant_id, type, self._latest)
+        return [(seconds, span_s) for seconds, span_s in found if seconds > 0]

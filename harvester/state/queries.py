@@ -419,6 +419,21 @@ def get_export(at: At, export_id: str) -> Work[ExportRecord | None]:
     return None if row is None else export_record(row)
 
 
+def past_durations(
+    at: At, merchant_id: str, type: ExportType, latest: int
+) -> Work[list[tuple[float, float]]]:
+    """(seconds from creation to DONE, seconds of range) of the exports of the merchant's
+    `latest` covered chunks, oldest first: one read, for what polling predicts with."""
+    rows = yield every(
+        "SELECT e.updated_at_ms - e.created_at_ms AS took_ms, c.end_ms - c.start_ms AS span_ms"
+        " FROM chunks c JOIN exports e ON e.id = c.export_id"
+        " WHERE c.merchant_id = ? AND c.type = ? AND c.status = ? AND e.state = ?"
+        " ORDER BY c.completed_at_ms DESC, c.id DESC LIMIT ?",
+        (merchant_id, type.value, ChunkStatus.COMPLETE.value, ExportState.DONE.value, latest),
+    )
+    return [(int(row["took_ms"]) / 1000, int(row["span_ms"]) / 1000) for row in reversed(rows)]
+
+
 def export_durations(latest: int) -> Work[list[float]]:
     rows = yield every(
         "SELECT updated_at_ms - created_at_ms AS ms FROM exports WHERE state = ?"

@@ -197,6 +197,10 @@ class StateStore(Protocol):
 
     async def get_export(self, export_id: str) -> ExportRecord | None: ...
 
+    async def past_durations(
+        self, merchant_id: str, type: ExportType, latest: int
+    ) -> list[tuple[float, float]]: ...
+
     # -- parts
     async def record_part(self, part: PartRecord) -> None: ...
 
