@@ -110,16 +110,10 @@ def add_chunks_of(
     # One planner at a time: the overlap check must see every insert. One key for every
     # merchant: a lock per merchant would take thousands of PostgreSQL's lock slots.
     yield execute(SERIALISE, ("chunks",))
-    merchant_ids = sorted({merchant_id for merchant_id, _, ranges in wanted if ranges})
     known: dict[tuple[str, str], list[Row]] = {}
-    for batch in _batches(merchant_ids):
-        rows = yield every(
-            f"SELECT * FROM chunks WHERE merchant_id IN ({_marks(len(batch))})"  # noqa: S608
-            " ORDER BY merchant_id, type, start_ms",
-            batch,
-        )
-        for row in rows:
-            known.setdefault((row["merchant_id"], row["type"]), []).append(row)
+    merchant_ids = [merchant_id for merchant_id, _, ranges in wanted if ranges]
+    for row in (yield from _chunk_rows_of(merchant_ids)):
+        known.setdefault((row["merchant_id"], row["type"]), []).append(row)
     found: dict[tuple[str, str, int, int], Row] = {}
     new: dict[tuple[str, str, int, int], None] = {}  # in the order met
     for merchant_id, type, ranges in wanted:
@@ -161,15 +155,18 @@ def add_chunks_of(
 def chunks_of(at: At, merchant_ids: Sequence[str]) -> Work[list[ChunkRecord]]:
     """Every chunk of these merchants, sorted by merchant, type, start: what planning reads,
     a batch of merchants per statement."""
-    records = []
+    return [chunk_record(row) for row in (yield from _chunk_rows_of(merchant_ids))]
+
+
+def _chunk_rows_of(merchant_ids: Sequence[str]) -> Work[list[Row]]:
+    rows: list[Row] = []
     for batch in _batches(sorted(set(merchant_ids))):
-        rows = yield every(
+        rows += yield every(
             f"SELECT * FROM chunks WHERE merchant_id IN ({_marks(len(batch))})"  # noqa: S608
             " ORDER BY merchant_id, type, start_ms",
             batch,
         )
-        records += [chunk_record(row) for row in rows]
-    return records
+    return rows
 
 
 def covered(at: At, merchant_id: str, type: ExportType) -> Work[list[TimeRange]]:
@@ -219,12 +216,8 @@ def reset_for_reharvest(at: At, chunk_id: int) -> Work[ChunkRecord]:
     Its old folder stays in place until the new harvest replaces it. A chunk in any
     other status is already due and is returned unchanged.
     """
-    yield execute(
-        "UPDATE chunks SET status = ?, export_id = NULL, updated_at_ms = ?"
-        " WHERE id = ? AND status = ?",
-        (ChunkStatus.PENDING.value, at.now, chunk_id, ChunkStatus.COMPLETE.value),
-    )
-    return chunk_record((yield from _chunk_row(at, chunk_id)))
+    (chunk,) = yield from reset_for_reharvest_of(at, [chunk_id])
+    return chunk
 
 
 def reset_for_reharvest_of(at: At, chunk_ids: Sequence[int]) -> Work[list[ChunkRecord]]:

@@ -299,19 +299,13 @@ class Store(SqlStore):
 
     def _run_group(self, group: list[_Call]) -> None:
         """On the thread: run the group, each call's outcome kept in it. Never raises."""
-        if len(group) == 1:
-            call = group[0]
-            try:
-                call.result = self._transaction(call.operation, call.work, call.kind)
-            except BaseException as exc:  # handed to the caller, whatever it is
-                call.error = exc
-            return
-        if all(call.kind is not Transaction.WRITE for call in group):
-            # Reads: each as on its own, without the write lock other processes wait for.
+        if len(group) == 1 or all(call.kind is not Transaction.WRITE for call in group):
+            # Alone, or reads only: each as on its own (reads without the write lock that
+            # other processes wait for).
             for call in group:
                 try:
                     call.result = self._transaction(call.operation, call.work, call.kind)
-                except BaseException as exc:
+                except BaseException as exc:  # handed to the caller, whatever it is
                     call.error = exc
             return
         self._run_together(group)
