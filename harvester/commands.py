@@ -192,9 +192,8 @@ async def due_chunks_of(
     chunks (a transaction per merchant took minutes at ten thousand merchants).
     """
     found: list[list[ChunkRecord]] = []
-    for first in range(0, len(selections), _PLAN_MERCHANTS):
-        batch = selections[first : first + _PLAN_MERCHANTS]
-        found += await _due_batch(store, config, batch, requested, types, lookback)
+    async for _, due in _due_batches(store, config, selections, requested, types, lookback):
+        found += due
     return found
 
 
@@ -210,10 +209,22 @@ async def planned_work(
     starts on the first batch while the others are planned."""
     from harvester.harvest.scheduler import MerchantWork
 
+    async for batch, due in _due_batches(store, config, selections, requested, None, lookback):
+        yield [MerchantWork(s.merchant, tuple(c)) for s, c in zip(batch, due, strict=True)]
+
+
+async def _due_batches(
+    store: StateStore,
+    config: Config,
+    selections: Sequence[Selection],
+    requested: Wanted,
+    types: Sequence[ExportType] | None,
+    lookback: TimeRange | None,
+) -> AsyncIterator[tuple[Sequence[Selection], list[list[ChunkRecord]]]]:
+    """Each batch of `_PLAN_MERCHANTS` selections, with its chunks to harvest."""
     for first in range(0, len(selections), _PLAN_MERCHANTS):
         batch = selections[first : first + _PLAN_MERCHANTS]
-        due = await _due_batch(store, config, batch, requested, None, lookback)
-        yield [MerchantWork(s.merchant, tuple(c)) for s, c in zip(batch, due, strict=True)]
+        yield batch, await _due_batch(store, config, batch, requested, types, lookback)
 
 
 async def _due_batch(
@@ -229,9 +240,11 @@ async def _due_batch(
         for chunk in await store.chunks_of([s.merchant.id for s in selections]):
             known.setdefault((chunk.merchant_id, chunk.type), []).append(chunk)
         wanted: list[tuple[str, ExportType, Sequence[TimeRange]]] = []
-        resumed: list[list[ChunkRecord]] = []
+        # Per selection: the known chunks it resumes, each with its entry of `wanted`.
+        resumed: list[list[tuple[list[ChunkRecord], int]]] = []
         again: list[list[int]] = []  # per selection: complete chunks the lookback takes
         for selection in selections:
+            resumed.append([])
             again.append([])
             for export_type in types or selection.types:
                 mine = known.get((selection.merchant.id, export_type), [])
@@ -247,25 +260,18 @@ async def _due_batch(
                 covered, unfinished = _split_known(mine)
                 chunk_plan = plan_chunks(wanted_range, covered, unfinished, config.chunk_days)
                 resume = set(chunk_plan.resume)
-                resumed.append([c for c in mine if c.range in resume])
+                resumed[-1].append(([c for c in mine if c.range in resume], len(wanted)))
                 wanted.append((selection.merchant.id, export_type, chunk_plan.new))
         try:
-            added = iter(await store.add_chunks_of(wanted))
+            added = await store.add_chunks_of(wanted)
         except ChunkOverlap:
             # Another process cut chunks of its own range meanwhile: plan around them.
             if attempt == _PLAN_ATTEMPTS:
                 raise
             continue
-        due: list[list[ChunkRecord]] = []
-        resumed_each = iter(resumed)
-        for selection in selections:
-            chunks: list[ChunkRecord] = []
-            for export_type in types or selection.types:
-                mine = known.get((selection.merchant.id, export_type), [])
-                if requested(selection, export_type, mine) is not None:
-                    chunks += next(resumed_each)
-                    chunks += next(added)
-            due.append(chunks)
+        due = [
+            [chunk for kept, entry in mine for chunk in (*kept, *added[entry])] for mine in resumed
+        ]
         if any(again):
             reset = iter(await store.reset_for_reharvest_of([i for ids in again for i in ids]))
             for chunks, ids in zip(due, again, strict=True):
