@@ -90,7 +90,7 @@ bench: install
 
 # Figures, not pass/fail: one harvester process against three on the same work.
 bench-processes: install
-	$(BIN)/python benchmarks/bench_processes.py
+	$(BIN)/python -m benchmarks.bench_processes
 
 # Figures, not pass/fail: 1,000 and 10,000 merchants against Clover's app limit (issue 18).
 bench-scale: install

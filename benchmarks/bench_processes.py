@@ -12,7 +12,8 @@ three interpreters and handing slots across processes. "1st export s" shows the 
 PostgreSQL with `--state-url` (an empty database for each case is made by appending the
 case name to the database name; the role must be allowed to create databases).
 
-    make bench-processes    # or: .venv/bin/python benchmarks/bench_processes.py
+    make bench-processes    # or, from the repository's root:
+    .venv/bin/python -m benchmarks.bench_processes
         [--merchants 6] [--days 60] [--state-url U] [--file-delay-s 0.3]
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +35,7 @@ import yaml
 
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
+from tests.backfills import backfill_argv
 
 DATA_START = datetime(2025, 1, 1, tzinfo=UTC)
 SERVER_LIMIT = 3
@@ -115,20 +116,13 @@ async def harvest(
     started = time.perf_counter()
     running = [
         await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "harvester",
-            "backfill",
-            "--config",
-            str(config),
-            "--from",
-            DATA_START.date().isoformat(),
-            "--to",
-            end.date().isoformat(),
-            "--log-format",
-            "json",
-            "--log-level",
-            "warning",
+            *backfill_argv(
+                config,
+                DATA_START.date().isoformat(),
+                end.date().isoformat(),
+                "--log-level",
+                "warning",
+            ),
             env=environ,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,

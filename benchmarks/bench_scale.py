@@ -30,7 +30,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import yaml
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from harvester.simulator.app import APP_CONCURRENT_HEADER, APP_RATE_HEADER
+from tests.backfills import backfill_argv
 from tests.measured import Usage, launched, read_usage
 
 DATA_START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -125,23 +125,14 @@ async def case(merchant_count: int, seconds: float) -> Outcome:
             # waits for it without a child watcher.
             process = subprocess.Popen(  # noqa: S603, ASYNC220
                 launched(
-                    [
-                        sys.executable,
-                        "-m",
-                        "harvester",
-                        "backfill",
-                        "--config",
-                        str(config),
-                        "--from",
+                    backfill_argv(
+                        config,
                         DATA_START.date().isoformat(),
-                        "--to",
                         end.date().isoformat(),
-                        "--log-format",
-                        "json",
                         "--log-level",
                         "warning",
                         "--no-live",
-                    ],
+                    ),
                     report,
                 ),
                 stdout=subprocess.DEVNULL,

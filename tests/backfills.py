@@ -10,11 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
-async def start_backfill(
-    config: Path, start: str, end: str, env: Mapping[str, str], *extra: str
-) -> asyncio.subprocess.Process:
-    """`python -m harvester backfill --config CONFIG --from START --to END` (plus `extra`)."""
-    return await asyncio.create_subprocess_exec(
+def backfill_argv(config: Path, start: str, end: str, *extra: str) -> list[str]:
+    """`python -m harvester backfill --config CONFIG --from START --to END --log-format json`
+    (plus `extra`), as tests and benchmarks run it."""
+    return [
         sys.executable,
         "-m",
         "harvester",
@@ -28,6 +27,15 @@ async def start_backfill(
         "--log-format",
         "json",
         *extra,
+    ]
+
+
+async def start_backfill(
+    config: Path, start: str, end: str, env: Mapping[str, str], *extra: str
+) -> asyncio.subprocess.Process:
+    """`backfill_argv` as a child process."""
+    return await asyncio.create_subprocess_exec(
+        *backfill_argv(config, start, end, *extra),
         env={**os.environ, **env},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
