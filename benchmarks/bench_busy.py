@@ -26,8 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
+from benchmarks.sim_config import token_environ, write_config
 from harvester import commands
 from harvester.clover.chunks import TimeRange
 from harvester.config import load_config
@@ -69,22 +68,14 @@ async def measure(
     )
     started = time.perf_counter()
     async with Simulator(settings, clock, Faults()) as sim:
-        document = {
-            "output_dir": "data",
-            "state_path": "state/h.sqlite3",
-            "timing": {**TIMING, "poll_history": poll_history},
-            "regions": {
-                "local": {
-                    "base_url": sim.api_url,
-                    "windows": "always",
-                    "max_concurrent_exports": CONFIGURED_EXPORTS,
-                }
-            },
-            "merchants": [{"id": m, "region": "local", "token": f"${{T_{m}}}"} for m in MERCHANTS],
-        }
-        path = folder / "config.yaml"
-        path.write_text(yaml.safe_dump(document))
-        config = load_config(path, {f"T_{m}": t for m, t in tokens.items()})
+        path = write_config(
+            folder,
+            sim.api_url,
+            MERCHANTS,
+            CONFIGURED_EXPORTS,
+            timing={**TIMING, "poll_history": poll_history},
+        )
+        config = load_config(path, token_environ(tokens))
         done = asyncio.Event()
 
         async def metronome() -> None:

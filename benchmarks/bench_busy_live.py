@@ -38,8 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-import yaml
-
+from benchmarks.sim_config import token_environ, write_config
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 
@@ -172,24 +171,11 @@ async def run_once(folder: Path, seed: int) -> Run:
         export_per_object_s=0.01,
     )
     async with Simulator(settings, SystemClock(), Faults()) as sim:
-        document = {
-            "output_dir": "data",
-            "state_path": "state/harvester.sqlite3",
-            "regions": {
-                "local": {
-                    "base_url": sim.api_url,
-                    "windows": "always",
-                    "max_concurrent_exports": CONFIGURED_EXPORTS,
-                }
-            },
-            "merchants": [{"id": m, "region": "local", "token": f"${{T_{m}}}"} for m in MERCHANTS],
-        }
-        config = folder / "config.yaml"
-        config.write_text(yaml.safe_dump(document, sort_keys=False))
+        config = write_config(folder, sim.api_url, MERCHANTS, CONFIGURED_EXPORTS)
         log = folder / "harvester.log"
         words = ["backfill", "--config", str(config), "--from", HARVEST_FROM, "--to", HARVEST_TO]
         words += ["--no-live", "--log-format", "json", "--log-level", "info"]
-        env = {**os.environ, **{f"T_{m}": t for m, t in tokens.items()}}
+        env = {**os.environ, **token_environ(tokens)}
         with log.open("wb") as sink:
             started_s = time.time()
             child = _start(words, env, folder, sink)

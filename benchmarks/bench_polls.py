@@ -31,10 +31,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from benchmarks.sim_config import token_environ, write_config
 from harvester import commands
 from harvester.clover.chunks import TimeRange
 from harvester.config import load_config
@@ -84,22 +82,14 @@ async def backfill(
     sim: Simulator, clock: FakeClock, folder: Path, requested: TimeRange, history: int
 ) -> Phase:
     tokens = {m: f"bench-token-{m}" for m in MERCHANTS}
-    document: dict[str, Any] = {
-        "output_dir": "data",
-        "state_path": "state/h.sqlite3",
-        "timing": {"poll_min_s": 2, "poll_max_s": 60, "poll_history": history},
-        "regions": {
-            "local": {
-                "base_url": sim.api_url,
-                "windows": "always",
-                "max_concurrent_exports": SERVER_EXPORTS,
-            }
-        },
-        "merchants": [{"id": m, "region": "local", "token": f"${{T_{m}}}"} for m in MERCHANTS],
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(document))
-    config = load_config(path, {f"T_{m}": t for m, t in tokens.items()})
+    path = write_config(
+        folder,
+        sim.api_url,
+        MERCHANTS,
+        SERVER_EXPORTS,
+        timing={"poll_min_s": 2, "poll_max_s": 60, "poll_history": history},
+    )
+    config = load_config(path, token_environ(tokens))
     before = sim.stats  # the live counters: read what they hold now
     exports, polls, running_s = (
         before.exports_created,

@@ -1,0 +1,1 @@
+"""Benchmarks: figures, not pass/fail (see the Makefile's bench targets)."""
