@@ -148,9 +148,8 @@ async def nightly(
     async with open_output(config) as output, shared_state(config, output, clock, "run") as lease:
 
         def requested(
-            selection: Selection, export_type: ExportType, known: Sequence[ChunkRecord]
+            selection: Selection, export_type: ExportType, covered: Sequence[TimeRange]
         ) -> TimeRange | None:
-            covered, _ = _split_known(known)
             start = nightly_start(selection.merchant, config.default_start, covered)
             return nightly_range(start, today)
 
@@ -158,8 +157,9 @@ async def nightly(
         return await _harvest(config, lease, output, planned, clock, stop, factories, observer)
 
 
-# What a merchant and type should have harvested, given its known chunks (None: nothing).
-Wanted = Callable[[Selection, ExportType, Sequence[ChunkRecord]], TimeRange | None]
+# What a merchant and type should have harvested, given the ranges it has covered (None:
+# nothing).
+Wanted = Callable[[Selection, ExportType, Sequence[TimeRange]], TimeRange | None]
 
 
 async def due_chunks(
@@ -254,10 +254,10 @@ async def _due_batch(
                         for c in mine
                         if c.status is ChunkStatus.COMPLETE and c.range.overlaps(lookback)
                     ]
-                wanted_range = requested(selection, export_type, mine)
+                covered, unfinished = _split_known(mine)
+                wanted_range = requested(selection, export_type, covered)
                 if wanted_range is None:
                     continue
-                covered, unfinished = _split_known(mine)
                 chunk_plan = plan_chunks(wanted_range, covered, unfinished, config.chunk_days)
                 resume = set(chunk_plan.resume)
                 resumed[-1].append(([c for c in mine if c.range in resume], len(wanted)))
