@@ -445,3 +445,92 @@ async def test_a_rate_lowered_under_a_revoked_grant_leaks_nothing(clock: FakeClo
     assert limiter.app_rate == 2  # a window's worth of starts (one) went through
     assert traffic.starts["m1"] == [1.5]
     assert limiter.in_flight_total == 0
+
+
+async def test_shares_of_the_budgets_keep_each_limiter_to_its_part(clock: FakeClock) -> None:
+    """Three limiters with a third each start at most 50 requests in any second and have
+    at most 10 in flight between them (three each: 10 // 3); each token, the same six in
+    all three, at most 16 and 5."""
+    limiters = [clover_limiter(clock) for _ in range(3)]
+    for limiter in limiters:
+        limiter.share(3)
+    traffics = [Traffic(clock, limiter) for limiter in limiters]
+    rng = random.Random(3)
+    keys = [f"m{n}" for n in range(6)]
+    async with asyncio.TaskGroup() as group:
+        for _ in range(8):
+            for traffic in traffics:
+                for key in keys:
+                    group.create_task(traffic.request(key, rng.uniform(0.001, 0.05)))
+    every_start = [start for traffic in traffics for start in traffic.all_starts]
+    assert len(every_start) == 144
+    assert most_starts_in_one_second(every_start) == 48  # 16 each: 50 / 3, fractions dropped
+    assert sum(limiter.max_in_flight_seen for limiter in limiters) == 9
+    for key in keys:
+        starts = [start for traffic in traffics for start in traffic.starts[key]]
+        assert most_starts_in_one_second(starts) <= 15  # 5 each: 16 / 3
+        assert all(traffic.peak[key] == 1 for traffic in traffics)  # 5 // 3 each
+
+
+async def test_a_share_changed_at_run_time_takes_effect_at_once(clock: FakeClock) -> None:
+    """Halving the share mid-stream lowers the starts of every later window to the half; the
+    whole again lets the waiters through at the full rate. A lowered rate stays lowered."""
+    limiter = RequestLimiter(clock, 1000, 1000, 40, 1000)
+    traffic = Traffic(clock, limiter)
+    async with asyncio.TaskGroup() as group:
+        for n in range(40):
+            group.create_task(traffic.request(f"a{n}", 0.0))
+    assert traffic.all_starts == [0.0] * 40
+    limiter.share(2)
+    assert (limiter.shares, limiter.app_concurrent) == (2, 500)
+    clock.advance(1.0)
+    async with asyncio.TaskGroup() as group:
+        for n in range(40):
+            group.create_task(traffic.request(f"b{n}", 0.0))
+    later = sorted(traffic.all_starts)[40:]
+    assert later == [1.0] * 20 + [2.0] * 20  # 20 per second: the half
+    limiter.share(1)
+    clock.advance(1.0)
+    async with asyncio.TaskGroup() as group:
+        for n in range(40):
+            group.create_task(traffic.request(f"c{n}", 0.0))
+    assert sorted(traffic.all_starts)[80:] == [3.0] * 40
+    limiter.hold_app(0.5)  # a pause from elsewhere lowers the rate once, as pause does
+    assert limiter.app_rate == 32
+    limiter.share(2)
+    assert limiter.app_rate == 20  # within the new ceiling
+    clock.advance(1.0)
+    limiter.hold_app(0.5)
+    assert limiter.app_rate == 16
+    limiter.share(1)
+    assert limiter.app_rate == 16  # and climbs back from there as starts go through
+
+
+async def test_a_share_raised_lets_waiters_held_by_concurrency_through(clock: FakeClock) -> None:
+    """A waiter held back only by the share's concurrency starts as soon as the share grows."""
+    limiter = RequestLimiter(clock, 1000, 1000, 1000, 2)
+    limiter.share(2)
+    holding = limiter.request("m1")
+    await holding.__aenter__()
+    traffic = Traffic(clock, limiter)
+    waiter = asyncio.create_task(traffic.request("m2", 0.0))
+    await until(lambda: limiter.waiting == 1)
+    limiter.share(1)
+    await waiter
+    assert traffic.starts["m2"] == [0.0]
+    await holding.__aexit__(None, None, None)
+    assert limiter.in_flight_total == 0
+
+
+async def test_only_an_app_pause_asked_for_here_is_handed_on(clock: FakeClock) -> None:
+    """`pause` tells `on_app_pause` of APP pauses; a token's pause and `hold_app` do not."""
+    limiter = clover_limiter(clock)
+    told: list[float] = []
+    limiter.on_app_pause = told.append
+    limiter.pause(Scope.TOKEN, "m1", 1.0)
+    limiter.hold_app(2.0)
+    assert limiter.app_paused_for == 2.0
+    limiter.pause(Scope.APP, "m1", 3.0)
+    assert told == [3.0]
+    with pytest.raises(ValueError, match="shares"):
+        limiter.share(0)

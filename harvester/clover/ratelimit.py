@@ -3,7 +3,9 @@
 Clover limits each token (one per merchant) and the app as a whole (every token on one host),
 both in requests per second and in requests in flight. A `RequestLimiter` enforces all four
 for one host; a 429 that slips through pauses the token or the whole host, as its
-`X-RateLimit-*` header says.
+`X-RateLimit-*` header says. Where several processes work on one host, each limiter runs with
+its share of every budget (`share`), and an APP pause one of them learns of is handed to the
+others (`on_app_pause`, `hold_app`): the state does that (state/shared.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -57,6 +59,22 @@ class _Budget:
         self.recent_starts: deque[float] = deque(maxlen=self.ceiling)
         self.paused_until = -math.inf
         self._starts_at_rate = 0  # starts since the rate last changed
+
+    def resize(self, requests_per_s: float, concurrent: int) -> None:
+        """New limits from now on. A rate lowered after a 429 stays as low (below the new
+        ceiling) and climbs back to it; requests in flight beyond the new concurrency end as
+        they would, and no other starts until they have.
+
+        Lowered, the rate keeps the newest starts: a window that ends after the change holds
+        at most the new rate of starts made after it, and what came before (under the old
+        rate) is what it is.
+        """
+        slowed = self.rate < self.ceiling
+        self.ceiling = max(1, math.floor(requests_per_s))
+        self.concurrent = concurrent
+        rate = min(self.rate, self.ceiling) if slowed else self.ceiling
+        if rate != self.rate:
+            self._set_rate(rate)
 
     @property
     def rate(self) -> int:
@@ -151,14 +169,25 @@ class RequestLimiter:
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin must be within 0..1 (1 excluded), got {margin}")
         self._clock = clock
-        self._token_requests_per_s = token_requests_per_s * (1.0 - margin)
+        # The whole budgets (after the margin), and this limiter's share of them.
+        self._full = (
+            token_requests_per_s * (1.0 - margin),
+            token_concurrent,
+            app_requests_per_s * (1.0 - margin),
+            app_concurrent,
+        )
+        self._shares = 1
+        self._token_requests_per_s = self._full[0]
         self._token_concurrent = token_concurrent
-        self._app = _Budget(app_requests_per_s * (1.0 - margin), app_concurrent)
+        self._app = _Budget(self._full[2], app_concurrent)
         self._tokens: dict[str, _Budget] = {}
         self._waiters: deque[_Waiter] = deque()
         # Granted, but their tasks have not run since: their requests have not gone out yet.
         self._granted: list[_Waiter] = []
         self._max_in_flight_seen = 0
+        # Told of every APP pause this limiter is asked for (not of those `hold_app` applies),
+        # with its length in seconds: how the other processes on the host learn of it.
+        self.on_app_pause: Callable[[float], None] | None = None
 
     def request(self, key: str) -> AbstractAsyncContextManager[None]:
         """Wait for the limits to allow one request of `key`; hold its place until exit."""
@@ -172,6 +201,52 @@ class RequestLimiter:
         (none was in force) also lowers the app's rate: a 429 for every token at once says
         that what we send reaches the server faster than we count it.
         """
+        self._pause(scope, key, seconds)
+        if scope is Scope.APP and self.on_app_pause is not None:
+            self.on_app_pause(seconds)
+
+    def hold_app(self, seconds: float) -> None:
+        """An APP pause another process was answered with: as `pause(Scope.APP, ...)`, the
+        rate lowered once per burst here too, but not handed on again."""
+        self._pause(Scope.APP, "", seconds)
+
+    def share(self, shares: int) -> None:
+        """Run with one `shares`-th of every budget from now on: the app's and each token's
+        rate divided by `shares`, their concurrency too but never below one (so more shares
+        than the app's concurrency overrun it: one request each). `share(1)` is the whole.
+
+        Waiters the change lets through start at once; a rate lowered after a 429 stays
+        lowered, within the new ceiling.
+        """
+        if shares < 1:
+            raise ValueError(f"shares must be >= 1, got {shares}")
+        if shares == self._shares:
+            return
+        self._shares = shares
+        token_rate, token_concurrent, app_rate, app_concurrent = self._full
+        self._token_requests_per_s = token_rate / shares
+        self._token_concurrent = max(1, token_concurrent // shares)
+        self._app.resize(app_rate / shares, max(1, app_concurrent // shares))
+        for budget in self._tokens.values():
+            budget.resize(self._token_requests_per_s, self._token_concurrent)
+        self._grant()
+
+    @property
+    def shares(self) -> int:
+        """How many limiters share the budgets (this one's share is one of them)."""
+        return self._shares
+
+    @property
+    def app_concurrent(self) -> int:
+        """Requests the app may have in flight through this limiter now."""
+        return self._app.concurrent
+
+    @property
+    def app_paused_for(self) -> float:
+        """Seconds left of the APP pause in force; 0 if none."""
+        return max(0.0, self._app.paused_until - self._clock.monotonic())
+
+    def _pause(self, scope: Scope, key: str, seconds: float) -> None:
         now = self._clock.monotonic()
         budget = self._app if scope is Scope.APP else self._token(key)
         if scope is Scope.APP and budget.paused_until <= now:
