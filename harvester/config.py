@@ -208,6 +208,8 @@ class Config:
     # postgresql://USER[:PASSWORD]@HOST[:PORT]/DB: the state in PostgreSQL instead of
     # state_path (processes on several machines). A Secret: its password may be in it.
     state_url: Secret | None = None
+    # PostgreSQL: connections the state's transactions run on at once (one more listens).
+    state_pool_size: int = 4
     token_command: TokenCommand | None = None  # for merchants without token or refresh_token
     load: LoadSettings = field(default_factory=LoadSettings)
 
@@ -218,6 +220,7 @@ _TOP_KEYS = (
     "object_store",
     "state_path",
     "state_url",
+    "state_pool_size",
     "chunk_days",
     "timing",
     "max_concurrent_downloads",
@@ -263,6 +266,8 @@ _MERCHANT_KEYS = ("id", "region", "token", "refresh_token", "client_id", "types"
 # Clover's files hold at most 1000 objects, a few megabytes: this is far above any of them.
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
+# Each connection is a PostgreSQL backend process: far more than a harvester's lanes need.
+MAX_STATE_POOL_SIZE = 64
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -298,6 +303,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         healthcheck_url=_healthcheck_url(top),
         schedule=_read_schedule(top.section("schedule", _SCHEDULE_KEYS)),
         state_url=state_url,
+        state_pool_size=top.whole("state_pool_size", 4, minimum=1, maximum=MAX_STATE_POOL_SIZE),
         token_command=token_command,
         load=_read_load(top.section("load", _LOAD_KEYS), folder),
     )

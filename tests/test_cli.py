@@ -53,6 +53,7 @@ REFUSALS: list[tuple[str, Any, list[str], str]] = [
     ),
     ("bad merchant id", with_merchant(id="../etc"), [], "merchants[0].id"),
     ("no merchants", {**GOOD, "merchants": []}, [], "merchants"),
+    ("state pool of none", {**GOOD, "state_pool_size": 0}, [], "state_pool_size"),
     (
         "limit below 1",
         {**GOOD, "regions": {"local": {**GOOD["regions"]["local"], "max_concurrent_exports": 0}}},

@@ -108,6 +108,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.timing == Timing()
     assert config.timing.window_margin_s is None
     assert (config.max_concurrent_downloads, config.max_export_attempts) == (8, 3)
+    assert config.state_pool_size == 4
     assert (config.lookback_days, config.default_start, config.log_level) == (0, None, "info")
     merchant = config.merchants[0]
     assert merchant.region.name == "us"
@@ -259,6 +260,7 @@ def test_settings_are_read(tmp_path: Path) -> None:
         textwrap.dedent("""\
         chunk_days: 1
         max_concurrent_downloads: 2
+        state_pool_size: 9
         max_export_attempts: 5
         lookback_days: 3
         default_start: "2024-06-01T12:00:00+02:00"
@@ -294,6 +296,7 @@ def test_settings_are_read(tmp_path: Path) -> None:
         token_refresh_margin_s=30,
     )
     assert (config.chunk_days, config.max_concurrent_downloads) == (1, 2)
+    assert config.state_pool_size == 9
     assert (config.max_export_attempts, config.lookback_days) == (5, 3)
     assert config.default_start == datetime(2024, 6, 1, 10, tzinfo=UTC)
     assert config.log_level == "debug"
@@ -429,7 +432,7 @@ def test_unknown_key_suggests_the_close_match(tmp_path: Path) -> None:
         "start, token, types); did you mean 'token'?"
     )
     assert refusal(tmp_path, "zzz: 1\n" + MERCHANT).endswith(
-        "state_url, timing, token_command, token_command_concurrency, "
+        "state_pool_size, state_url, timing, token_command, token_command_concurrency, "
         "token_command_timeout_s, token_command_ttl_s)"
     )
 
@@ -624,6 +627,9 @@ REFUSALS = [
         "max_concurrent_downloads: 0\n" + MERCHANT,
         "max_concurrent_downloads: must be at least 1, got 0",
     ),
+    ("state_pool_size: 0\n" + MERCHANT, "state_pool_size: must be 1..64, got 0"),
+    ("state_pool_size: 65\n" + MERCHANT, "state_pool_size: must be 1..64, got 65"),
+    ("state_pool_size: 2.5\n" + MERCHANT, "state_pool_size: expected a whole number, got 2.5"),
     ("max_export_attempts: -2\n" + MERCHANT, "max_export_attempts: must be at least 1, got -2"),
     ("timing: {max_attempts: 0}\n" + MERCHANT, "timing.max_attempts: must be at least 1, got 0"),
     ("timing: {poll_history: -1}\n" + MERCHANT, "timing.poll_history: must be at least 0, got -1"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.state.records import StateStore
+from harvester.state.records import HostView, StateStore
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
 from tests.test_claims import START, process
@@ -99,3 +99,61 @@ async def test_one_refresh_lock_per_merchant_across_processes(
     clock.advance(301)
     await store.register_process(process("d", clock, lease_s=30))
     assert await store.lock_token("M2", "d") is None
+
+
+async def test_the_processes_on_a_host_are_its_users_while_their_leases_run(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """Each process that joins a host is one more user; one that leaves, ends or whose lease
+    runs out is one fewer. Every such change moves the host's version on."""
+    views = [await store.join_host(HOST, name, 3) for name in ("a", "b", "c")]
+    assert [view.users for view in views] == [1, 2, 3]
+    assert [view.version for view in views] == sorted({view.version for view in views})
+    await store.leave_host(HOST, "b")
+    assert (await store.host_view(HOST)).users == 2
+    assert await store.host_version(HOST) > views[-1].version
+    clock.advance(31)  # a's lease runs out
+    assert (await store.host_view(HOST)).users == 1
+    before = await store.host_version(HOST)
+    await store.end_process("c")
+    assert await store.host_version(HOST) > before
+    assert (await store.host_view(HOST)).users == 0
+    assert await store.host_view("https://elsewhere.example") == HostView(0, 0, None)
+
+
+async def test_an_app_pause_is_the_hosts_and_only_ever_extends(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """A pause written for the host is what every process reads; a shorter one later leaves
+    the end as it was and does not wake anyone."""
+    until = clock.now() + timedelta(seconds=5)
+    assert await store.pause_app(HOST, until, 3) == until
+    view = await store.host_view(HOST)
+    assert view.app_paused_until == until
+    assert await store.pause_app(HOST, clock.now() + timedelta(seconds=2), 3) == until
+    assert await store.host_version(HOST) == view.version
+
+
+async def test_what_frees_a_slot_moves_the_hosts_version_on(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """A slot given back, a waiter leaving the queue, a backoff ended and a holder gone each
+    move the version on: waiters in other processes look again."""
+    held = await store.take_slot(HOST, "a", "M1", None, 1)
+    waiting = await store.take_slot(HOST, "b", "M2", None, 1)
+    assert held.slot_id is not None
+    steps = [
+        store.release_slot(held.slot_id),
+        store.leave_slot_queue(waiting.waiter_id),
+        store.slot_busy(HOST, clock.now(), 1, 1),
+        store.slot_went_through(HOST, 1),
+    ]
+    for step in steps:
+        before = await store.host_version(HOST)
+        await step
+        assert await store.host_version(HOST) > before
+    again = await store.take_slot(HOST, "b", "M2", None, 1)
+    assert again.slot_id is not None
+    before = await store.host_version(HOST)
+    await store.end_process("b")
+    assert await store.host_version(HOST) > before

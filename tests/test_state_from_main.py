@@ -69,6 +69,10 @@ async def read_and_work(store: StateStore, clock: FakeClock) -> None:
     slot = await store.take_slot("api.clover.com", "proc-2", "MERCHANTAAA01", None, 3)
     assert slot.slot_id is not None  # the busy backoff ended; 1 of the 2 slots was in use
     assert (slot.limit, slot.in_use) == (2, 2)
+    # The host's row, from before its users and versions, takes them.
+    view = await store.join_host("api.clover.com", "proc-2", 3)
+    assert (view.users, view.app_paused_until) == (1, None)
+    assert view.version >= 1
     await store.record_export(april.id, "EXPORTNEW005", "PENDING", 0)
     await store.export_done("EXPORTNEW005", None, ["https://files.example/5"])
     await store.complete_chunk(april.id)
@@ -78,8 +82,8 @@ async def read_and_work(store: StateStore, clock: FakeClock) -> None:
 async def test_a_sqlite_state_made_by_the_shipped_store_opens_and_works(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    """The SQLite file goes from version 4 to 5 (indexes only), its rows read back, and it
-    takes new work."""
+    """The SQLite file goes from version 4 to 6 (indexes; the hosts' users, versions and
+    pauses), its rows read back, and it takes new work."""
     path = tmp_path / "state.sqlite3"
     connection = sqlite3.connect(path)
     connection.executescript((DATA / "main-state.sqlite.sql").read_text())
@@ -87,25 +91,28 @@ async def test_a_sqlite_state_made_by_the_shipped_store_opens_and_works(
     async with await Store.open(path, clock) as store:
         await read_and_work(store, clock)
     connection = sqlite3.connect(path)
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 6
     indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     connection.close()
     assert {"chunks_by_export", "chunks_by_status", "slot_waiters_by_host"} <= indexes
+    assert "host_users_by_owner" in indexes
+    assert {"host_users", "host_users_by_owner"} <= indexes
 
 
 async def test_a_postgresql_state_made_by_the_shipped_store_opens_and_works(
     pg_url: str, clock: FakeClock
 ) -> None:
-    """The database goes from version 1 to 2 (indexes only), its rows read back, and it takes
-    new work."""
+    """The database goes from version 1 to 3 (indexes; the hosts' users, versions and pauses),
+    its rows read back, and it takes new work."""
     with psycopg.connect(pg_url, autocommit=True) as connection:
         connection.execute((DATA / "main-state.postgres.sql").read_bytes())
     async with await PgStore.open(pg_url, clock) as store:
         await read_and_work(store, clock)
     with psycopg.connect(pg_url) as connection:
         row = connection.execute(b"SELECT version FROM schema_version").fetchone()
-        assert row == (2,)
+        assert row == (3,)
         indexes = {
             name for (name,) in connection.execute(b"SELECT indexname FROM pg_indexes").fetchall()
         }
     assert {"chunks_by_export", "chunks_by_status", "slot_waiters_by_host"} <= indexes
+    assert "host_users_by_owner" in indexes

@@ -98,14 +98,14 @@ async def test_open_creates_the_folder_and_the_schema(db_path: Path, clock: Fake
     """Opening a path in a missing folder creates it and a WAL database at the latest schema."""
     async with await Store.open(db_path, clock):
         pass
-    assert user_version(db_path) == SCHEMA_VERSION == 5
+    assert user_version(db_path) == SCHEMA_VERSION == 6
     connection = sqlite3.connect(db_path)
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     finally:
         connection.close()
-    assert {"chunks", "exports", "parts", "refresh_tokens"} <= tables
+    assert {"chunks", "exports", "parts", "refresh_tokens", "host_users"} <= tables
 
 
 async def test_reopening_keeps_data_and_migrates_nothing(db_path: Path, clock: FakeClock) -> None:

@@ -41,7 +41,7 @@ async def open_state(config: Config, clock: Clock) -> StateStore:
     if config.state_url is not None:
         from harvester.state.postgres import PgStore
 
-        return await PgStore.open(_url(config), clock)
+        return await PgStore.open(_url(config), clock, pool_size=config.state_pool_size)
     return await Store.open(config.state_path, clock)
 
 

@@ -2,8 +2,10 @@
 
 The same operations as SQLite's (queries.py, through `sqlstore.SqlStore`): every write is
 one transaction, committed before its coroutine returns, and lands even if its caller is
-cancelled meanwhile. The driver is psycopg 3 (async, typed). One connection per process,
-one operation on it at a time.
+cancelled meanwhile. The driver is psycopg 3 (async, typed). Operations run on a pool of
+connections (`state_pool_size`), each transaction on one of them, so that a lane's slot wait
+does not queue behind another lane's claim; one more connection, of its own, listens for
+the hosts' changes (`HostSignals`: NOTIFY on `sql.HOSTS_CHANNEL`, the host as payload).
 
 Where processes race, PostgreSQL's own tools decide: a claim, a refresh lock and a host's
 slots are rows whose changes are serialised by a row lock (`SELECT ... FOR UPDATE` on the
@@ -23,13 +25,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from harvester.clock import Clock
 from harvester.errors import StoreError
+from harvester.logs import get_logger
 from harvester.state import queries
 from harvester.state.records import Snapshot
 from harvester.state.schema import POSTGRES_MIGRATIONS
-from harvester.state.sql import Fetch, Work, execute, one, postgres_text
+from harvester.state.signals import HostSignals
+from harvester.state.sql import HOSTS_CHANNEL, Fetch, Work, execute, one, postgres_text
 from harvester.state.sqlstore import SqlStore, Transaction
 
 T = TypeVar("T")
@@ -38,6 +43,7 @@ Connection = psycopg.AsyncConnection[Row]
 
 _MIGRATION_LOCK = 7_311_902_001  # advisory lock key: one migrating process at a time
 _CONNECT_TIMEOUT_S = 30
+DEFAULT_POOL_SIZE = 4
 
 MIGRATIONS = POSTGRES_MIGRATIONS  # applied in order on open; see schema.py
 
@@ -117,38 +123,117 @@ async def run_work(connection: Connection, work: Work[T]) -> T:
         work.close()
 
 
+class _Listener(HostSignals):
+    """PostgreSQL's signals: a connection of its own LISTENs on the hosts' channel from the
+    first mark on; every notification wakes the waiters on the host it names.
+
+    If the connection fails, the waiters' own timeouts (a nap, a heartbeat) take over: a
+    warning says so, and nothing else stops.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._url = url
+        self._connection: Connection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
+        self._closed = False
+
+    async def _ready(self) -> None:
+        if self._reader is not None or self._closed:
+            return
+        async with self._starting:
+            if self._reader is not None or self._closed:
+                return
+            try:
+                connection = await _connect(self._url)
+                await connection.execute(f"LISTEN {HOSTS_CHANNEL}".encode())
+            except (StoreError, psycopg.Error) as exc:
+                get_logger().warning("signals.listen_failed", error=str(exc))
+                self._closed = True  # no second try: the waiters' timeouts cover for it
+                return
+            self._connection = connection
+            self._reader = asyncio.create_task(self._read(connection), name="host-signals")
+
+    async def _read(self, connection: Connection) -> None:
+        try:
+            async for notification in connection.notifies():
+                self.changed(notification.payload)
+        except psycopg.Error as exc:
+            get_logger().warning("signals.listen_failed", error=_describe(exc))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._connection is not None:
+            await self._connection.close()
+
+
 class PgStore(SqlStore):
     """The harvest state in PostgreSQL. Open with `await PgStore.open(url, clock)`."""
 
-    def __init__(self, url: str, clock: Clock, connection: Connection) -> None:
+    def __init__(self, url: str, clock: Clock, pool: AsyncConnectionPool[Connection]) -> None:
         super().__init__(safe_url(url), clock)
-        self._connection = connection
-        self._lock = asyncio.Lock()
+        self._url = url
+        self._pool = pool
+        self._signals: _Listener | None = None  # made on first use
 
     @classmethod
     async def open(
-        cls, url: str, clock: Clock, migrations: Sequence[tuple[str, ...]] = MIGRATIONS
+        cls,
+        url: str,
+        clock: Clock,
+        migrations: Sequence[tuple[str, ...]] = MIGRATIONS,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> PgStore:
-        """Connect, creating and migrating the schema if needed."""
+        """Connect, creating and migrating the schema if needed; then open the pool of
+        `pool_size` connections the operations run on."""
         connection = await _connect(url)
         try:
             await _migrate(connection, safe_url(url), migrations)
         except psycopg.Error as exc:
-            await connection.close()
             raise StoreError(
                 f"state store {safe_url(url)}: cannot migrate: {_describe(exc)}"
             ) from exc
-        except BaseException:
+        finally:
             await connection.close()
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            url,
+            connection_class=psycopg.AsyncConnection[Row],
+            kwargs={
+                "row_factory": dict_row,
+                "autocommit": True,
+                "connect_timeout": _CONNECT_TIMEOUT_S,
+            },
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            name="harvester-state",
+        )
+        try:
+            await pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise StoreError(f"state store {safe_url(url)}: cannot connect") from exc
+        except BaseException:
+            await pool.close()
             raise
-        return cls(url, clock, connection)
+        return cls(url, clock, pool)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        async with self._lock:
-            await self._connection.close()
+        if self._signals is not None:
+            await self._signals.close()
+        await self._pool.close()
+
+    def host_signals(self) -> HostSignals:
+        if self._signals is None:
+            self._signals = _Listener(self._url)
+        return self._signals
 
     def __repr__(self) -> str:
         return f"PgStore({self._where!r})"
@@ -159,14 +244,13 @@ class PgStore(SqlStore):
             raise StoreError(f"state store {self._where}: {operation} after close")
 
         async def transaction() -> T:
-            async with self._lock:
-                try:
-                    async with self._connection.transaction():
-                        return await run_work(self._connection, work)
-                except psycopg.Error as exc:
-                    raise StoreError(
-                        f"state store {self._where}: {operation} failed: {_describe(exc)}"
-                    ) from exc
+            try:
+                async with self._pool.connection() as connection, connection.transaction():
+                    return await run_work(connection, work)
+            except psycopg.Error as exc:  # PoolTimeout too: no connection came in time
+                raise StoreError(
+                    f"state store {self._where}: {operation} failed: {_describe(exc)}"
+                ) from exc
 
         return await asyncio.shield(asyncio.ensure_future(transaction()))
 

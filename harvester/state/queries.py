@@ -27,12 +27,14 @@ from harvester.state.records import (
     ExportRecord,
     ExportState,
     HeldChunk,
+    HostView,
     PartRecord,
     ProcessRecord,
     SlotTry,
     Snapshot,
 )
 from harvester.state.sql import (
+    NOTIFY,
     SERIALISE,
     At,
     Row,
@@ -56,7 +58,7 @@ LIVE_EXPORT_STATES = (ExportState.RUNNING.value, ExportState.DONE.value)
 ENDED_EXPORT_STATES = frozenset({ExportState.FAILED, ExportState.EXPIRED, ExportState.LOST})
 
 # What a process's end gives back: everything it holds.
-_HELD_BY_PROCESSES = ("claims", "slots", "slot_waiters", "token_locks")
+_HELD_BY_PROCESSES = ("claims", "slots", "slot_waiters", "token_locks", "host_users")
 
 
 def _missing(at: At, what: str) -> StoreError:
@@ -514,6 +516,14 @@ def renew_process(at: At, process_id: str, lease_until: datetime) -> Work[bool]:
 def end_process(at: At, process_id: str) -> Work[None]:
     """The process is done (or known dead): its lease ends now, its claims, slots and
     locks go."""
+    # Those waiting on its hosts learn of it: hosts first, in one order, as everywhere.
+    touched = yield every(
+        "SELECT host FROM host_users WHERE owner = ? UNION SELECT host FROM slots WHERE owner = ?"
+        " ORDER BY host",
+        (process_id, process_id),
+    )
+    for row in touched:
+        yield from _host_changed(row["host"])
     for table in _HELD_BY_PROCESSES:
         yield execute(f"DELETE FROM {table} WHERE owner = ?", (process_id,))  # noqa: S608
     yield execute(
@@ -576,6 +586,14 @@ def release_chunk(at: At, chunk_id: int, owner: str) -> Work[None]:
 # -- shared export slots and refresh locks ------------------------------------------------
 
 
+def _host_changed(host: str) -> Work[None]:
+    """Wake whoever waits on the host in any process: its version moves on (SQLite's
+    processes poll it) and PostgreSQL's listeners are notified at commit. The host's row is
+    written, so in PostgreSQL it is locked from here on: take it before any slot's row."""
+    yield execute("UPDATE hosts SET version = version + 1 WHERE host = ?", (host,))
+    yield execute(NOTIFY, (host,))
+
+
 def _host_row(host: str, maximum: int) -> Work[Row]:
     """The host's row, created if needed and locked: its slots' changes take turns."""
     yield execute(
@@ -622,12 +640,15 @@ def take_slot(
     limit = min(int(state["slot_limit"]), maximum)
     if limit != state["slot_limit"]:
         yield execute("UPDATE hosts SET slot_limit = ? WHERE host = ?", (limit, host))
+    dropped = 0
     for table in ("slots", "slot_waiters"):
-        yield execute(
+        dropped += yield count(
             f"DELETE FROM {table} WHERE host = ? AND owner NOT IN"  # noqa: S608 -- ours
             " (SELECT id FROM processes WHERE lease_until_ms > ?)",
             (host, at.now),
         )
+    if dropped:  # a lapsed process's slots are free: the other waiters may take them
+        yield from _host_changed(host)
     waiter = waiter_id
     if waiter is None or (yield one("SELECT 1 FROM slot_waiters WHERE id = ?", (waiter,))) is None:
         row = yield one(
@@ -679,12 +700,18 @@ def reset_hosts(at: At) -> Work[None]:
 
 
 def leave_slot_queue(at: At, waiter_id: int) -> Work[None]:
-    """Stop waiting for a slot (the waiter was cancelled)."""
+    """Stop waiting for a slot (the waiter was cancelled): the next in line may be another."""
+    row = yield one("SELECT host FROM slot_waiters WHERE id = ?", (waiter_id,))
+    if row is not None:
+        yield from _host_changed(row["host"])
     yield execute("DELETE FROM slot_waiters WHERE id = ?", (waiter_id,))
 
 
 def release_slot(at: At, slot_id: int) -> Work[None]:
-    """Give a slot back."""
+    """Give a slot back; those waiting for one, in any process, are woken."""
+    row = yield one("SELECT host FROM slots WHERE id = ?", (slot_id,))
+    if row is not None:
+        yield from _host_changed(row["host"])
     yield execute("DELETE FROM slots WHERE id = ?", (slot_id,))
 
 
@@ -699,6 +726,7 @@ def slot_busy(at: At, host: str, until: datetime, maximum: int, limit: int) -> W
         "UPDATE hosts SET slot_limit = ?, run = 0, busy_until_ms = ? WHERE host = ?",
         (lowered, busy_until, host),
     )
+    yield from _host_changed(host)
     return lowered
 
 
@@ -713,7 +741,59 @@ def slot_went_through(at: At, host: str, maximum: int) -> Work[int]:
         "UPDATE hosts SET slot_limit = ?, run = ?, busy_until_ms = NULL WHERE host = ?",
         (limit, run, host),
     )
+    if state["busy_until_ms"] is not None or limit != state["slot_limit"]:
+        yield from _host_changed(host)  # a backoff ended, or the limit grew: slots to give
     return limit
+
+
+def join_host(at: At, host: str, owner: str, maximum: int) -> Work[HostView]:
+    """`owner` works on the host: one more share of its limits. Returns the host's view."""
+    yield from _host_row(host, maximum)
+    yield execute(
+        "INSERT INTO host_users (host, owner) VALUES (?, ?) ON CONFLICT (host, owner) DO NOTHING",
+        (host, owner),
+    )
+    yield from _host_changed(host)
+    return (yield from host_view(at, host))
+
+
+def leave_host(at: At, host: str, owner: str) -> Work[None]:
+    """`owner` is done with the host: its share goes back to the others."""
+    yield from _host_changed(host)
+    yield execute("DELETE FROM host_users WHERE host = ? AND owner = ?", (host, owner))
+
+
+def host_view(at: At, host: str) -> Work[HostView]:
+    """The host's version, its users whose lease runs, and the app pause, if any."""
+    row = yield one(
+        "SELECT version, app_paused_until_ms, (SELECT count(*) FROM host_users"
+        " JOIN processes ON processes.id = host_users.owner"
+        " WHERE host_users.host = hosts.host AND processes.lease_until_ms > ?) AS users"
+        " FROM hosts WHERE host = ?",
+        (at.now, host),
+    )
+    if row is None:
+        return HostView(0, 0, None)
+    return HostView(
+        int(row["version"]), int(row["users"]), maybe_from_ms(row["app_paused_until_ms"])
+    )
+
+
+def host_version(at: At, host: str) -> Work[int]:
+    """The host's version alone: what a process polls while it waits (0: no row yet)."""
+    row = yield one("SELECT version FROM hosts WHERE host = ?", (host,))
+    return 0 if row is None else int(row["version"])
+
+
+def pause_app(at: At, host: str, until: datetime, maximum: int) -> Work[datetime]:
+    """An app-scope 429: no process starts a request on the host before `until` (a later end
+    already set stays). Returns the pause's end."""
+    state = yield from _host_row(host, maximum)
+    until_ms = max(to_ms(until), state["app_paused_until_ms"] or 0)
+    if until_ms != state["app_paused_until_ms"]:
+        yield execute("UPDATE hosts SET app_paused_until_ms = ? WHERE host = ?", (until_ms, host))
+        yield from _host_changed(host)
+    return maybe_from_ms(until_ms) or until
 
 
 def lock_token(at: At, merchant_id: str, owner: str) -> Work[ProcessRecord | None]:

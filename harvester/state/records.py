@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from harvester.clover.chunks import ExportType, TimeRange
+
+if TYPE_CHECKING:
+    from harvester.state.signals import HostSignals
 
 
 class ChunkStatus(StrEnum):
@@ -112,6 +115,15 @@ class SlotTry:
     limit: int  # the host's shared limit now
     in_use: int  # slots held by live processes now (this one's new slot included)
     busy_until: datetime | None  # no slot is granted before this (a busy 503 was seen)
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    """What the processes on a host share of Clover's app limits, as the state says now."""
+
+    version: int  # moves on with every change a waiter may wait for (0: no row yet)
+    users: int  # live processes working on the host: each runs with one share of the limits
+    app_paused_until: datetime | None  # an app-scope 429 holds every process back until then
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +258,21 @@ class StateStore(Protocol):
     async def slot_went_through(self, host: str, maximum: int) -> int: ...
 
     async def lock_token(self, merchant_id: str, owner: str) -> ProcessRecord | None: ...
+
+    # -- Clover's app limits shared by the processes on a host, and what wakes them
+    async def join_host(self, host: str, owner: str, maximum: int) -> HostView: ...
+
+    async def leave_host(self, host: str, owner: str) -> None: ...
+
+    async def host_view(self, host: str) -> HostView: ...
+
+    async def host_version(self, host: str) -> int: ...
+
+    async def pause_app(self, host: str, until: datetime, maximum: int) -> datetime: ...
+
+    def host_signals(self) -> HostSignals:
+        """How this process learns promptly of changes other processes make to a host."""
+        ...
 
     async def unlock_token(self, merchant_id: str, owner: str) -> None: ...
 

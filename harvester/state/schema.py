@@ -4,8 +4,10 @@ Each statement is written in one form with three words left open: `{id}` (a gene
 `{big}` (a 64-bit integer: instants in milliseconds, sizes, counters) and `{real}`. The two
 histories differ and stay as they shipped: SQLite grew in four versions (PRAGMA
 user_version), PostgreSQL arrived with all of it in one (table schema_version); both then
-took the same fifth and second: the indexes of the hot queries. Append new
-versions to both; never edit one that has shipped: SQLite keeps each CREATE's text as written.
+took the same fifth and second: the indexes of the hot queries, and the same sixth and third:
+the processes that use each host (their shares of Clover's limits) and what wakes them. Append
+new versions to both; never edit one that has shipped: SQLite keeps each CREATE's text as
+written.
 """
 
 from __future__ import annotations
@@ -154,6 +156,26 @@ _HOT_INDEXES = (
 )
 
 
+# Issue 18: Clover's app limits hold for every process on a host together. Each process that
+# works on a host is one of its users (its share of the budgets is one in as many as there
+# are users whose lease runs; the row goes with the lease). An app-scope 429 one of them got
+# pauses them all until `app_paused_until_ms`. `version` moves on with every change a waiter
+# in another process may be waiting for (a slot given back, a backoff ended, a pause, a user
+# come or gone): SQLite's processes poll it while they wait; PostgreSQL's are notified.
+_HOST_USERS = (
+    "ALTER TABLE hosts ADD COLUMN version {big} NOT NULL DEFAULT 0",
+    "ALTER TABLE hosts ADD COLUMN app_paused_until_ms {big}",
+    """
+        CREATE TABLE host_users (
+            host TEXT NOT NULL,
+            owner TEXT NOT NULL REFERENCES processes (id),
+            PRIMARY KEY (host, owner)
+        )
+        """,
+    "CREATE INDEX host_users_by_owner ON host_users (owner)",
+)
+
+
 def _sqlite(*statements: str) -> tuple[str, ...]:
     words = {
         **_SQLITE,
@@ -180,6 +202,7 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _sqlite(*_CLAIMS),
     _sqlite(*_SLOTS),
     _HOT_INDEXES,
+    _sqlite(*_HOST_USERS),
 )
 
 POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -192,4 +215,5 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         *_SLOTS,
     ),
     _HOT_INDEXES,
+    _postgres(*_HOST_USERS),
 )

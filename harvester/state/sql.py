@@ -11,6 +11,8 @@ statements are written in one neutral form; each backend's dialect turns it into
 - `{seq}` is the order rows were inserted in (SQLite's `rowid`, a `seq` column in PostgreSQL);
 - `SERIALISE` takes a transaction-scoped lock on a key (PostgreSQL's advisory locks);
   SQLite's write transactions are serialised already, so it skips the statement.
+- `NOTIFY` tells PostgreSQL's listeners (`HOSTS_CHANNEL`) of a change to a host, at
+  commit; SQLite has no listeners (its processes poll), so it skips the statement.
 
 Upserts (`ON CONFLICT ... DO UPDATE`), `RETURNING` and the time (milliseconds since the
 epoch, computed by the caller from its clock) need no translation: both speak them alike.
@@ -79,6 +81,8 @@ class Row(Protocol):
 Work = Generator[Query, Any, T]
 
 SERIALISE = "SERIALISE ?"  # one transaction at a time per key (the only parameter)
+NOTIFY = "NOTIFY ?"  # wake the processes listening for the host (the only parameter)
+HOSTS_CHANNEL = "harvester_hosts"  # PostgreSQL's channel for it; the payload is the host
 
 
 def one(sql: str, params: Params = ()) -> Query:
@@ -109,7 +113,7 @@ _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 @cache
 def sqlite_text(sql: str) -> str | None:
     """The neutral statement as SQLite runs it; None: nothing to run."""
-    if sql == SERIALISE:
+    if sql in (SERIALISE, NOTIFY):
         return None
     return sql.replace("{lock}", "").replace("{seq}", "rowid")
 
@@ -119,6 +123,8 @@ def postgres_text(sql: str) -> bytes:
     """The neutral statement as psycopg runs it (bytes: psycopg takes them as they are)."""
     if sql == SERIALISE:
         sql = "SELECT pg_advisory_xact_lock(hashtext(?))"
+    elif sql == NOTIFY:
+        sql = f"SELECT pg_notify('{HOSTS_CHANNEL}', ?)"
     text = sql.replace("%", "%%").replace("{lock}", " FOR UPDATE").replace("{seq}", "seq")
     return _NAMED.sub(r"%(\1)s", text.replace("?", "%s")).encode()
 

@@ -28,12 +28,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harvester.clock import Clock
+from harvester.clock import Clock, SystemClock
 from harvester.errors import StoreError
 from harvester.logs import get_logger
 from harvester.state import queries
 from harvester.state.records import Snapshot
 from harvester.state.schema import SQLITE_MIGRATIONS
+from harvester.state.signals import HostSignals, PolledSignals
 from harvester.state.sql import At, Fetch, Work, sqlite_text
 from harvester.state.sqlstore import SqlStore, Transaction
 
@@ -216,6 +217,7 @@ class Store(SqlStore):
         self._connection = connection
         self._waiting: list[_Call] = []  # asked for while a group ran: the next group
         self._group: asyncio.Future[None] | None = None  # the group on the thread now
+        self._signals: PolledSignals | None = None  # made on first use
 
     @classmethod
     async def open(
@@ -251,6 +253,8 @@ class Store(SqlStore):
         """Finish every call already made, then close the connection and its thread."""
         if self._closed:
             return
+        if self._signals is not None:
+            await self._signals.close()
         self._closed = True
         loop = asyncio.get_running_loop()
         while self._group is not None:  # the calls already made run first
@@ -264,6 +268,13 @@ class Store(SqlStore):
 
     def __repr__(self) -> str:
         return f"Store({str(self._path)!r})"
+
+    def host_signals(self) -> HostSignals:
+        """A poller per waited-on host, on real time (as the lease's heartbeat: a fake clock
+        would leap by a poll whenever everything else waits)."""
+        if self._signals is None:
+            self._signals = PolledSignals(self, SystemClock())
+        return self._signals
 
     async def _transact(self, operation: str, work: Work[T], kind: Transaction) -> T:
         if self._closed:

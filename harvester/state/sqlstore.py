@@ -54,6 +54,7 @@ def _runs(
 
 
 _read = _runs(Transaction.READ, timed=False)
+_timed_read = _runs(Transaction.READ, timed=True)
 _snapshot = _runs(Transaction.SNAPSHOT, timed=False)
 _write = _runs(Transaction.WRITE, timed=False)
 _timed_write = _runs(Transaction.WRITE, timed=True)
@@ -129,5 +130,11 @@ class SqlStore:
     slot_went_through = _write(queries.slot_went_through)
     lock_token = _timed_write(queries.lock_token)
     unlock_token = _write(queries.unlock_token)
+    # Clover's app limits shared by the processes on a host
+    join_host = _timed_write(queries.join_host)
+    leave_host = _write(queries.leave_host)
+    host_view = _timed_read(queries.host_view)
+    host_version = _read(queries.host_version)
+    pause_app = _write(queries.pause_app)
     # what `status` shows, in one transaction (with `now`: the live claims too)
     snapshot = _snapshot(queries.snapshot)
