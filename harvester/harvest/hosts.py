@@ -3,14 +3,16 @@ merchant's tokens and client.
 
 `Harvest` is handed a `Hosts` and asks it for what a merchant needs; tests pass their own
 gate, slots or limiter factories to watch what the harvest does with them. What several processes
-on one state share (export slots, refresh locks) goes through this process's lease.
+on one state share (export slots, Clover's app limits, refresh locks) goes through this
+process's lease; the app limits while `sharing` runs (the harvest's run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -28,7 +30,7 @@ from harvester.pacing.gate import HostGate
 from harvester.pacing.slots import ExportSlots
 from harvester.state.claims import Owner, ProcessLease
 from harvester.state.records import StateStore
-from harvester.state.shared import RefreshLocks, SharedSlots
+from harvester.state.shared import RefreshLocks, SharedLimits, SharedSlots
 
 
 @dataclass(slots=True)
@@ -99,8 +101,10 @@ class Hosts:
         *,
         lease: ProcessLease | None = None,
         stop: asyncio.Event | None = None,
+        timer: Clock | None = None,
     ) -> None:
-        """Without `lease`, one of its own for this process (entered by `Harvest.run`)."""
+        """Without `lease`, one of its own for this process (entered by `Harvest.run`).
+        `timer` paces the shared limits' heartbeat: real time, whatever `clock` is."""
         self._config = config
         self._observer = observer or RunObserver()
         self._session = session
@@ -110,6 +114,10 @@ class Hosts:
         self._factories = factories or HostFactories()
         self._hosts: dict[str, Host] = {}
         self._stop = stop or asyncio.Event()
+        self._timer = timer or SystemClock()
+        # While `sharing` runs: where each host's shared limits run, and what ends them.
+        self._sharing: asyncio.TaskGroup | None = None
+        self._done = asyncio.Event()
         # The heartbeat keeps real time whatever `clock` is: see ProcessLease.
         self.lease = lease or ProcessLease(
             store, Owner.this_process("harvest"), clock, config.timing.lease_s, SystemClock()
@@ -121,6 +129,36 @@ class Hosts:
     def built(self) -> Mapping[str, Host]:
         """The hosts built so far, by region name."""
         return MappingProxyType(self._hosts)
+
+    @asynccontextmanager
+    async def sharing(self) -> AsyncIterator[None]:
+        """While the block runs, each host built (before or during it) shares Clover's app
+        limits with the other processes on the state (`SharedLimits`); on exit each gives
+        its share back. The lease must be active throughout."""
+        self._done.clear()
+        async with asyncio.TaskGroup() as group:
+            self._sharing = group
+            for host in self._hosts.values():
+                self._share(host)
+            try:
+                yield
+            finally:
+                self._sharing = None
+                self._done.set()
+
+    def _share(self, host: Host) -> None:
+        if self._sharing is None:
+            return
+        limits = SharedLimits(
+            host.limiter,
+            self.lease,
+            host.region.base_url,
+            host.region.max_concurrent_exports,
+            host.region.rate_limits.app_concurrent,
+            self._clock,
+            self._timer,
+        )
+        self._sharing.create_task(limits.run(self._done), name=f"limits-{host.region.name}")
 
     def host(self, region: Region) -> Host:
         host = self._hosts.get(region.name)
@@ -142,6 +180,7 @@ class Hosts:
             )
             host = Host(region, api, limiter, slots, gate, shared)
             self._hosts[region.name] = host
+            self._share(host)
         return host
 
     def client(self, merchant: Merchant) -> MerchantClient:

@@ -173,7 +173,8 @@ class Harvest:
     ) -> Summary:
         self._all_planned = more is None
         try:
-            async with asyncio.TaskGroup() as group:
+            # Clover's app limits are shared with the other processes on the state meanwhile.
+            async with self._hosts.sharing(), asyncio.TaskGroup() as group:
                 self._take_up(group, work)
                 if more is not None:
                     group.create_task(self._take_up_planned(group, more))

@@ -9,9 +9,13 @@
 - The busy backoff and the adaptive limit: a busy 503 seen by one process holds every
   process back, and the shared limit drops to what that process's slots now allow.
 - Refresh locks: one refresh per merchant at a time, whichever process does it.
+- Clover's app limits (`SharedLimits`): each process working on the host is one of its
+  users and runs its request limiter with one share of every budget; an app-scope 429 one
+  process got pauses them all.
 
-A wait for the store is a loop of short naps on the clock: the store has no way to wake a
-waiter in another process.
+A waiter for the store is woken by the host's signals (`signals.HostSignals`: PostgreSQL's
+NOTIFY, SQLite's poll of the host's version while anyone waits) as soon as another process
+changes the host; a nap on the clock, as long as the waits used to be, stays as a backstop.
 """
 
 from __future__ import annotations
@@ -20,15 +24,21 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from harvester.clock import Clock, nap
+from harvester.clock import Clock, wait_first
+from harvester.clover.ratelimit import RequestLimiter
+from harvester.errors import HarvesterError
 from harvester.logs import get_logger
 from harvester.pacing.slots import ExportSlots
 from harvester.state.claims import ProcessLease
+from harvester.state.records import HostView
 
 MIN_POLL_S = 0.1
 MAX_POLL_S = 1.0
+# SQLite, alone on a host: how often a process looks whether another one has joined it (its
+# share halves then). Sharing it, or on PostgreSQL, it learns at once.
+ALONE_CHECK_S = 1.0
 
 
 class SharedSlots:
@@ -90,11 +100,14 @@ class SharedSlots:
 
     async def _take(self, merchant_id: str) -> int | None:
         store = self._lease.store
+        signals = store.host_signals()
         waiter: int | None = None
         granted = False
         announced = False
         try:
             while True:
+                # Before the read: a slot given back after it wakes the wait below.
+                mark = await signals.mark(self._host)
                 tried = await store.take_slot(
                     self._host, self._lease.owner.id, merchant_id, waiter, self.maximum
                 )
@@ -111,13 +124,126 @@ class SharedSlots:
                     if tried.busy_until is not None
                     else 0.0
                 )
-                # Held back by a busy backoff: until its end, as the gate does.
+                # Held back by a busy backoff: until its end, as the gate does, unless another
+                # process ends it first. Else until a slot is given back anywhere.
                 pause_s = left_s if left_s > 0 else self._poll_s * self._rng.uniform(0.5, 1.5)
-                if not await nap(self._clock, pause_s, self._stop):
+                if self._stop.is_set():
+                    return None
+                await wait_first(
+                    self._clock.sleep(pause_s),
+                    self._stop.wait(),
+                    signals.wait(self._host, mark),
+                )
+                if self._stop.is_set():
                     return None
         finally:
             if waiter is not None and not granted:
                 await asyncio.shield(store.leave_slot_queue(waiter))
+
+
+class SharedLimits:
+    """Clover's app limits for every process on one host, through the state.
+
+    While `run` runs, this process is one of the host's users, and its limiter runs with
+    one share of each budget: as many shares as users whose lease runs, looked at again
+    whenever the host changes (a process joins, leaves, pauses) and at each heartbeat. An
+    app-scope 429 this limiter is told of (`RequestLimiter.on_app_pause`) is written to the
+    host's row; one another process wrote is applied here (`hold_app`), so that no process
+    starts a request inside it once it has learnt of it (at once on PostgreSQL; within a
+    poll on SQLite, which polls only while another process shares the host).
+    """
+
+    def __init__(
+        self,
+        limiter: RequestLimiter,
+        lease: ProcessLease,
+        host: str,
+        maximum: int,
+        app_concurrent: int,
+        clock: Clock,
+        timer: Clock,
+    ) -> None:
+        """`maximum`: the host's export limit (for a new host row); `clock` the limiter's,
+        `timer` the heartbeat's (real time, as the lease's)."""
+        self._limiter = limiter
+        self._lease = lease
+        self._host = host
+        self._maximum = maximum
+        self._app_concurrent = app_concurrent
+        self._clock = clock
+        self._timer = timer
+        self._pause_until: datetime | None = None  # asked for here, not written yet
+        self._paused_here = asyncio.Event()
+
+    async def run(self, done: asyncio.Event) -> None:
+        """Share the host's limits until `done` is set; then give this share back."""
+        store = self._lease.store
+        signals = store.host_signals()
+        owner = self._lease.owner.id
+        log = get_logger()
+        mark = await signals.mark(self._host)
+        view = await store.join_host(self._host, owner, self._maximum)
+        self._limiter.on_app_pause = self._pause_asked
+        try:
+            while not done.is_set():
+                self._apply(view)
+                waits = [
+                    done.wait(),
+                    self._paused_here.wait(),
+                    self._timer.sleep(self._beat_s(view)),
+                ]
+                if not signals.polled or view.users > 1:
+                    waits.append(signals.wait(self._host, mark))
+                await wait_first(*waits)
+                try:
+                    mark = await signals.mark(self._host)
+                    await self._write_pause()
+                    view = await store.host_view(self._host)
+                except HarvesterError as exc:  # a busy store now and then must not end the run
+                    log.warning("host.limits_not_read", host=self._host, error=str(exc))
+        finally:
+            self._limiter.on_app_pause = None
+            try:
+                await asyncio.shield(store.leave_host(self._host, owner))
+            except HarvesterError as exc:  # the lease's end takes the share back anyway
+                log.warning("host.not_left", host=self._host, error=str(exc))
+
+    def _beat_s(self, view: HostView) -> float:
+        beat_s = self._lease.lease_s / 3
+        signals = self._lease.store.host_signals()
+        return min(beat_s, ALONE_CHECK_S) if signals.polled and view.users <= 1 else beat_s
+
+    def _pause_asked(self, seconds: float) -> None:
+        until = self._clock.now() + timedelta(seconds=seconds)
+        if self._pause_until is None or until > self._pause_until:
+            self._pause_until = until
+        self._paused_here.set()
+
+    async def _write_pause(self) -> None:
+        self._paused_here.clear()
+        until, self._pause_until = self._pause_until, None
+        if until is not None:
+            await self._lease.store.pause_app(self._host, until, self._maximum)
+
+    def _apply(self, view: HostView) -> None:
+        limiter = self._limiter
+        users = max(1, view.users)
+        if users != limiter.shares:
+            limiter.share(users)
+            get_logger().info(
+                "host.shared", host=self._host, users=users, app_rate=limiter.app_rate
+            )
+            if users > self._app_concurrent:
+                get_logger().warning(
+                    "host.shares_exceed_concurrency",
+                    host=self._host,
+                    users=users,
+                    app_concurrent=self._app_concurrent,
+                )
+        if view.app_paused_until is not None:
+            left_s = (view.app_paused_until - self._clock.now()).total_seconds()
+            if left_s > limiter.app_paused_for + 0.001:  # not this limiter's own pause
+                limiter.hold_app(left_s)
 
 
 class RefreshLocks:

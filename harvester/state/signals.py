@@ -21,13 +21,19 @@ Two ways to learn of a change, one per backend, behind this one interface:
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from harvester.clock import Clock
 from harvester.errors import HarvesterError
 from harvester.logs import get_logger
-from harvester.state.records import StateStore
 
 POLL_S = 0.02  # SQLite: how often a waited-on host's version is read
+
+
+class Versions(Protocol):
+    """What a poller reads: the store's `host_version`."""
+
+    async def host_version(self, host: str) -> int: ...
 
 
 class HostSignals:
@@ -91,7 +97,7 @@ class PolledSignals(HostSignals):
 
     polled = True
 
-    def __init__(self, store: StateStore, timer: Clock, poll_s: float = POLL_S) -> None:
+    def __init__(self, store: Versions, timer: Clock, poll_s: float = POLL_S) -> None:
         super().__init__()
         self._store = store
         self._timer = timer
