@@ -498,12 +498,12 @@ async def test_a_share_changed_at_run_time_takes_effect_at_once(clock: FakeClock
     limiter.hold_app(0.5)  # a pause from elsewhere lowers the rate once, as pause does
     assert limiter.app_rate == 32
     limiter.share(2)
-    assert limiter.app_rate == 20  # within the new ceiling
+    assert limiter.app_rate == 16  # as far below the new ceiling, 20
     clock.advance(1.0)
     limiter.hold_app(0.5)
-    assert limiter.app_rate == 16
+    assert limiter.app_rate == 12
     limiter.share(1)
-    assert limiter.app_rate == 16  # and climbs back from there as starts go through
+    assert limiter.app_rate == 24  # and climbs back from there as starts go through
 
 
 async def test_a_share_raised_lets_waiters_held_by_concurrency_through(clock: FakeClock) -> None:

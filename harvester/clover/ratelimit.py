@@ -61,18 +61,19 @@ class _Budget:
         self._starts_at_rate = 0  # starts since the rate last changed
 
     def resize(self, requests_per_s: float, concurrent: int) -> None:
-        """New limits from now on. A rate lowered after a 429 stays as low (below the new
-        ceiling) and climbs back to it; requests in flight beyond the new concurrency end as
-        they would, and no other starts until they have.
+        """New limits from now on. A rate lowered after a 429 stays lowered by as large a
+        part of the new ceiling, and climbs back to it; requests in flight beyond the new
+        concurrency end as they would, and no other starts until they have.
 
         Lowered, the rate keeps the newest starts: a window that ends after the change holds
         at most the new rate of starts made after it, and what came before (under the old
         rate) is what it is.
         """
-        slowed = self.rate < self.ceiling
-        self.ceiling = max(1, math.floor(requests_per_s))
+        ceiling = max(1, math.floor(requests_per_s))
+        # Slowed down, it stays as far below the new ceiling as it was below the old one.
+        rate = max(1, self.rate * ceiling // self.ceiling)
+        self.ceiling = ceiling
         self.concurrent = concurrent
-        rate = min(self.rate, self.ceiling) if slowed else self.ceiling
         if rate != self.rate:
             self._set_rate(rate)
 
@@ -216,7 +217,7 @@ class RequestLimiter:
         than the app's concurrency overrun it: one request each). `share(1)` is the whole.
 
         Waiters the change lets through start at once; a rate lowered after a 429 stays
-        lowered, within the new ceiling.
+        lowered by as large a part of the new ceiling.
         """
         if shares < 1:
             raise ValueError(f"shares must be >= 1, got {shares}")
