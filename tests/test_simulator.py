@@ -1078,7 +1078,8 @@ def test_flags_become_settings_and_faults(monkeypatch: pytest.MonkeyPatch) -> No
         " --file-ttl-s 60 --window-open-hours 10:00-15:30 --fault api_5xx=0.1"
         " --fault file_slow=1 --latency-s 0.25 --file-encoding gzip --empty-exports no_urls"
         " --permission-status 401 --header-case lower --file-host api --done-status COMPLETE"
-        " --fault create_lost=0.08"
+        " --fault create_lost=0.08 --token-requests-per-s 8 --token-concurrent 2"
+        " --app-requests-per-s 20 --app-concurrent 4"
     )
     settings, faults = settings_from_args(parse(*argv.split()))
     assert settings.accounts["M1"].token == "tok-1"
@@ -1102,6 +1103,8 @@ def test_flags_become_settings_and_faults(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.file_encoding, settings.empty_exports) == ("gzip", "no_urls")
     assert (settings.permission_status, settings.header_case) == (401, "lower")
     assert (settings.file_host, settings.done_status) == ("api", "COMPLETE")
+    assert (settings.token_requests_per_s, settings.token_concurrent) == (8, 2)
+    assert (settings.app_requests_per_s, settings.app_concurrent) == (20, 4)
 
 
 def test_merchants_come_from_the_environment_without_merchant_flags(
@@ -1132,6 +1135,10 @@ def test_merchants_come_from_the_environment_without_merchant_flags(
         (["--fault", "api_5xx=2"], "--fault"),
         (["--port", "70000"], "--port"),
         (["--latency-s", "-1"], "--latency-s"),
+        (["--app-requests-per-s", "0"], "--app-requests-per-s"),
+        (["--app-concurrent", "0"], "--app-concurrent"),
+        (["--token-requests-per-s", "0"], "--token-requests-per-s"),
+        (["--token-concurrent", "0"], "--token-concurrent"),
     ],
 )
 def test_bad_flags_raise_value_errors_naming_the_flag(

@@ -98,6 +98,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="inject a fault with this probability (repeat)",
     )
     parser.add_argument("--latency-s", type=float, default=0.0, help="each API response waits")
+    # Clover's REST limits, enforced with 429s as Clover documents them (per token, per app).
+    parser.add_argument("--token-requests-per-s", type=int, default=16, metavar="N")
+    parser.add_argument("--token-concurrent", type=int, default=5, metavar="N")
+    parser.add_argument(
+        "--app-requests-per-s",
+        type=int,
+        default=50,
+        metavar="N",
+        help="requests of all tokens together in any sliding second (429 crossTokenLimit)",
+    )
+    parser.add_argument(
+        "--app-concurrent",
+        type=int,
+        default=10,
+        metavar="N",
+        help="requests of all tokens in flight at once (429 crossTokenConcurrentLimit)",
+    )
     # Clover's unknowns, each played one way or the other.
     parser.add_argument(
         "--file-encoding",
@@ -164,6 +181,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Fau
         ),
         (args.file_ttl_s > 0, "--file-ttl-s must be positive"),
         (args.latency_s >= 0, "--latency-s must not be negative"),
+        (args.token_requests_per_s >= 1, "--token-requests-per-s must be at least 1"),
+        (args.token_concurrent >= 1, "--token-concurrent must be at least 1"),
+        (args.app_requests_per_s >= 1, "--app-requests-per-s must be at least 1"),
+        (args.app_concurrent >= 1, "--app-concurrent must be at least 1"),
     )
     for ok, message in checks:
         if not ok:
@@ -180,6 +201,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Fau
         export_per_object_s=args.export_seconds_per_object,
         file_ttl_s=args.file_ttl_s,
         api_latency_s=args.latency_s,
+        token_requests_per_s=args.token_requests_per_s,
+        token_concurrent=args.token_concurrent,
+        app_requests_per_s=args.app_requests_per_s,
+        app_concurrent=args.app_concurrent,
         file_encoding=args.file_encoding,
         empty_exports=args.empty_exports,
         permission_status=args.permission_status,
