@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock test lint typecheck unit demo bench bench-processes bench-scale soak clean
+.PHONY: install lock test lint typecheck unit demo bench bench-processes bench-app-limit \
+	bench-handoff bench-scale soak clean
 
 # The same versions every time: `make install` takes every package from requirements-dev.lock
 # (the runtime, dev and load requirements, pip, and setuptools that builds the project), each
@@ -91,6 +92,15 @@ bench: install
 # Figures, not pass/fail: one harvester process against three on the same work.
 bench-processes: install
 	$(BIN)/python -m benchmarks.bench_processes
+
+# Figures, not pass/fail: Clover's app limit held by 1 and 3 processes on SQLite and PostgreSQL
+# (app 429s, the most requests in any second), and how soon a slot given back in one process
+# reaches a waiter in another.
+bench-app-limit: install
+	$(BIN)/python -m benchmarks.bench_app_limit
+
+bench-handoff: install
+	$(BIN)/python -m benchmarks.bench_handoff
 
 # Figures, not pass/fail: 1,000 and 10,000 merchants against Clover's app limit (issue 18).
 bench-scale: install

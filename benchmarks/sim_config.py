@@ -13,10 +13,12 @@ import yaml
 def write_config(
     folder: Path, api_url: str, merchants: Iterable[str], max_exports: int, **top: Any
 ) -> Path:
-    """`folder`/config.yaml, output and state in `folder`; `top` adds top-level keys."""
+    """`folder`/config.yaml, output and state in `folder`; `top` adds top-level keys (with
+    `state_url`, the state is there instead)."""
+    state = {} if "state_url" in top else {"state_path": "state/harvester.sqlite3"}
     document = {
         "output_dir": "data",
-        "state_path": "state/harvester.sqlite3",
+        **state,
         **top,
         "regions": {
             "local": {

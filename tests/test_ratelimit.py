@@ -534,3 +534,25 @@ async def test_only_an_app_pause_asked_for_here_is_handed_on(clock: FakeClock) -
     assert told == [3.0]
     with pytest.raises(ValueError, match="shares"):
         limiter.share(0)
+
+
+async def test_a_limiter_says_when_it_turns_busy_and_how_long_it_has_been_idle(
+    clock: FakeClock,
+) -> None:
+    """`on_busy` is told of the first request after a quiet spell only; `idle_for` counts
+    from the end of the last request, and is 0 while any is in flight."""
+    limiter = clover_limiter(clock)
+    told: list[float] = []
+    limiter.on_busy = lambda: told.append(clock.monotonic())
+    clock.advance(3.0)
+    assert (limiter.busy, limiter.idle_for) == (False, 3.0)
+    first = limiter.request("m1")
+    await first.__aenter__()
+    async with limiter.request("m2"):
+        assert (limiter.busy, limiter.idle_for) == (True, 0.0)
+    await first.__aexit__(None, None, None)
+    clock.advance(1.5)
+    assert limiter.idle_for == 1.5
+    async with limiter.request("m1"):
+        pass
+    assert told == [3.0, 4.5]

@@ -32,6 +32,7 @@ from tests.conftest import BACKENDS
 
 HOST = "https://api.example"
 HAND_OFF_S = 0.05  # the most a slot given back may take to reach a waiter elsewhere
+IDLE_S = 0.1  # a process with nothing to send this long leaves the host's users
 
 
 async def eventually(condition: Callable[[], bool], within_s: float = 2.0) -> float:
@@ -54,13 +55,25 @@ class Process:
     limiter: RequestLimiter
     done: asyncio.Event
     sharing: asyncio.Task[None] | None = None
+    working: contextlib.AsyncExitStack | None = None
 
     def share(self) -> None:
         clock = SystemClock()
-        limits = SharedLimits(self.limiter, self.lease, HOST, 3, 10, clock, clock)
+        limits = SharedLimits(self.limiter, self.lease, HOST, 3, 10, clock, clock, IDLE_S)
         self.sharing = asyncio.create_task(limits.run(self.done))
 
+    async def work(self) -> None:
+        """Have a request in flight (a process with requests to make) until `rest`."""
+        self.working = contextlib.AsyncExitStack()
+        await self.working.enter_async_context(self.limiter.request("busy"))
+
+    async def rest(self) -> None:
+        if self.working is not None:
+            await self.working.aclose()
+            self.working = None
+
     async def leave(self) -> None:
+        await self.rest()
         self.done.set()
         if self.sharing is not None:
             await self.sharing
@@ -98,11 +111,16 @@ async def processes(
 async def test_the_shares_of_the_processes_on_a_host_sum_to_its_budget(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Three processes on a host run with a third each of the app's rate and concurrency
-    (and the tokens'); one leaving gives its share back to the two others at once."""
+    """Three processes with requests to make on a host run with a third each of the app's
+    rate and concurrency (and the tokens'); one ending gives its share back to the two
+    others at once, and one with nothing more to send gives it back once idle a while."""
     async with processes(backend, request, tmp_path, 3) as three:
         for process in three:
             process.share()
+        await asyncio.sleep(IDLE_S)
+        assert all(p.limiter.shares == 1 for p in three)  # none has joined: none works
+        for process in three:
+            await process.work()
         await eventually(lambda: all(p.limiter.shares == 3 for p in three))
         assert sum(p.limiter.app_rate for p in three) == 45  # 50 less the margin, by thirds
         assert sum(p.limiter.app_concurrent for p in three) == 9  # 10 // 3 each
@@ -111,6 +129,12 @@ async def test_the_shares_of_the_processes_on_a_host_sum_to_its_budget(
         assert took_s < 0.5
         assert sum(p.limiter.app_rate for p in three[:2]) == 44  # 22.5 each, fractions dropped
         assert sum(p.limiter.app_concurrent for p in three[:2]) == 10
+        await three[1].rest()
+        took_s = await eventually(lambda: three[0].limiter.shares == 1)
+        assert IDLE_S <= took_s < IDLE_S + 0.5
+        assert three[0].limiter.app_rate == 45
+        await three[1].work()  # back with requests to make: back to a half each
+        await eventually(lambda: three[0].limiter.shares == three[1].limiter.shares == 2)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -120,8 +144,9 @@ async def test_an_app_pause_one_process_got_holds_back_the_others(
     """An app-scope 429 in one process pauses the other within tens of milliseconds: its
     next request starts no sooner than the pause ends, and it lowers its own rate once."""
     async with processes(backend, request, tmp_path, 2) as (first, second):
-        first.share()
-        second.share()
+        for process in (first, second):
+            process.share()
+            await process.work()
         await eventually(lambda: first.limiter.shares == second.limiter.shares == 2)
         rate = second.limiter.app_rate
         first.limiter.pause(Scope.APP, "m1", 0.3)

@@ -189,6 +189,10 @@ class RequestLimiter:
         # Told of every APP pause this limiter is asked for (not of those `hold_app` applies),
         # with its length in seconds: how the other processes on the host learn of it.
         self.on_app_pause: Callable[[float], None] | None = None
+        # Told when a request is asked for while none was in flight or waiting: a process
+        # that has requests to make again takes its share of the host's budgets back.
+        self.on_busy: Callable[[], None] | None = None
+        self._idle_since = clock.monotonic()  # when the last request ended (or the start)
 
     def request(self, key: str) -> AbstractAsyncContextManager[None]:
         """Wait for the limits to allow one request of `key`; hold its place until exit."""
@@ -283,6 +287,17 @@ class RequestLimiter:
         return self._max_in_flight_seen
 
     @property
+    def busy(self) -> bool:
+        """True while a request is in flight or waiting."""
+        return bool(self._app.in_flight or self._waiters)
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the last request ended, with none in flight or waiting since; 0 if
+        busy."""
+        return 0.0 if self.busy else self._clock.monotonic() - self._idle_since
+
+    @property
     def waiting(self) -> int:
         """Requests waiting for their turn."""
         return len(self._waiters)
@@ -296,6 +311,8 @@ class RequestLimiter:
             self._release(key)
 
     async def _acquire(self, key: str) -> None:
+        if not self.busy and self.on_busy is not None:
+            self.on_busy()
         waiter = _Waiter(key)
         self._waiters.append(waiter)
         try:
@@ -320,12 +337,18 @@ class RequestLimiter:
             else:
                 self._waiters.remove(waiter)
                 self._grant()
+                self._note_idle()
             raise
 
     def _release(self, key: str) -> None:
         self._token(key).in_flight -= 1
         self._app.in_flight -= 1
         self._grant()
+        self._note_idle()
+
+    def _note_idle(self) -> None:
+        if not self.busy:
+            self._idle_since = self._clock.monotonic()
 
     def _token(self, key: str) -> _Budget:
         budget = self._tokens.get(key)

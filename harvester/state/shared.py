@@ -40,6 +40,10 @@ MAX_POLL_S = 1.0
 # share halves then): one read of a row, four times a second. Sharing the host it polls
 # every 20 ms (a pause must reach it at once); on PostgreSQL it is told.
 ALONE_CHECK_S = 0.25
+# A process whose limiter has had nothing in flight or waiting this long leaves the host's
+# users: its share goes to the processes that have requests to make. It joins again with
+# its next request.
+IDLE_S = 2.0
 
 
 class SharedSlots:
@@ -145,13 +149,15 @@ class SharedSlots:
 class SharedLimits:
     """Clover's app limits for every process on one host, through the state.
 
-    While `run` runs, this process is one of the host's users, and its limiter runs with
-    one share of each budget: as many shares as users whose lease runs, looked at again
-    whenever the host changes (a process joins, leaves, pauses) and at each heartbeat. An
-    app-scope 429 this limiter is told of (`RequestLimiter.on_app_pause`) is written to the
-    host's row; one another process wrote is applied here (`hold_app`), so that no process
-    starts a request inside it once it has learnt of it (at once on PostgreSQL; within a
-    poll on SQLite, which polls only while another process shares the host).
+    While this process has requests to make on the host (its limiter is busy, or was less
+    than `idle_s` ago), it is one of the host's users, and its limiter runs with one share
+    of each budget: as many shares as users whose lease runs, looked at again whenever the
+    host changes (a process joins, leaves, pauses) and at each heartbeat. A process that
+    only waits (for chunks held elsewhere, say) takes no share from those that work.
+    An app-scope 429 this limiter is told of (`RequestLimiter.on_app_pause`) is written to
+    the host's row; one another process wrote is applied here (`hold_app`), so that no
+    process starts a request inside it once it has learnt of it (at once on PostgreSQL;
+    within a poll on SQLite, which polls only while another process shares the host).
     """
 
     def __init__(
@@ -163,6 +169,7 @@ class SharedLimits:
         app_concurrent: int,
         clock: Clock,
         timer: Clock,
+        idle_s: float = IDLE_S,
     ) -> None:
         """`maximum`: the host's export limit (for a new host row); `clock` the limiter's,
         `timer` the heartbeat's (real time, as the lease's)."""
@@ -173,41 +180,70 @@ class SharedLimits:
         self._app_concurrent = app_concurrent
         self._clock = clock
         self._timer = timer
+        self._idle_s = idle_s
         self._pause_until: datetime | None = None  # asked for here, not written yet
         self._paused_here = asyncio.Event()
+        self._joined = False
+        self._mark = 0
+        self._view = HostView(0, 1, None)
 
     async def run(self, done: asyncio.Event) -> None:
         """Share the host's limits until `done` is set; then give this share back."""
-        store = self._lease.store
-        signals = store.host_signals()
-        owner = self._lease.owner.id
+        limiter = self._limiter
+        busy = asyncio.Event()
+        limiter.on_app_pause = self._pause_asked
+        limiter.on_busy = busy.set
         log = get_logger()
-        mark = await signals.mark(self._host)
-        view = await store.join_host(self._host, owner, self._maximum)
-        self._limiter.on_app_pause = self._pause_asked
         try:
             while not done.is_set():
-                self._apply(view)
-                waits = [
-                    done.wait(),
-                    self._paused_here.wait(),
-                    self._timer.sleep(self._beat_s(view)),
-                ]
-                if not signals.polled or view.users > 1:
-                    waits.append(signals.wait(self._host, mark))
-                await wait_first(*waits)
+                if not self._joined and not limiter.busy and not self._paused_here.is_set():
+                    busy.clear()
+                    await wait_first(done.wait(), busy.wait(), self._paused_here.wait())
+                    continue
                 try:
-                    mark = await signals.mark(self._host)
-                    await self._write_pause()
-                    view = await store.host_view(self._host)
+                    await self._look(done)
                 except HarvesterError as exc:  # a busy store now and then must not end the run
                     log.warning("host.limits_not_read", host=self._host, error=str(exc))
+                    await wait_first(done.wait(), self._timer.sleep(self._idle_s))
         finally:
-            self._limiter.on_app_pause = None
-            try:
-                await asyncio.shield(store.leave_host(self._host, owner))
-            except HarvesterError as exc:  # the lease's end takes the share back anyway
-                log.warning("host.not_left", host=self._host, error=str(exc))
+            limiter.on_app_pause = None
+            limiter.on_busy = None
+            if self._joined:
+                try:
+                    await asyncio.shield(self._lease.store.leave_host(self._host, self._owner))
+                except HarvesterError as exc:  # the lease's end takes the share back anyway
+                    log.warning("host.not_left", host=self._host, error=str(exc))
+
+    @property
+    def _owner(self) -> str:
+        return self._lease.owner.id
+
+    async def _look(self, done: asyncio.Event) -> None:
+        """Join if need be, take this process's share, wait for a change, read it."""
+        store = self._lease.store
+        signals = store.host_signals()
+        if not self._joined:
+            self._mark = await signals.mark(self._host)
+            self._view = await store.join_host(self._host, self._owner, self._maximum)
+            self._joined = True
+        view = self._view
+        self._apply(view)
+        waits = [
+            done.wait(),
+            self._paused_here.wait(),
+            self._timer.sleep(min(self._beat_s(view), self._idle_s)),
+        ]
+        if not signals.polled or view.users > 1:
+            waits.append(signals.wait(self._host, self._mark))
+        await wait_first(*waits)
+        self._mark = await signals.mark(self._host)
+        await self._write_pause()
+        if self._limiter.idle_for >= self._idle_s:
+            # Nothing to send for a while: the share goes to those that have.
+            self._joined = False
+            await store.leave_host(self._host, self._owner)
+            return
+        self._view = await store.host_view(self._host)
 
     def _beat_s(self, view: HostView) -> float:
         beat_s = self._lease.lease_s / 3
