@@ -179,3 +179,31 @@ async def test_refresh_after_a_401_gets_the_retry_policy_too(clock: FakeClock) -
         assert tokens.rejections == 3
         assert sim.stats.bad_tokens == 1
         assert sim.stats.requests["poll"] == 2
+
+
+async def test_a_run_stopping_ends_the_wait_after_a_429_at_once(clock: FakeClock) -> None:
+    """A call paused by a 429 (here a minute, as Retry-After says) gives up as soon as the
+    run is stopping, with a transient failure, instead of sitting out the pause."""
+    merchant_id = merchant_ids(1)[0]
+    token = new_token(merchant_id)
+    settings = sim_settings({merchant_id: Account(token=token)})
+    async with Simulator(settings, clock, Faults()) as sim, aiohttp.ClientSession() as session:
+        limiter = RequestLimiter(clock, 16, 5, 50, 10)
+        stop = asyncio.Event()
+        stop.set()
+        refused = FlakyTokens(token, [RateLimited("rate limited (429)", "app", 60.0)])
+        client = MerchantClient(
+            merchant_id,
+            api_for(session, sim, limiter),
+            refused,
+            limiter,
+            Timing(backoff_base_s=1.0, backoff_max_s=120.0),
+            clock,
+            random.Random(7),
+            stop=stop,
+        )
+        with pytest.raises(CloverUnavailable, match="stopping"):
+            await client.get_export("no-such-export")
+        assert clock.monotonic() == 0.0
+        assert limiter.app_paused_for >= 60.0  # what the others wait for all the same
+        assert sim.stats.requests["poll"] == 0

@@ -135,6 +135,10 @@ class MerchantClient:
                 self._limiter.pause(Scope(exc.scope), self.merchant_id, delay)
                 log.warning("request.rate_limited", scope=exc.scope, wait_s=round(delay, 3))
                 self._on_rate_limited(exc.scope)
+                # Out of the limiter's line while paused, so that a run stopping meanwhile
+                # ends the wait at once, with the failure it waited on.
+                if not await nap(self._clock, delay, self._stop):
+                    raise CloverUnavailable(f"rate limited ({exc.scope}); stopping") from exc
             except TokenRejected as exc:
                 if token is None or refreshed or (create and self._create_refresh_spent):
                     raise
