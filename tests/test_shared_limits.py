@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from harvester.clock import SystemClock
 from harvester.clover.ratelimit import RequestLimiter, Scope
@@ -57,9 +58,11 @@ class Process:
     sharing: asyncio.Task[None] | None = None
     working: contextlib.AsyncExitStack | None = None
 
-    def share(self) -> None:
+    def share(self, app_concurrent: int = 10) -> None:
         clock = SystemClock()
-        limits = SharedLimits(self.limiter, self.lease, HOST, 3, 10, clock, clock, IDLE_S)
+        limits = SharedLimits(
+            self.limiter, self.lease, HOST, 3, app_concurrent, clock, clock, IDLE_S
+        )
         self.sharing = asyncio.create_task(limits.run(self.done))
 
     async def work(self) -> None:
@@ -135,6 +138,24 @@ async def test_the_shares_of_the_processes_on_a_host_sum_to_its_budget(
         assert three[0].limiter.app_rate == 45
         await three[1].work()  # back with requests to make: back to a half each
         await eventually(lambda: three[0].limiter.shares == three[1].limiter.shares == 2)
+
+
+async def test_more_processes_than_the_app_concurrency_are_warned_of(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Three processes on a host that takes two requests in flight: each keeps one (so the
+    three may overrun it), and a warning says so."""
+    with capture_logs() as logs:
+        async with processes("sqlite", request, tmp_path, 3) as three:
+            for process in three:
+                process.limiter = RequestLimiter(SystemClock(), 16, 5, 50, 2, margin=0.1)
+                process.share(app_concurrent=2)
+                await process.work()
+            await eventually(lambda: all(p.limiter.shares == 3 for p in three))
+            assert [p.limiter.app_concurrent for p in three] == [1, 1, 1]
+    warned = [log for log in logs if log["event"] == "host.shares_exceed_concurrency"]
+    assert warned
+    assert (warned[0]["users"], warned[0]["app_concurrent"]) == (3, 2)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
