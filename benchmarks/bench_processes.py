@@ -14,7 +14,7 @@ case name to the database name; the role must be allowed to create databases).
 
     make bench-processes    # or, from the repository's root:
     .venv/bin/python -m benchmarks.bench_processes
-        [--merchants 6] [--days 60] [--state-url U] [--file-delay-s 0.3]
+        [--merchants 6] [--days 60] [--state-url U | --postgres] [--file-delay-s 0.3]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import yaml
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from tests.backfills import backfill_argv
+from tests.pgserver import running_server
 
 DATA_START = datetime(2025, 1, 1, tzinfo=UTC)
 SERVER_LIMIT = 3
@@ -166,12 +167,28 @@ async def main() -> None:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--state-url", help="postgresql://... (default: SQLite)")
     parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="on a throwaway PostgreSQL server (started as tests/pgserver.py does)",
+    )
+    parser.add_argument(
         "--file-delay-s",
         type=float,
         default=0.3,
         help="pause between the 4 pieces of each file (0: a file host as fast as loopback)",
     )
     args = parser.parse_args()
+    if not args.postgres:
+        await measure(args)
+        return
+    with running_server() as server:
+        with psycopg.connect(server.url("postgres"), autocommit=True) as connection:
+            connection.execute(b"CREATE DATABASE bench")
+        args.state_url = server.url("bench")
+        await measure(args)
+
+
+async def measure(args: argparse.Namespace) -> None:
     chunks = args.merchants * 2 * -(-args.days // 30)
     print(
         f"{args.merchants} merchants x 2 types x {args.days} days = {chunks} chunks, "
