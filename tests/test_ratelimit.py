@@ -224,13 +224,57 @@ async def test_pause_while_waiting_for_a_slot_is_honoured(clock: FakeClock) -> N
 
 
 async def test_waiter_freed_by_release_then_held_by_rate_starts_on_time(clock: FakeClock) -> None:
-    """A waiter let through by a release but then held by the rate starts when the rate allows."""
+    """A waiter let through by a release but then held by the rate starts when the rate allows:
+    a second after the answer of the request whose place it takes."""
     limiter = RequestLimiter(clock, 16, 5, app_requests_per_s=2, app_concurrent=1)
     traffic = Traffic(clock, limiter)
     async with asyncio.TaskGroup() as group:
         for key in ("m1", "m2", "m3"):
             group.create_task(traffic.request(key, 0.1))
-    assert sorted(traffic.all_starts) == pytest.approx([0.0, 0.1, 1.0])
+    assert sorted(traffic.all_starts) == pytest.approx([0.0, 0.1, 1.1])
+
+
+def most_in_a_second(arrivals: list[float]) -> int:
+    """The most instants in any sliding second (t - 1, t], as Clover and the simulator count."""
+    ordered = sorted(arrivals)
+    return max(sum(1 for other in ordered if at - 1.0 < other <= at) for at in ordered)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_no_second_at_the_server_holds_more_than_the_rate_however_late_requests_arrive(
+    clock: FakeClock, seed: int
+) -> None:
+    """The server counts a request when it arrives: any instant between our start and our
+    answer. Requests that arrive late (a first burst on new connections) must not let the next
+    window's, arriving early, crowd the same second at the server."""
+    rng = random.Random(seed)
+    limiter = RequestLimiter(clock, 50, 50, app_requests_per_s=10, app_concurrent=10)
+    arrivals: list[float] = []
+
+    async def request(key: str) -> None:
+        async with limiter.request(key):
+            took_s = rng.choice((0.0, 0.01, 0.3, 0.9))
+            arrivals.append(clock.monotonic() + rng.random() * took_s)
+            await clock.sleep(took_s)
+
+    async with asyncio.TaskGroup() as group:
+        for number in range(60):
+            group.create_task(request(f"m{number % 7}"))
+    assert len(arrivals) == 60
+    assert most_in_a_second(arrivals) <= 10
+
+
+async def test_a_late_answer_holds_its_place_a_second_past_the_answer(clock: FakeClock) -> None:
+    """Two requests allowed a second: the first two answered after 0.5 s and 0.2 s, the third
+    starts at 1.2 (a second after the earlier answer), not at 1.0: both may have reached the
+    server as late as their answers."""
+    limiter = RequestLimiter(clock, 16, 5, app_requests_per_s=2, app_concurrent=5)
+    traffic = Traffic(clock, limiter)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(traffic.request("m1", 0.5))
+        group.create_task(traffic.request("m2", 0.2))
+        group.create_task(traffic.request("m3", 0.0))
+    assert traffic.starts["m3"] == pytest.approx([1.2])
 
 
 async def test_cancelled_waiters_leak_nothing(clock: FakeClock) -> None:

@@ -54,9 +54,12 @@ class _Budget:
         self.concurrent = concurrent
         self.in_flight = 0
         self.ceiling = max(1, math.floor(requests_per_s))
-        # The starts of the last N requests (N the rate): the next may start once the oldest of
-        # them is a full window old, so no sliding window ever holds more than N.
-        self.recent_starts: deque[float] = deque(maxlen=self.ceiling)
+        # The server counts a request when it arrives, which is after we start it and before
+        # its answer reaches us. So a request holds its place in the window from its start
+        # until a full window after its answer: in flight it counts, and then its end does.
+        # Any sliding second at the server then holds at most N (the rate) arrivals, however
+        # late the network delivers them. The ends of the last N answered are kept.
+        self.recent_ends: deque[float] = deque(maxlen=self.ceiling)
         self.paused_until = -math.inf
         self._starts_at_rate = 0  # starts since the rate last changed
 
@@ -65,8 +68,8 @@ class _Budget:
         part of the new ceiling, and climbs back to it; requests in flight beyond the new
         concurrency end as they would, and no other starts until they have.
 
-        Lowered, the rate keeps the newest starts: a window that ends after the change holds
-        at most the new rate of starts made after it, and what came before (under the old
+        Lowered, the rate keeps the newest ends: a window that ends after the change holds at
+        most the new rate of requests made after it, and what came before (under the old
         rate) is what it is.
         """
         ceiling = max(1, math.floor(requests_per_s))
@@ -80,33 +83,39 @@ class _Budget:
     @property
     def rate(self) -> int:
         """Starts allowed in any sliding window now."""
-        return self.ceiling if self.recent_starts.maxlen is None else self.recent_starts.maxlen
+        return self.ceiling if self.recent_ends.maxlen is None else self.recent_ends.maxlen
 
     def ready_at(self) -> float:
-        """The earliest monotonic instant at which the rate and the pause allow a start."""
-        starts = self.recent_starts
-        rate_free_at = starts[0] + _RATE_WINDOW_S if len(starts) == starts.maxlen else -math.inf
+        """The earliest monotonic instant at which the rate and the pause allow a start, as far
+        as the requests already answered say: the ones in flight free no place until they end
+        (`can_start` waits for that)."""
+        ends = self.recent_ends
+        free = self.rate - self.in_flight  # places not held by requests in flight
+        # Places come free as ends leave the window, oldest first: one is free once no more
+        # than `free - 1` ends lie within the last window.
+        rate_free_at = (
+            ends[len(ends) - free] + _RATE_WINDOW_S if 0 < free <= len(ends) else -math.inf
+        )
         return max(rate_free_at, self.paused_until)
 
     def can_start(self, now: float) -> bool:
-        return self.in_flight < self.concurrent and self.ready_at() <= now
+        return self.in_flight < min(self.concurrent, self.rate) and self.ready_at() <= now
 
     def start(self, now: float) -> None:
         self.in_flight += 1
-        self.recent_starts.append(now)
         self._starts_at_rate += 1
         if self.rate < self.ceiling and self._starts_at_rate >= self.rate:
             self._set_rate(self.rate + 1)
 
-    def unstart(self, at: float) -> None:
-        """Take back a start made at `at` (a grant revoked before its request went out).
-
-        A start that pushed the oldest one out of a full window left nothing behind that the
-        window still needed: that one was at least a window old, or the start would have waited.
-        """
+    def end(self, now: float) -> None:
+        """A request's answer came (or it gave up): it holds its place a window longer."""
         self.in_flight -= 1
-        if at in self.recent_starts:  # a lower rate since may have dropped it already
-            self.recent_starts.remove(at)
+        self.recent_ends.append(now)
+
+    def unstart(self) -> None:
+        """Take back a start (a grant revoked before its request went out): its place is free
+        at once, as nothing reached the server."""
+        self.in_flight -= 1
 
     def slow_down(self) -> None:
         """The server refused for this party's sake: a fifth fewer starts per window (at least
@@ -114,8 +123,8 @@ class _Budget:
         self._set_rate(max(1, min(self.rate - 1, math.floor(self.rate * 0.8))))
 
     def _set_rate(self, rate: int) -> None:
-        # The newest starts stay: the window they are in is still being counted.
-        self.recent_starts = deque(self.recent_starts, maxlen=rate)
+        # The newest ends stay: the window they are in is still being counted.
+        self.recent_ends = deque(self.recent_ends, maxlen=rate)
         self._starts_at_rate = 0
 
 
@@ -123,7 +132,6 @@ class _Budget:
 class _Waiter:
     key: str
     granted: bool = False
-    granted_at: float = 0.0  # the start the grant took, on the clock's monotonic scale
     # Set while the waiter waits for an event rather than for a time; resolving it makes the
     # waiter look at the limiter again.
     wakeup: asyncio.Future[None] | None = None
@@ -132,8 +140,10 @@ class _Waiter:
 class RequestLimiter:
     """One per Clover host; every API request runs inside `async with limiter.request(key):`.
 
-    `key` is the merchant id (one token per merchant). Request starts are spaced so that no
-    sliding 1-second window holds more than the token's or the app's rate, and at most
+    `key` is the merchant id (one token per merchant). Requests are spaced so that no sliding
+    1-second window at the server holds more than the token's or the app's rate, however long
+    the network takes to deliver them (a request holds its place from its start until a
+    second after its answer: see `_Budget`), and at most
     `token_concurrent` requests per key and `app_concurrent` in all are in flight. Waiters are
     served first come, first served, except that a waiter whose own token is held back does
     not hold back other tokens' waiters behind it. Rates are whole requests per window:
@@ -261,8 +271,8 @@ class RequestLimiter:
         for waiter in reversed(revoked):
             self._granted.remove(waiter)
             waiter.granted = False
-            self._token(waiter.key).unstart(waiter.granted_at)
-            self._app.unstart(waiter.granted_at)
+            self._token(waiter.key).unstart()
+            self._app.unstart()
             self._waiters.appendleft(waiter)
         self._grant()
 
@@ -333,7 +343,10 @@ class RequestLimiter:
             # Cancelled, possibly right after being granted: give back what was handed over.
             if waiter.granted:
                 self._granted.remove(waiter)
-                self._release(key)
+                self._token(key).unstart()  # its request never went out
+                self._app.unstart()
+                self._grant()
+                self._note_idle()
             else:
                 self._waiters.remove(waiter)
                 self._grant()
@@ -341,8 +354,9 @@ class RequestLimiter:
             raise
 
     def _release(self, key: str) -> None:
-        self._token(key).in_flight -= 1
-        self._app.in_flight -= 1
+        now = self._clock.monotonic()
+        self._token(key).end(now)
+        self._app.end(now)
         self._grant()
         self._note_idle()
 
@@ -383,7 +397,6 @@ class RequestLimiter:
             self._app.start(now)
             self._max_in_flight_seen = max(self._max_in_flight_seen, self._app.in_flight)
             waiter.granted = True
-            waiter.granted_at = now
             self._granted.append(waiter)
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.set_result(None)
