@@ -18,6 +18,7 @@ import pytest
 
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.errors import BadFile
+from harvester.output import folder as folder_module
 from harvester.output.folder import (
     MANIFEST_NAME,
     WRITE_BYTES,
@@ -222,6 +223,41 @@ async def test_publish_puts_the_complete_folder_in_place(chunk: ChunkOutput) -> 
     assert await chunk.published_manifest() == manifest
     assert not chunk.staging_dir.exists()
     assert listing(chunk.final_dir.parent) == {JANUARY.name}
+
+
+async def test_publish_syncs_the_folders_above_a_type_folder_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each publish syncs its staging folder and its type folder (the renamed entry); the
+    merchant and output folders only on the first publish into that type folder."""
+    synced: list[Path] = []
+    sync = folder_module._fsync_dir
+
+    def spy(path: Path) -> None:
+        synced.append(path)
+        sync(path)
+
+    monkeypatch.setattr(folder_module, "_fsync_dir", spy)
+    output = folder_module.FolderOutput(tmp_path / "out")
+    merchant_dir = tmp_path / "out" / MERCHANT
+    february = TimeRange.from_ms(JANUARY.end_ms, JANUARY.end_ms + 28 * 86_400_000)
+    for number, time_range in enumerate((JANUARY, february, JANUARY)):
+        chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, time_range)
+        parts = [await save_part(chunk, 1, export_file(2, f"e{number}"))]
+        manifest = Manifest(
+            MERCHANT, ExportType.PAYMENTS, time_range, f"E{number}", HARVESTED_AT, tuple(parts)
+        )
+        synced.clear()
+        await chunk.publish(manifest)
+        above = [merchant_dir, tmp_path / "out"] if number == 0 else []
+        assert synced == [chunk.staging_dir, merchant_dir / "payments", *above]
+    orders = output.chunk(MERCHANT, ExportType.ORDERS, JANUARY)
+    parts = [await save_part(orders, 1, export_file(1))]
+    synced.clear()
+    await orders.publish(
+        Manifest(MERCHANT, ExportType.ORDERS, JANUARY, "E9", HARVESTED_AT, tuple(parts))
+    )
+    assert synced == [orders.staging_dir, merchant_dir / "orders", merchant_dir, tmp_path / "out"]
 
 
 async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: ChunkOutput) -> None:

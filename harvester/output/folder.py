@@ -342,10 +342,13 @@ class ChunkOutput:
         rename: Rename | None = None,
         opener: Opener | None = None,
         owner: str | None = None,
+        synced_folders: set[Path] | None = None,
     ) -> None:
         """`rename` is renameat2(2) and `opener` opens part files (as `open`'s opener):
         tests pass their own to see what the folder does when the system misbehaves.
-        `owner` is the id of the process staging (None: a process alone, as before owners)."""
+        `owner` is the id of the process staging (None: a process alone, as before owners).
+        `synced_folders` is shared by the chunks of one output: the type folders whose
+        entries up to the output folder this process has synced (see `_publish`)."""
         check_folder_name(merchant_id)
         self.output_dir = output_dir
         self.merchant_id = merchant_id
@@ -361,6 +364,7 @@ class ChunkOutput:
         self._old_dir = parent / f"{_OLD_PREFIX}{range.name}{suffix}"
         self._rename = rename or renameat2
         self._opener = opener
+        self._synced_folders = set() if synced_folders is None else synced_folders
 
     def __repr__(self) -> str:
         return f"ChunkOutput({str(self.final_dir)!r})"
@@ -486,10 +490,17 @@ class ChunkOutput:
             self._replace_live()
         else:
             os.rename(staging, self.final_dir)
-        # The chunk's entry, and the merchant and type folders if this run created them.
+        # The chunk's entry in its type folder is synced on every publish. The type
+        # folder's entry in the merchant folder, and the merchant folder's in the output
+        # folder, are synced on this process's first publish into that type folder: one of
+        # them may have been made by this run (or by a run that died before syncing it). The
+        # harvester never removes a merchant or type folder, so once synced they stay.
         type_dir = self.final_dir.parent
-        for folder in (type_dir, type_dir.parent, type_dir.parent.parent):
-            _fsync_dir(folder)
+        _fsync_dir(type_dir)
+        if type_dir not in self._synced_folders:
+            _fsync_dir(type_dir.parent)
+            _fsync_dir(type_dir.parent.parent)
+            self._synced_folders.add(type_dir)
         _remove_tree(self._old_dir)
 
     def _replace_live(self) -> None:
@@ -510,6 +521,7 @@ class FolderOutput:
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
+        self._synced_folders: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"FolderOutput({str(self.output_dir)!r})"
@@ -517,7 +529,14 @@ class FolderOutput:
     def chunk(
         self, merchant_id: str, type: ExportType, range: TimeRange, owner: str | None = None
     ) -> ChunkOutput:
-        return ChunkOutput(self.output_dir, merchant_id, type, range, owner=owner)
+        return ChunkOutput(
+            self.output_dir,
+            merchant_id,
+            type,
+            range,
+            owner=owner,
+            synced_folders=self._synced_folders,
+        )
 
     async def recover(
         self,
