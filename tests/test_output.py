@@ -229,7 +229,8 @@ async def test_publish_syncs_the_folders_above_a_type_folder_once_per_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each publish syncs its staging folder and its type folder (the renamed entry); the
-    merchant and output folders only on the first publish into that type folder."""
+    merchant folder (the type folder's entry) on the first publish into that type folder,
+    the output folder (the merchant folder's entry) on the first into that merchant."""
     synced: list[Path] = []
     sync = folder_module._fsync_dir
 
@@ -257,7 +258,7 @@ async def test_publish_syncs_the_folders_above_a_type_folder_once_per_process(
     await orders.publish(
         Manifest(MERCHANT, ExportType.ORDERS, JANUARY, "E9", HARVESTED_AT, tuple(parts))
     )
-    assert synced == [orders.staging_dir, merchant_dir / "orders", merchant_dir, tmp_path / "out"]
+    assert synced == [orders.staging_dir, merchant_dir / "orders", merchant_dir]
 
 
 async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: ChunkOutput) -> None:

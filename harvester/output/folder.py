@@ -347,8 +347,8 @@ class ChunkOutput:
         """`rename` is renameat2(2) and `opener` opens part files (as `open`'s opener):
         tests pass their own to see what the folder does when the system misbehaves.
         `owner` is the id of the process staging (None: a process alone, as before owners).
-        `synced_folders` is shared by the chunks of one output: the type folders whose
-        entries up to the output folder this process has synced (see `_publish`)."""
+        `synced_folders` is shared by the chunks of one output: the type and merchant
+        folders whose entries in their parent this process has synced (see `_publish`)."""
         check_folder_name(merchant_id)
         self.output_dir = output_dir
         self.merchant_id = merchant_id
@@ -492,15 +492,16 @@ class ChunkOutput:
             os.rename(staging, self.final_dir)
         # The chunk's entry in its type folder is synced on every publish. The type
         # folder's entry in the merchant folder, and the merchant folder's in the output
-        # folder, are synced on this process's first publish into that type folder: one of
-        # them may have been made by this run (or by a run that died before syncing it). The
+        # folder, are synced the first time this process publishes below them: either may
+        # have been made by this run (or by a run that died before syncing it). The
         # harvester never removes a merchant or type folder, so once synced they stay.
         type_dir = self.final_dir.parent
+        merchant_dir = type_dir.parent
         _fsync_dir(type_dir)
-        if type_dir not in self._synced_folders:
-            _fsync_dir(type_dir.parent)
-            _fsync_dir(type_dir.parent.parent)
-            self._synced_folders.add(type_dir)
+        for folder in (type_dir, merchant_dir):
+            if folder not in self._synced_folders:
+                _fsync_dir(folder.parent)
+                self._synced_folders.add(folder)
         _remove_tree(self._old_dir)
 
     def _replace_live(self) -> None:
