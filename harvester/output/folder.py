@@ -46,7 +46,7 @@ _OWNER_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 _PART_NAME = re.compile(r"part-(\d{5,})\.json")
 # A part's bytes gathered before a worker thread writes them: a Clover-sized file goes to
 # the disk in one job, a larger one in a job per this many bytes.
-WRITE_BYTES = 1024 * 1024
+WRITE_BYTES = 512 * 1024
 
 # Linux renameat2(2): swap two paths atomically.
 _AT_FDCWD = -100
