@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.clover.export_file import count_elements
+from harvester.clover.export_file import StreamCheck, count_elements
 from harvester.errors import BadFile
 
 
@@ -116,3 +116,31 @@ def test_more_than_1000_elements_in_whole_windows_are_refused(tmp_path: Path) ->
     path.write_bytes(many(['{"id": 1}'] * 1500))
     with pytest.raises(BadFile, match="1001 elements or more, more than 1000"):
         count_elements(path)
+
+
+def test_a_stream_check_keeps_its_refusal_for_finish() -> None:
+    """A piece that breaks the format is not raised as it is fed: the rest is taken and
+    ignored, and finish raises the refusal (a caller checks the size first)."""
+    check = StreamCheck()
+    check.feed(b'{"elements": [{"id": 1}, 7, ')
+    check.feed(b'{"id": 3}]}')
+    with pytest.raises(BadFile, match="element 1 is not a JSON object"):
+        check.finish()
+    with pytest.raises(RuntimeError, match="after finish"):
+        check.feed(b"more")
+
+
+def test_a_stream_check_fed_in_pieces_counts_like_the_whole() -> None:
+    """Pieces cut anywhere count like the file read whole; an abandoned check takes no more
+    pieces."""
+    elements = [f'{{"id": "E{n}", "items": [{{"a": 1}}]}}' for n in range(1000)]
+    body = many(elements)
+    check = StreamCheck()
+    for start in range(0, len(body), 10_000):
+        check.feed(body[start : start + 10_000])
+    assert check.finish() == 1000
+    abandoned = StreamCheck()
+    abandoned.feed(body[:100])
+    abandoned.abandon()
+    with pytest.raises(RuntimeError, match="after finish or abandon"):
+        abandoned.feed(body[100:])

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.errors import BadFile
+from harvester.output import folder as folder_module
 from harvester.output.folder import (
     MANIFEST_NAME,
+    WRITE_BYTES,
     ChunkOutput,
     EmptyReason,
     Manifest,
@@ -27,6 +33,7 @@ from harvester.output.folder import (
 MERCHANT = "MERCHANT00001"
 JANUARY = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
 HARVESTED_AT = datetime(2025, 3, 1, 12, 30, 15, 250000, tzinfo=UTC)
+T = TypeVar("T")
 
 
 def export_file(count: int, tag: str = "a") -> bytes:
@@ -75,6 +82,45 @@ async def test_a_part_written_in_pieces_commits_with_hash_and_count(chunk: Chunk
     assert (chunk.staging_dir / "part-00003.json").read_bytes() == body
     assert listing(chunk.staging_dir) == {"part-00003.json"}
     assert not chunk.final_dir.exists()
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting the jobs handed to a worker thread."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.jobs = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("padding", "most_jobs"),
+    [
+        pytest.param(450, 2, id="clover-sized: open, then write-sync-rename"),
+        pytest.param(6_000, 2 + 6_100_000 // WRITE_BYTES, id="6 MB: a job per WRITE_BYTES"),
+    ],
+)
+async def test_a_part_takes_few_thread_jobs_and_is_never_read_back(
+    chunk: ChunkOutput, padding: int, most_jobs: int
+) -> None:
+    """A part in 64 KiB pieces is hashed and checked as it streams: it goes to a worker
+    thread once to open, once per WRITE_BYTES, and once to be synced and renamed, never a
+    job per piece nor a second reading to count its elements."""
+    elements = [{"id": f"o{n}", "pad": "x" * padding} for n in range(1000)]
+    body = json.dumps({"elements": elements}).encode()
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    writer = await chunk.open_part(1)
+    async with writer:
+        for start in range(0, len(body), 64 * 1024):
+            await writer.write(body[start : start + 64 * 1024])
+        info = await writer.commit(len(body), 0)
+    assert info == PartInfo(1, 0, len(body), hashlib.sha256(body).hexdigest(), 1000)
+    assert (chunk.staging_dir / "part-00001.json").read_bytes() == body
+    assert executor.jobs <= most_jobs
 
 
 async def test_an_unknown_size_skips_the_length_check(chunk: ChunkOutput) -> None:
@@ -177,6 +223,42 @@ async def test_publish_puts_the_complete_folder_in_place(chunk: ChunkOutput) -> 
     assert await chunk.published_manifest() == manifest
     assert not chunk.staging_dir.exists()
     assert listing(chunk.final_dir.parent) == {JANUARY.name}
+
+
+async def test_publish_syncs_the_folders_above_a_type_folder_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each publish syncs its staging folder and its type folder (the renamed entry); the
+    merchant folder (the type folder's entry) on the first publish into that type folder,
+    the output folder (the merchant folder's entry) on the first into that merchant."""
+    synced: list[Path] = []
+    sync = folder_module._fsync_dir
+
+    def spy(path: Path) -> None:
+        synced.append(path)
+        sync(path)
+
+    monkeypatch.setattr(folder_module, "_fsync_dir", spy)
+    output = folder_module.FolderOutput(tmp_path / "out")
+    merchant_dir = tmp_path / "out" / MERCHANT
+    february = TimeRange.from_ms(JANUARY.end_ms, JANUARY.end_ms + 28 * 86_400_000)
+    for number, time_range in enumerate((JANUARY, february, JANUARY)):
+        chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, time_range)
+        parts = [await save_part(chunk, 1, export_file(2, f"e{number}"))]
+        manifest = Manifest(
+            MERCHANT, ExportType.PAYMENTS, time_range, f"E{number}", HARVESTED_AT, tuple(parts)
+        )
+        synced.clear()
+        await chunk.publish(manifest)
+        above = [merchant_dir, tmp_path / "out"] if number == 0 else []
+        assert synced == [chunk.staging_dir, merchant_dir / "payments", *above]
+    orders = output.chunk(MERCHANT, ExportType.ORDERS, JANUARY)
+    parts = [await save_part(orders, 1, export_file(1))]
+    synced.clear()
+    await orders.publish(
+        Manifest(MERCHANT, ExportType.ORDERS, JANUARY, "E9", HARVESTED_AT, tuple(parts))
+    )
+    assert synced == [orders.staging_dir, merchant_dir / "orders", merchant_dir]
 
 
 async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: ChunkOutput) -> None:

@@ -90,3 +90,21 @@ async def test_help_status_and_plan_load_no_heavy_library(tmp_path: Path, comman
     assert code == 0
     assert heavy_in(modules) == []
     assert "structlog" not in modules  # nothing was logged: no logger was made
+
+
+def test_a_run_without_metrics_listen_loads_no_http_server() -> None:
+    """`harvester.ops.operation`, which every run loads, leaves aiohttp's server side to
+    runs that serve `metrics.listen`."""
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, harvester.ops.operation; print(json.dumps(list(sys.modules)))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    modules = json.loads(shown.stdout)
+    assert "aiohttp.client" in modules
+    assert [name for name in modules if name.startswith("aiohttp.web")] == []

@@ -37,7 +37,11 @@ from harvester.errors import (
 )
 from harvester.scrub import describe_url, scrub, scrub_url
 
-DOWNLOAD_PIECE_BYTES = 64 * 1024
+# What one read of a body may return. A Clover-sized export file (about half a megabyte)
+# arrives in two pieces rather than seven: each piece costs a pass through the writer,
+# the hash and the check, whatever its size. The decoded pieces stay within
+# encoding.DECODED_PIECE_BYTES, as large.
+DOWNLOAD_PIECE_BYTES = 256 * 1024
 _BODY_IN_ERRORS = 200  # characters of a server's answer quoted in an error message
 # An export's JSON is small (a few hundred bytes, plus a URL per 1000 objects): an API answer
 # larger than this is not one, and is never read whole into memory.

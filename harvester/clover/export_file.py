@@ -1,8 +1,10 @@
 """Clover's export file format, `{"elements": [...]}`, checked as a stream.
 
 The 1000-object ceiling bounds the number of objects in a file, not its size, so a part is
-never loaded whole: the checker holds one element (and one read) at a time, and memory
-stays flat however large the files grow.
+never loaded whole: the checker holds one element (and one piece) at a time, and memory
+stays flat however large the files grow. It is fed the pieces as they arrive (a generator
+that asks for the next piece when it needs one), so a part is checked in the same pass that
+writes it, never read back, and in the thread that receives it: no hand-off per piece.
 
 The elements are checked a window at a time: msgspec checks that the window's whole elements
 are JSON objects (their values skipped, still checked JSON, never made into Python objects)
@@ -13,13 +15,11 @@ it was refused for before. UTF-8 is checked apart, as the text is decoded.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import json
-import queue
-import threading
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any
 
 import msgspec
 
@@ -36,16 +36,20 @@ _WHITESPACE = " \t\n\r"
 _decoder = json.JSONDecoder()
 
 
-class _AnyObject(msgspec.Struct):
-    """A JSON object, any keys: msgspec checks them and their values, and keeps none."""
+class _AnyObject(msgspec.Struct, gc=False):
+    """A JSON object, any keys: msgspec checks them and their values, and keeps none.
+
+    gc=False: a window makes hundreds of these at once, and tracked ones would set off the
+    garbage collector's young-generation passes over and over, for objects that hold
+    nothing."""
 
 
 # Whole elements of a window: a list of JSON objects, checked, not built into Python objects.
 _objects = msgspec.json.Decoder(list[_AnyObject])
 
-
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
+# What the check yields when it needs the next piece of the file, and is sent: the piece,
+# or b"" at the end of the file.
+_Needs = Generator[None, bytes, Any]
 
 
 def count_elements(
@@ -55,99 +59,75 @@ def count_elements(
 
     The file is read `read_bytes` at a time; a value longer than `max_value_chars` is refused.
     """
+    check = StreamCheck(max_value_chars=max_value_chars)
     with path.open("rb") as file:
-        return _Reader(file, read_bytes, max_value_chars).document()
+        while data := file.read(read_bytes):
+            check.feed(data)
+    return check.finish()
 
 
 class StreamCheck:
     """count_elements for a file that is never on disk: fed piece by piece as it streams.
 
-    The check runs in a thread of its own (not the event loop's shared pool: one waits per
-    part being downloaded), reading the pieces from a short queue, so memory stays at a few
-    pieces however large the file. Call `finish` for the count, or `abandon`.
+    Each piece is checked as it is fed, as far as it goes (an element cut at its end waits
+    for the next piece), in the caller's thread: a 64 KiB piece takes a fraction of a
+    millisecond. A refusal is kept and raised by `finish`, after the caller has had its say
+    (a truncated body is "truncated" before it is "not JSON").
     """
 
-    _QUEUED_PIECES = 8
-
-    def __init__(self) -> None:
-        self._pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=self._QUEUED_PIECES)
+    def __init__(self, *, max_value_chars: int = MAX_VALUE_CHARS) -> None:
+        self._check: _Needs | None = _Reader(max_value_chars).document()
         self._count: int | None = None
-        self._error: BaseException | None = None
+        self._error: BadFile | None = None
         self._ended = False
-        self._thread = threading.Thread(target=self._run, name="export-file-check", daemon=True)
-        self._thread.start()
+        self._send(None)  # up to its first need of a piece
 
-    async def feed(self, data: bytes) -> None:
-        """Pass the next piece of the file to the check (waits while the queue is full)."""
+    def feed(self, data: bytes) -> None:
+        """Check the next piece of the file, as far as it goes."""
         if self._ended:
             raise RuntimeError("feed after finish or abandon")
         if data:
-            await self._put(data)
+            self._send(data)
 
-    async def finish(self) -> int:
+    def finish(self) -> int:
         """The file's element count; BadFile if it breaks Clover's format."""
-        await self._end()
+        if self._ended:
+            raise RuntimeError("finish after finish or abandon")
+        self._send(b"")
+        self._ended = True
         if self._error is not None:
             raise self._error
-        if self._count is None:  # pragma: no cover -- _run always sets one or the other
+        if self._count is None:  # pragma: no cover -- a check fed its end returns or raises
             raise RuntimeError("the check ended without a result")
         return self._count
 
-    async def abandon(self) -> None:
+    def abandon(self) -> None:
         """Stop the check without a result."""
-        await self._end()
+        self._ended = True
+        check, self._check = self._check, None
+        if check is not None:
+            check.close()
 
-    async def _end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            await self._put(None)
-        await asyncio.to_thread(self._thread.join)
-
-    async def _put(self, item: bytes | None) -> None:
+    def _send(self, data: bytes | None) -> None:
+        check = self._check
+        if check is None:  # refused already: the rest of the file changes nothing
+            return
         try:
-            self._pieces.put_nowait(item)
-        except queue.Full:
-            # The thread always drains the queue (reading, or discarding after an error).
-            await asyncio.to_thread(self._pieces.put, item)
-
-    def _run(self) -> None:
-        source = _QueueFile(self._pieces)
-        try:
-            self._count = _Reader(source, READ_BYTES, MAX_VALUE_CHARS).document()
-        except BaseException as exc:  # handed to `finish`, which raises it in the loop
-            self._error = exc
-        finally:
-            source.drain()
-
-
-class _QueueFile:
-    """A read-only binary file over a queue of pieces; None in the queue is its end."""
-
-    def __init__(self, pieces: queue.Queue[bytes | None]) -> None:
-        self._pieces = pieces
-        self._at_end = False
-
-    def read(self, size: int, /) -> bytes:
-        # Any length up to `size` will do: the reader only needs "nothing" to mean the end.
-        if self._at_end:
-            return b""
-        piece = self._pieces.get()
-        if piece is None:
-            self._at_end = True
-            return b""
-        return piece
-
-    def drain(self) -> None:
-        while not self._at_end:
-            self.read(0)
+            check.send(data)  # type: ignore[arg-type]  # None starts it, as for any generator
+        except StopIteration as end:
+            self._check, self._count = None, end.value
+        except BadFile as exc:
+            self._check, self._error = None, exc
 
 
 class _Reader:
-    """UTF-8 text of a file through a window that only ever holds the value being read."""
+    """UTF-8 text of a file through a window that only ever holds the value being read.
 
-    def __init__(self, file: BinaryIO | _Readable, read_bytes: int, max_value_chars: int) -> None:
-        self._file = file
-        self._read_bytes = read_bytes
+    Every step that may need more of the file is a generator: it yields when it has read
+    all it was fed, and is sent the next piece (b"" at the end of the file).
+    """
+
+    def __init__(self, max_value_chars: int) -> None:
         self._max_value_chars = max_value_chars
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._text = ""
@@ -156,62 +136,62 @@ class _Reader:
         self._slow_until = 0  # the file's characters up to here are read element by element
         self._eof = False
 
-    def document(self) -> int:
-        if self._peek() != "{":
+    def document(self) -> _Needs:
+        if (yield from self._peek()) != "{":
             raise BadFile("not a JSON object")
         self._pos += 1
         count: int | None = None
-        if self._peek() == "}":
+        if (yield from self._peek()) == "}":
             raise BadFile('no "elements" list')
         while True:
-            key = self._value()
+            key = yield from self._value()
             if not isinstance(key, str):
                 raise BadFile("not JSON: an object key is not a string")
-            self._expect(":")
+            yield from self._expect(":")
             if key == "elements":
                 if count is not None:
                     raise BadFile('"elements" appears twice')
-                count = self._elements()
+                count = yield from self._elements()
             else:
-                self._value()
-            if self._after_item("}"):
+                yield from self._value()
+            if (yield from self._after_item("}")):
                 break
-        if self._peek() is not None:
+        if (yield from self._peek()) is not None:
             raise BadFile("not JSON: data after the object")
         if count is None:
             raise BadFile('no "elements" list')
         return count
 
-    def _elements(self) -> int:
-        if self._peek() != "[":
+    def _elements(self) -> _Needs:
+        if (yield from self._peek()) != "[":
             raise BadFile('no "elements" list ("elements" is not a list)')
         self._pos += 1
-        if self._peek() == "]":
+        if (yield from self._peek()) == "]":
             self._pos += 1
             return 0
         count = 0
         while True:
-            whole = self._whole_elements()
+            whole = yield from self._whole_elements()
             if whole:
                 count += whole
             else:
-                if not isinstance(self._value(), dict):
+                if not isinstance((yield from self._value()), dict):
                     raise BadFile(f"element {count} is not a JSON object")
                 count += 1
             if count > MAX_OBJECTS_PER_FILE:
                 raise BadFile(
                     f"{MAX_OBJECTS_PER_FILE + 1} elements or more, more than {MAX_OBJECTS_PER_FILE}"
                 )
-            if self._after_item("]"):
+            if (yield from self._after_item("]")):
                 return count
 
-    def _whole_elements(self) -> int:
+    def _whole_elements(self) -> _Needs:
         """Check the whole elements at the start of the window and step past them: their
         number, or 0 (nothing read) where msgspec cannot say (then the rest of the window is
         read element by element, so a refusal costs at most one more pass)."""
         if self._offset + self._pos < self._slow_until:
             return 0
-        while len(self._text) - self._pos < WINDOW_CHARS and self._read():
+        while len(self._text) - self._pos < WINDOW_CHARS and (yield from self._read()):
             pass
         text, start = self._text, self._pos
         end = min(len(text), start + WINDOW_CHARS)
@@ -228,7 +208,8 @@ class _Reader:
             balanced_to = cut + 1
             if curly == 0 and _next_element_at(text, cut + 1):
                 try:
-                    elements = _objects.decode(f"[{text[start:balanced_to]}]".encode())
+                    # A str is decoded as it stands (its UTF-8 is not copied out first).
+                    elements = _objects.decode(f"[{text[start:balanced_to]}]")
                 except msgspec.DecodeError:
                     return 0
                 self._pos = balanced_to
@@ -236,50 +217,50 @@ class _Reader:
             cut = text.rfind("}", start, cut)
         return 0
 
-    def _after_item(self, closing: str) -> bool:
+    def _after_item(self, closing: str) -> _Needs:
         """Past a comma (False) or the closing bracket (True)."""
-        char = self._peek()
+        char = yield from self._peek()
         if char not in (",", closing):
             raise BadFile(f"not JSON: expected ',' or {closing!r}, found {char!r}")
         self._pos += 1
         return char == closing
 
-    def _expect(self, char: str) -> None:
-        if self._peek() != char:
+    def _expect(self, char: str) -> _Needs:
+        if (yield from self._peek()) != char:
             raise BadFile(f"not JSON: expected {char!r}")
         self._pos += 1
 
-    def _peek(self) -> str | None:
+    def _peek(self) -> _Needs:
         """The next character that is not white space, unread; None at the end."""
         while True:
             while self._pos < len(self._text) and self._text[self._pos] in _WHITESPACE:
                 self._pos += 1
             if self._pos < len(self._text):
                 return self._text[self._pos]
-            if not self._read():
+            if not (yield from self._read()):
                 return None
 
-    def _value(self) -> Any:
-        self._peek()
+    def _value(self) -> _Needs:
+        yield from self._peek()
         while True:
             try:
                 value, end = _decoder.raw_decode(self._text, self._pos)
             except (ValueError, RecursionError) as exc:
                 # Most likely the value runs past what has been read so far.
-                if not self._read():
+                if not (yield from self._read()):
                     raise BadFile(f"not JSON: {exc}") from None
                 continue
             # A number that ends where the text does may go on in the next read.
-            if end == len(self._text) and self._read():
+            if end == len(self._text) and (yield from self._read()):
                 continue
             self._pos = end
             return value
 
-    def _read(self) -> bool:
+    def _read(self) -> _Needs:
         """Append the next piece of the file; False at its end."""
         if self._eof:
             return False
-        data = self._file.read(self._read_bytes)
+        data = yield
         try:
             text = self._utf8.decode(data, final=not data)
         except UnicodeDecodeError as exc:

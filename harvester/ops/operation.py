@@ -15,8 +15,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from harvester.clock import Clock, nap
 from harvester.config import Config
 from harvester.harvest.observer import RunObserver
@@ -24,6 +22,8 @@ from harvester.logs import get_logger
 from harvester.ops.health import Health, ping
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from harvester.ops.metrics import Metrics
 
 
@@ -118,6 +118,10 @@ class Operation:
             await self.write_textfile()
 
     async def _serve(self, host: str, port: int) -> None:
+        # Imported here: aiohttp's server side is some 14 ms of every run's start-up, and
+        # only runs with metrics.listen serve.
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._health_page)
@@ -130,6 +134,7 @@ class Operation:
         get_logger().info("metrics.listening", host=host, port=self.address[1])
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
+        from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST
 
         assert self._exported is not None  # served only with metrics.listen: made then
@@ -138,6 +143,8 @@ class Operation:
         )
 
     async def _health_page(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         health = self._health()
         return web.Response(
             status=200 if health.healthy else 503,

@@ -500,7 +500,7 @@ class BucketPart:
             raise RuntimeError(f"{self._key}: write after commit or abort")
         self._hash.update(data)
         self._size += len(data)
-        await self._check.feed(data)
+        self._check.feed(data)
         self._buffer.write(data)
         if self._buffer.tell() >= self._bucket.part_size:
             await self._send_buffer()
@@ -517,7 +517,7 @@ class BucketPart:
             raise RuntimeError(f"{self._key}: commit after commit or abort")
         try:
             self._check = None
-            objects = await check.finish()
+            objects = check.finish()
             if expected_size is not None and self._size != expected_size:
                 problem = "truncated" if self._size < expected_size else "too long"
                 raise BadFile(f"{problem}: got {self._size} of {expected_size} bytes")
@@ -553,7 +553,7 @@ class BucketPart:
 
     async def _discard(self, check: StreamCheck | None, upload_id: str | None) -> None:
         if check is not None:
-            await check.abandon()
+            check.abandon()
         if upload_id is not None:
             with contextlib.suppress(OutputError):  # recover aborts it at the next start
                 await self._bucket.abort_upload(self._key, upload_id)

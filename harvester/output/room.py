@@ -1,10 +1,14 @@
 """Room in the output folder: checked before an export is created, given up once it is gone.
 
 An export holds one of a host's few slots for its whole run. Creating one whose files cannot
-be written wastes the slot, so before each creation the folder must take a file and have
-room for a chunk: `min_free_bytes`, plus the largest chunk this run has published. Once a
-write fails because the file system is full or read-only, no more exports are created for
-the rest of the run; downloads already under way finish if they can.
+be written wastes the slot, so before each creation the folder must have room for a chunk:
+`min_free_bytes`, plus the largest chunk this run has published, on a file system not
+mounted read-only. The first check of a run also makes sure the folder takes a file (a
+probe file made and deleted); later ones read the file system's figures only, because a
+file made and deleted per export was a good part of an export's CPU: on a file system
+without a journal, ext4 looks over every recently deleted inode when it allocates one.
+Once a write fails because the file system is full or read-only, no more exports are
+created for the rest of the run; downloads already under way finish if they can.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class OutputRoom:
         self._folder = folder
         self._min_free_bytes = min_free_bytes
         self._largest_chunk = 0
+        self._probed = False  # the folder has taken a file in this run
         self.lost: OutputError | None = None  # the write failure that ended exports, if any
 
     def published(self, size: int) -> None:
@@ -67,14 +72,18 @@ class OutputRoom:
         if self._folder is None:
             return
         try:
-            self._folder.mkdir(parents=True, exist_ok=True)
-            # A hidden name of its own: lanes check at the same time.
-            descriptor, probe = tempfile.mkstemp(
-                prefix=".harvester-probe-", suffix=".tmp", dir=self._folder
-            )
-            os.close(descriptor)
-            os.unlink(probe)
+            if not self._probed:
+                self._folder.mkdir(parents=True, exist_ok=True)
+                # A hidden name of its own: lanes check at the same time.
+                descriptor, probe = tempfile.mkstemp(
+                    prefix=".harvester-probe-", suffix=".tmp", dir=self._folder
+                )
+                os.close(descriptor)
+                os.unlink(probe)
+                self._probed = True
             stats = os.statvfs(self._folder)
+            if stats.f_flag & os.ST_RDONLY:  # remounted read-only since (ext4 errors=remount-ro)
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self._folder))
         except OSError as exc:
             raise output_error(exc, self._folder) from exc
         free = stats.f_bavail * stats.f_frsize

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +79,30 @@ def test_room_is_checked_by_writing_and_by_free_space(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(OutputError, match="cannot write"):
         OutputRoom(blocker, 0).check()
+
+
+def test_room_probes_with_a_file_once_then_reads_the_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a run's first check makes a probe file; later ones read free space and the
+    read-only flag, and a folder remounted read-only meanwhile is refused as EROFS."""
+    probes: list[str] = []
+    make_probe = tempfile.mkstemp
+
+    def counted(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        descriptor, path = make_probe(*args, **kwargs)
+        probes.append(path)
+        return descriptor, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", counted)
+    room = OutputRoom(tmp_path / "data", 0)
+    for _ in range(3):
+        room.check()
+    assert len(probes) == 1
+    real = os.statvfs(tmp_path)
+    read_only = os.statvfs_result((*real[:8], real.f_flag | os.ST_RDONLY, real.f_namemax))
+    monkeypatch.setattr(os, "statvfs", lambda path: read_only)
+    with pytest.raises(OutputError, match=r"Read-only file system \(EROFS\)") as refused:
+        room.check()
+    assert refused.value.errno == errno.EROFS
+    assert len(probes) == 1
