@@ -7,12 +7,14 @@ import pytest
 from harvester.pacing.polling import (
     AIMED_MIN_S,
     expected_durations,
+    measured_elapsed_s,
     next_poll_delay,
     progress_elapsed_s,
 )
 
 POLL_MIN_S = 2.0
 POLL_MAX_S = 60.0
+PREDICTED_MAX_S = 3600.0
 
 
 @pytest.mark.parametrize(
@@ -126,9 +128,112 @@ def test_progress_elapsed_uses_the_rate_seen_between_polls(
     assert progress_elapsed_s(elapsed_s, first_progress, now_s, percent) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("first_progress", "now_s", "percent"),
+    [(None, 30.0, 10.0), ((20.0, 10.0), 30.0, 10.0), ((20.0, 30.0), 30.0, 10.0)],
+)
+def test_no_rate_is_measured_without_progress_rising_since_the_first_sighting(
+    first_progress: tuple[float, float] | None, now_s: float, percent: float
+) -> None:
+    """One sighting of progress, none since, or a percentage that fell back: no rate."""
+    assert measured_elapsed_s(first_progress, now_s, percent) is None
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "percent", "expected_s"),
+    [
+        (1000.0, 50.0, 1000.0),  # from 50% on: straight at the end, past poll_max_s
+        (100.0, 20.0, 200.0),  # below: half of the remaining time
+        (100.0, 99.0, 100.0 / 99),  # a near miss: just past the end, under poll_min_s
+        (10000.0, 10.0, 3600.0),  # never past predicted_max_s
+        (0.2, 10.0, 2.0),  # below 50% never under poll_min_s
+        (500.0, 0.0, 60.0),  # nothing known (a percentage gone back to 0): by elapsed time
+    ],
+)
+def test_a_measured_rate_is_aimed_at_without_history(
+    elapsed_s: float, percent: float, expected_s: float
+) -> None:
+    """With no history, a rate measured between two polls is aimed at as a history would be:
+    the end it predicts, half of the way below 50%, up to predicted_max_s."""
+    delay = next_poll_delay(
+        elapsed_s,
+        percent,
+        POLL_MIN_S,
+        POLL_MAX_S,
+        predicted_max_s=PREDICTED_MAX_S,
+        measured=True,
+    )
+    assert delay == pytest.approx(expected_s)
+
+
+def poll_by_progress(
+    duration_s: float, stalls_at: float | None = None, queued_s: float = 1.0
+) -> tuple[float, int, list[float]]:
+    """Poll an export with no history as the scheduler does: queued_s at 0%, then duration_s
+    with percentComplete rising linearly as a whole number (and stopping at `stalls_at`
+    percent, if given), DONE at the end. The rate is measured from the first poll that showed
+    progress, and trusted while the latest poll showed it rising. Returns (seconds from DONE
+    to the poll that saw it, polls, the waits)."""
+    done_at = queued_s + duration_s
+    elapsed = 0.0
+    percent = seen = 0
+    first: tuple[float, float] | None = None
+    waits: list[float] = []
+    while True:
+        measured_s = measured_elapsed_s(first, elapsed, percent)
+        waits.append(
+            next_poll_delay(
+                elapsed if measured_s is None else measured_s,
+                percent,
+                POLL_MIN_S,
+                POLL_MAX_S,
+                predicted_max_s=PREDICTED_MAX_S,
+                measured=measured_s is not None and percent > seen,
+            )
+        )
+        seen = percent
+        elapsed += waits[-1]
+        if elapsed >= done_at and stalls_at is None:
+            return elapsed - done_at, len(waits), waits
+        percent = min(99, max(0, math.floor(100 * (elapsed - queued_s) / duration_s)))
+        if stalls_at is not None:
+            if percent >= stalls_at and len(waits) > 200:
+                return 0.0, len(waits), waits
+            percent = min(percent, math.floor(stalls_at))
+        if first is None and percent > 0:
+            first = (elapsed, percent)
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "most_polls"),
+    [(5.0, 4), (60.0, 4), (300.0, 6), (1800.0, 12), (3600.0, 14), (21600.0, 30)],
+)
+def test_an_export_with_no_history_is_aimed_at_by_its_measured_rate(
+    duration_s: float, most_polls: int
+) -> None:
+    """With nothing learned, an export of 30 minutes takes about a dozen polls (some forty at
+    poll_max_s 60 before), one of 6 hours some thirty (hundreds before), and its DONE is still
+    seen within 2% of its length (or poll_min_s)."""
+    latency_s, polls, _ = poll_by_progress(duration_s)
+    assert polls <= most_polls
+    assert latency_s <= max(POLL_MIN_S, 0.02 * duration_s)
+
+
+@pytest.mark.parametrize("stalls_at", [5.0, 30.0, 60.0, 95.0])
+def test_a_stalled_export_is_polled_within_poll_max_once_its_progress_stops(
+    stalls_at: float,
+) -> None:
+    """Progress stops: once a poll shows it no higher, the waits fall back within poll_max_s,
+    so that export_timeout_s finds the stall in time; the one wait aimed at the end before it
+    was seen stays within predicted_max_s."""
+    _, _, waits = poll_by_progress(1800.0, stalls_at=stalls_at)
+    assert max(waits) <= PREDICTED_MAX_S
+    stalled = waits[-150:]  # long after the stall: every wait by the plain schedule
+    assert max(stalled) <= POLL_MAX_S
+
+
 # -- aimed by past durations ------------------------------------------------------------------
 
-PREDICTED_MAX_S = 3600.0
 HISTORY = (100.0, 105.0, 110.0, 115.0, 120.0)  # p50 110, p90 120
 
 
