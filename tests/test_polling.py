@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
 from harvester.pacing.polling import (
     AIMED_MIN_S,
+    ProgressRate,
     expected_durations,
     measured_elapsed_s,
     next_poll_delay,
@@ -167,20 +169,24 @@ def test_a_measured_rate_is_aimed_at_without_history(
 
 
 def poll_by_progress(
-    duration_s: float, stalls_at: float | None = None, queued_s: float = 1.0
+    duration_s: float,
+    stalls_at: float | None = None,
+    queued_s: float = 1.0,
+    shown: Callable[[int, int], float] = lambda percent, _: percent,
 ) -> tuple[float, int, list[float]]:
     """Poll an export with no history as the scheduler does: queued_s at 0%, then duration_s
     with percentComplete rising linearly as a whole number (and stopping at `stalls_at`
-    percent, if given), DONE at the end. The rate is measured from the first poll that showed
-    progress, and trusted while the latest poll showed it rising. Returns (seconds from DONE
-    to the poll that saw it, polls, the waits)."""
+    percent, if given), DONE at the end; `shown(percent, poll)` is what the server reports of
+    it. Returns (seconds from DONE to the poll that saw it, polls, the waits); a stalled
+    export is given up after 200 polls."""
     done_at = queued_s + duration_s
     elapsed = 0.0
-    percent = seen = 0
-    first: tuple[float, float] | None = None
+    percent = 0.0
+    progress = ProgressRate()
     waits: list[float] = []
     while True:
-        measured_s = measured_elapsed_s(first, elapsed, percent)
+        progress.seen(elapsed, percent)
+        measured_s = progress.elapsed_s(elapsed)
         waits.append(
             next_poll_delay(
                 elapsed if measured_s is None else measured_s,
@@ -188,20 +194,18 @@ def poll_by_progress(
                 POLL_MIN_S,
                 POLL_MAX_S,
                 predicted_max_s=PREDICTED_MAX_S,
-                measured=measured_s is not None and percent > seen,
+                measured=measured_s is not None and progress.trusted,
             )
         )
-        seen = percent
         elapsed += waits[-1]
         if elapsed >= done_at and stalls_at is None:
             return elapsed - done_at, len(waits), waits
-        percent = min(99, max(0, math.floor(100 * (elapsed - queued_s) / duration_s)))
+        if len(waits) > 200:
+            return 0.0, len(waits), waits
+        done = min(99, max(0, math.floor(100 * (elapsed - queued_s) / duration_s)))
         if stalls_at is not None:
-            if percent >= stalls_at and len(waits) > 200:
-                return 0.0, len(waits), waits
-            percent = min(percent, math.floor(stalls_at))
-        if first is None and percent > 0:
-            first = (elapsed, percent)
+            done = min(done, math.floor(stalls_at))
+        percent = shown(done, len(waits))
 
 
 @pytest.mark.parametrize(
@@ -217,6 +221,40 @@ def test_an_export_with_no_history_is_aimed_at_by_its_measured_rate(
     latency_s, polls, _ = poll_by_progress(duration_s)
     assert polls <= most_polls
     assert latency_s <= max(POLL_MIN_S, 0.02 * duration_s)
+
+
+def test_a_server_that_does_not_count_is_polled_within_poll_max() -> None:
+    """percentComplete 0 until DONE: no rate, the waits grow by a quarter, within poll_max_s."""
+    latency_s, _, waits = poll_by_progress(1800.0, shown=lambda _, __: 0.0)
+    assert max(waits) <= POLL_MAX_S
+    assert latency_s <= POLL_MAX_S
+
+
+def test_a_percentage_that_fell_back_is_never_trusted_again() -> None:
+    """A count that jumps about (here 7 points down on every third poll): once it fell back,
+    no wait of the export goes past poll_max_s, however it rises after."""
+    _, _, waits = poll_by_progress(
+        1800.0, shown=lambda percent, poll: max(0, percent - 7) if poll % 3 == 0 else percent
+    )
+    fell_at = 3  # the third poll shows the first fall (its percentage is 0 before that anyway)
+    assert max(waits[fell_at:]) <= POLL_MAX_S
+
+
+def test_progress_rate_trusts_a_rise_only_with_none_fallen_before() -> None:
+    """Trusted once a second reading rises over a first one; not after a reading that stayed,
+    nor ever after one that fell."""
+    progress = ProgressRate()
+    progress.seen(0.0, 0.0)
+    progress.seen(10.0, 10.0)
+    assert progress.elapsed_s(10.0) is None  # one sighting: no rate yet
+    progress.seen(20.0, 20.0)
+    assert progress.trusted
+    assert progress.elapsed_s(20.0) == pytest.approx(20.0)
+    progress.seen(30.0, 20.0)
+    assert not progress.trusted
+    progress.seen(40.0, 15.0)
+    progress.seen(50.0, 40.0)
+    assert not progress.trusted
 
 
 @pytest.mark.parametrize("stalls_at", [5.0, 30.0, 60.0, 95.0])

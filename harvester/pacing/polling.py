@@ -17,12 +17,13 @@ With nothing learned yet, the delay follows Clover's percentComplete:
 - Done (p >= 100) but not yet reported DONE: the files are being written; look again soon.
 
 Once two polls have shown progress and the latest one showed it rising (`measured`: the rate
-seen between them, see `measured_elapsed_s`), the end the rate predicts is aimed at as with
-history (below), past poll_max_s if need be: a 30-minute export nobody has seen the like of
-takes a dozen polls, not forty. A single reading is not trusted that far (its elapsed time
-includes the export's wait in Clover's queue, and a percentage rounded down says little at
-1%), nor a rate whose progress has stopped since (a stall: the polls stay within poll_max_s,
-so that export_timeout_s finds it in time).
+seen between them, see `ProgressRate`), the end the rate predicts is aimed at as with history
+(below), past poll_max_s if need be: a 30-minute export nobody has seen the like of takes a
+dozen polls, not forty. A single reading is not trusted that far (its elapsed time includes
+the export's wait in Clover's queue, and a percentage rounded down says little at 1%), nor a
+rate whose progress has stopped since (a stall: the polls stay within poll_max_s, so that
+export_timeout_s finds it in time), nor any rate of an export whose percentage ever fell back
+(a server whose count is not a measure of the work).
 
 With past exports' durations (`expected_s`: how long exports like this one took, see
 `expected_durations`), the first poll goes where the export most likely ends, and the ones
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 # From this percentage on, the end it predicts is aimed at straight: a percentage rounded down
 # by up to 1 puts that end late by at most 1/percent of the export (2%).
@@ -177,3 +179,35 @@ def measured_elapsed_s(
     if not percent > first_percent or now_s <= first_s:
         return None
     return percent * (now_s - first_s) / (percent - first_percent)
+
+
+@dataclass(slots=True)
+class ProgressRate:
+    """What the polls of one export showed of its progress, and whether its rate is trusted.
+
+    `seen` each percentage as it comes (the one the export started polling with first), on
+    one clock. The rate is measured from the first reading that showed progress to the
+    latest (`measured_elapsed_s`); it is trusted only while the latest reading rose over the
+    one before, and never once a percentage fell back.
+    """
+
+    first: tuple[float, float] | None = None  # (time, percent) of the first progress seen
+    percent: float = 0.0  # the latest percentage seen
+    rising: bool = False  # the latest reading rose over the one before
+    fell: bool = False  # some reading fell below the one before
+
+    def seen(self, now_s: float, percent: float) -> None:
+        if self.first is None and percent > 0:
+            self.first = (now_s, percent)
+        self.rising = percent > self.percent
+        self.fell = self.fell or percent < self.percent
+        self.percent = percent
+
+    def elapsed_s(self, now_s: float) -> float | None:
+        """How long the latest percentage took at the rate seen; None if no rate was seen."""
+        return measured_elapsed_s(self.first, now_s, self.percent)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the end the rate predicts may be aimed at past poll_max_s."""
+        return self.rising and not self.fell
