@@ -11,7 +11,6 @@ from harvester.pacing.polling import (
     expected_durations,
     measured_elapsed_s,
     next_poll_delay,
-    progress_elapsed_s,
 )
 
 POLL_MIN_S = 2.0
@@ -111,34 +110,24 @@ def test_an_hour_long_export_costs_far_fewer_polls_than_fixed_rate(
 
 
 @pytest.mark.parametrize(
-    ("elapsed_s", "first_progress", "now_s", "percent", "expected"),
+    ("first_progress", "now_s", "percent", "expected"),
     [
-        (30.0, None, 30.0, 10.0, 30.0),  # one sighting of progress: nothing better to go on
-        (30.0, (20.0, 10.0), 30.0, 10.0, 30.0),  # no progress since: keep time since creation
-        (30.0, (20.0, 10.0), 30.0, 30.0, 15.0),  # 20 points in 10 s: 30 points took 15 s
-        (30.0, (20.0, 10.0), 20.0, 30.0, 30.0),  # no time passed: no rate to compute
+        (None, 30.0, 10.0, None),  # one sighting of progress: nothing better to go on
+        ((20.0, 10.0), 30.0, 10.0, None),  # no progress since: no rate
+        ((20.0, 10.0), 30.0, 30.0, 15.0),  # 20 points in 10 s: 30 points took 15 s
+        ((20.0, 10.0), 20.0, 30.0, None),  # no time passed: no rate to compute
+        ((20.0, 30.0), 30.0, 10.0, None),  # a percentage that fell back: no rate
     ],
 )
-def test_progress_elapsed_uses_the_rate_seen_between_polls(
-    elapsed_s: float,
+def test_the_measured_elapsed_time_is_the_rate_seen_between_polls(
     first_progress: tuple[float, float] | None,
     now_s: float,
     percent: float,
-    expected: float,
+    expected: float | None,
 ) -> None:
-    """The elapsed time used for prediction leaves out the export's wait in the queue."""
-    assert progress_elapsed_s(elapsed_s, first_progress, now_s, percent) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    ("first_progress", "now_s", "percent"),
-    [(None, 30.0, 10.0), ((20.0, 10.0), 30.0, 10.0), ((20.0, 30.0), 30.0, 10.0)],
-)
-def test_no_rate_is_measured_without_progress_rising_since_the_first_sighting(
-    first_progress: tuple[float, float] | None, now_s: float, percent: float
-) -> None:
-    """One sighting of progress, none since, or a percentage that fell back: no rate."""
-    assert measured_elapsed_s(first_progress, now_s, percent) is None
+    """The elapsed time a rate predicts with leaves out the export's wait in the queue; with
+    no rate seen between two polls there is none."""
+    assert measured_elapsed_s(first_progress, now_s, percent) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

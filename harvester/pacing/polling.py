@@ -153,15 +153,6 @@ def expected_durations(
     return tuple(scaled)
 
 
-def progress_elapsed_s(
-    elapsed_s: float, first_progress: tuple[float, float] | None, now_s: float, percent: float
-) -> float:
-    """The elapsed time to predict with: how long `percent` took at the rate seen lately
-    (`measured_elapsed_s`), or elapsed_s when no rate was seen yet."""
-    measured_s = measured_elapsed_s(first_progress, now_s, percent)
-    return elapsed_s if measured_s is None else measured_s
-
-
 def measured_elapsed_s(
     first_progress: tuple[float, float] | None, now_s: float, percent: float
 ) -> float | None:
