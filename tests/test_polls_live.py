@@ -7,6 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harvester.clover.chunks import TimeRange
 from tests.conftest import DATA_START
 from tests.fakeclock import FakeClock
@@ -59,3 +61,33 @@ async def test_without_history_polls_follow_the_progress_alone(
 
         assert second.summary.exit_code == 0, second.summary.render()
         assert min(polls_per_export(second)) > 5
+
+
+@pytest.mark.parametrize("count", ["none", "jumpy"])
+async def test_a_count_that_does_not_measure_the_work_is_survived(
+    tmp_path: Path, clock: FakeClock, count: str
+) -> None:
+    """A server whose percentComplete stays 0 until DONE, or falls back now and then: a first
+    and a second backfill finish, nothing taken for a stall, each export polled a bounded
+    number of times (the waits themselves: tests/test_polling.py)."""
+    async with simulated(
+        tmp_path,
+        clock,
+        merchants=2,
+        progress_count=count,
+        pending_s=1.0,
+        export_base_s=100.0,
+        export_per_object_s=0.05,
+    ) as scenario:
+        polls = []
+        for requested in (FIRST, NEXT):
+            run = await harvest(scenario, clock, requested)
+            assert run.summary.exit_code == 0, run.summary.render()
+            polls.append(polls_per_export(run))
+        assert_exactly_once(scenario, TimeRange(FIRST.start, NEXT.end))
+        assert scenario.sim.stats.exports_created == 2 * 2 * 2 * 2  # none failed
+        # The first two knew nothing: by elapsed time (none), or by a rate until the count fell
+        # back (jumpy). Every later one learned from an ended export: at most 3.
+        (*learned, blind_a, blind_b), second = polls
+        assert max(blind_a, blind_b) <= 25
+        assert max(learned + second) <= 3
