@@ -188,6 +188,7 @@ class ProgressRate:
     fell: bool = False  # some reading fell below the one before
 
     def seen(self, now_s: float, percent: float) -> None:
+        """A poll (or the create) showed `percent` at now_s."""
         if self.first is None and percent > 0:
             self.first = (now_s, percent)
         self.rising = percent > self.percent
