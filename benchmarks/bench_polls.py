@@ -4,10 +4,11 @@ and ~30 min (issue 20: "105 status polls for 16 exports: 6.6 each").
 Four merchants, both types. A first backfill of four months starts from an empty state (cold:
 nothing learned, 32 exports); a second one of the next four months (five chunks per merchant
 and type, the last one 3 days long: 40 exports) runs on the state the first one left (warm:
-each merchant and type's durations are known). The server takes 2 exports at once, as
-configured. Each is run with polls aimed by past durations (`timing.poll_history` 20, the
-default) and without (`poll_history: 0`: the schedule before it, by progress alone), at the
-production polling bounds (poll_min_s 2, poll_max_s 60).
+each merchant and type's durations are known). A third backfill, of the first four months, is
+of four newcomers, merchants not seen before, on the state the others left (32 exports). The
+server takes 2 exports at once, as configured. Each is run with polls aimed by past durations
+(`timing.poll_history` 20, the default) and without (`poll_history: 0`: by each export's own
+progress alone), at the production polling bounds (poll_min_s 2, poll_max_s 60).
 
 The busy share is the server's: the time-integral of its running exports over 2 x (the
 backfill's start to its last export's end). A slot stays ours from the create until we see
@@ -43,6 +44,7 @@ from tests.fakeclock import FakeClock
 
 SERVER_EXPORTS = 2
 MERCHANTS = [f"POLLBENCH{n:04d}" for n in range(4)]
+NEWCOMERS = [f"POLLBENCH{n:04d}" for n in range(4, 8)]
 NOW = datetime(2025, 12, 1, 12, 0, tzinfo=UTC)
 COLD = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 5, 1, tzinfo=UTC))
 WARM = TimeRange(datetime(2025, 5, 1, tzinfo=UTC), datetime(2025, 9, 1, tzinfo=UTC))
@@ -79,13 +81,18 @@ class Phase:
 
 
 async def backfill(
-    sim: Simulator, clock: FakeClock, folder: Path, requested: TimeRange, history: int
+    sim: Simulator,
+    clock: FakeClock,
+    folder: Path,
+    requested: TimeRange,
+    history: int,
+    merchants: list[str],
 ) -> Phase:
-    tokens = {m: f"bench-token-{m}" for m in MERCHANTS}
+    tokens = {m: f"bench-token-{m}" for m in merchants}
     path = write_config(
         folder,
         sim.api_url,
-        MERCHANTS,
+        merchants,
         SERVER_EXPORTS,
         timing={"poll_min_s": 2, "poll_max_s": 60, "poll_history": history},
     )
@@ -111,10 +118,10 @@ async def backfill(
     )
 
 
-async def measure(length: Length, history: int, seed: int) -> tuple[Phase, Phase]:
+async def measure(length: Length, history: int, seed: int) -> tuple[Phase, Phase, Phase]:
     clock = FakeClock(NOW)
     settings = SimulatorSettings(
-        accounts={m: Account(token=f"bench-token-{m}") for m in MERCHANTS},
+        accounts={m: Account(token=f"bench-token-{m}") for m in MERCHANTS + NEWCOMERS},
         seed=seed,
         data_start=COLD.start,
         data_end=WARM.end,
@@ -135,28 +142,30 @@ async def measure(length: Length, history: int, seed: int) -> tuple[Phase, Phase
         async with Simulator(settings, clock, Faults()) as sim:
             beat = asyncio.create_task(metronome())
             try:
-                cold = await backfill(sim, clock, Path(folder), COLD, history)
-                warm = await backfill(sim, clock, Path(folder), WARM, history)
+                cold = await backfill(sim, clock, Path(folder), COLD, history, MERCHANTS)
+                warm = await backfill(sim, clock, Path(folder), WARM, history, MERCHANTS)
+                new = await backfill(sim, clock, Path(folder), COLD, history, NEWCOMERS)
             finally:
                 done.set()
                 await beat
-    return cold, warm
+    return cold, warm, new
 
 
 async def main(seed: int) -> None:
     configure_logging("json", "warning", stream=io.StringIO())
     print(
         f"{len(MERCHANTS)} merchants x 2 types, the server takes {SERVER_EXPORTS} exports; "
-        "cold: an empty state, warm: the next months on what it learned"
+        "cold: an empty state, warm: the next months on what it learned, newcomers: "
+        f"{len(NEWCOMERS)} merchants not seen before, on that state"
     )
     for length in LENGTHS:
         print(f"exports of {length.name}:")
-        for label, history in (("by progress (before)", 0), ("aimed by history", 20)):
+        for label, history in (("history off", 0), ("aimed by history", 20)):
             started = time.perf_counter()
-            cold, warm = await measure(length, history, seed)
+            cold, warm, new = await measure(length, history, seed)
             print(
-                f"  {label:>20}: cold {cold}; warm {warm} "
-                f"({time.perf_counter() - started:.1f} s real)",
+                f"  {label:>16}: cold      {cold}\n  {'':>16}  warm      {warm}\n"
+                f"  {'':>16}  newcomers {new} ({time.perf_counter() - started:.1f} s real)",
                 flush=True,
             )
 

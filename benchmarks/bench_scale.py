@@ -6,6 +6,14 @@ app limit (50 requests in any sliding second and 10 in flight, over all tokens, 
 with `X-RateLimit-crossToken*`). One `harvester backfill` process runs against it on SQLite
 for `--seconds` after its first export, then gets SIGTERM.
 
+Two nights per count of merchants. The first starts from an empty state. The second starts
+from a state that already holds a first night (each merchant and type's 30-day chunk covered,
+its export DONE: filled through the store's own operations, which takes a while at 10,000
+merchants) and harvests the next day: one 1-day chunk per merchant and type, each export's
+polls aimed by the history read from that state (`past_durations`, once per merchant and
+type). Before it runs, `history read` times that read for every merchant and type in turn,
+on the filled state: what the whole second night spends on it.
+
 Printed per case:
 - start s: from the process's start to the first export the server saw created;
 - exports/s: exports created per second between the first export and SIGTERM (or the end);
@@ -20,7 +28,7 @@ Printed per case:
 - stop s: from SIGTERM to exit, and the exit code (143: stopped by SIGTERM, 0: done first).
 
     make bench-scale     # or: .venv/bin/python -m benchmarks.bench_scale [--merchants 1000 10000]
-        [--seconds 60]
+        [--seconds 60] [--nights first second]
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,20 +48,28 @@ from pathlib import Path
 import yaml
 
 from harvester.clock import SystemClock
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from harvester.simulator.app import APP_CONCURRENT_HEADER, APP_RATE_HEADER
+from harvester.state.sqlite import Store
 from tests.backfills import backfill_argv
+from tests.fakeclock import FakeClock
 from tests.measured import Usage, launched, read_usage
 
 DATA_START = datetime(2025, 1, 1, tzinfo=UTC)
 DAYS = 30
 SERVER_LIMIT = 10
 APP_REQUESTS_PER_S = 50
+FIRST_NIGHT = TimeRange(DATA_START, DATA_START + timedelta(days=DAYS))
+SECOND_NIGHT = TimeRange(FIRST_NIGHT.end, FIRST_NIGHT.end + timedelta(days=1))
+FILL_BATCH = 500  # merchants per step of the first night's filling
+FIRST_NIGHT_EXPORT_S = 0.2  # how long each of the first night's exports took
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     merchants: int
+    night: str
     start_s: float
     exports_per_s: float
     share: float
@@ -69,7 +86,7 @@ def settings(merchants: dict[str, str]) -> SimulatorSettings:
     return SimulatorSettings(
         accounts={m: Account(token=t) for m, t in merchants.items()},
         data_start=DATA_START,
-        data_end=DATA_START + timedelta(days=DAYS),
+        data_end=SECOND_NIGHT.end,
         objects_per_day=2.0,
         objects_per_file=1000,
         max_concurrent_exports=SERVER_LIMIT,
@@ -100,6 +117,47 @@ def write_config(folder: Path, api_url: str, merchants: dict[str, str]) -> Path:
     return config
 
 
+async def fill_first_night(path: Path, merchants: Sequence[str]) -> float:
+    """The state at `path` as a first night leaves it: each merchant and type's 30-day chunk
+    covered by a DONE export, recorded through the store's operations (concurrent ones go as
+    one SQLite group commit). Returns the seconds it took."""
+    started = time.perf_counter()
+    clock = FakeClock(datetime.now(UTC) - timedelta(days=1))
+    async with await Store.open(path, clock) as store:
+        for at in range(0, len(merchants), FILL_BATCH):
+            batch = merchants[at : at + FILL_BATCH]
+            added = await store.add_chunks_of(
+                [(m, t, [FIRST_NIGHT]) for m in batch for t in ExportType]
+            )
+            chunks = [chunk for rows in added for chunk in rows]
+            await asyncio.gather(
+                *(store.record_export(c.id, f"NIGHT1E{c.id:09d}", "PENDING", 0.0) for c in chunks)
+            )
+            clock.advance(FIRST_NIGHT_EXPORT_S)
+            await asyncio.gather(
+                *(store.export_done(f"NIGHT1E{c.id:09d}", None, ["https://f/1"]) for c in chunks)
+            )
+            await asyncio.gather(*(store.complete_chunk(c.id) for c in chunks))
+    return time.perf_counter() - started
+
+
+async def history_read_s(path: Path, merchants: Sequence[str]) -> tuple[float, float]:
+    """Seconds to read every merchant and type's past durations from the state at `path`,
+    one read after another, as a second night reads them (once each); and to read the
+    latest of each type of any merchant (what a newcomer borrows, once per type)."""
+    async with await Store.open(path, SystemClock()) as store:
+        started = time.perf_counter()
+        for t in ExportType:
+            assert len(await store.recent_durations(t, 20)) == 20
+        recent_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for m in merchants:
+            for t in ExportType:
+                found = await store.past_durations(m, t, 20)
+                assert len(found) == 1, found
+        return time.perf_counter() - started, recent_s
+
+
 async def reap(pid: int, report: Path) -> Usage:
     """Wait for the launcher `pid` without blocking the loop (the simulator runs on it);
     what it reports of the harvester."""
@@ -112,12 +170,23 @@ async def reap(pid: int, report: Path) -> Usage:
         await asyncio.sleep(0.05)
 
 
-async def case(merchant_count: int, seconds: float) -> Outcome:
+async def case(merchant_count: int, seconds: float, night: str) -> Outcome:
     merchants = {f"SCALE{n:05d}SHOP": f"scale-token-{n:05d}-abcdef" for n in range(merchant_count)}
+    requested = SECOND_NIGHT if night == "second" else FIRST_NIGHT
     async with Simulator(settings(merchants), SystemClock(), Faults()) as sim:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
             config = write_config(Path(folder), sim.api_url, merchants)
-            end = DATA_START + timedelta(days=DAYS)
+            if night == "second":
+                state = Path(folder) / "state.sqlite3"
+                fill_s = await fill_first_night(state, list(merchants))
+                read_s, recent_s = await history_read_s(state, list(merchants))
+                print(
+                    f"{merchant_count:>9} first night filled in {fill_s:.1f} s; history read: "
+                    f"{read_s:.2f} s for {2 * merchant_count} merchants and types "
+                    f"({1000 * read_s / (2 * merchant_count):.2f} ms each), the latest of "
+                    f"each type {1000 * recent_s:.1f} ms",
+                    flush=True,
+                )
             started_at = datetime.now(UTC)
             started = time.perf_counter()
             report = Path(folder) / "usage.json"
@@ -127,8 +196,8 @@ async def case(merchant_count: int, seconds: float) -> Outcome:
                 launched(
                     backfill_argv(
                         config,
-                        DATA_START.date().isoformat(),
-                        end.date().isoformat(),
+                        requested.start.date().isoformat(),
+                        requested.end.date().isoformat(),
                         "--log-level",
                         "warning",
                         "--no-live",
@@ -166,6 +235,7 @@ async def case(merchant_count: int, seconds: float) -> Outcome:
         app_429s = stats.rate_limited[APP_RATE_HEADER] + stats.rate_limited[APP_CONCURRENT_HEADER]
         return Outcome(
             merchants=merchant_count,
+            night=night,
             start_s=first_at - started,
             exports_per_s=rate,
             share=rate / allowed,
@@ -183,25 +253,31 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--merchants", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--nights", nargs="+", choices=("first", "second"), default=["first", "second"]
+    )
     args = parser.parse_args()
     print(
-        f"merchants x 2 types, one {DAYS}-day chunk each; server limit {SERVER_LIMIT}, "
-        f"~0.1 s exports, app limit {APP_REQUESTS_PER_S}/s and 10 in flight; SQLite; "
-        f"SIGTERM {args.seconds:g} s after the first export"
+        f"merchants x 2 types, one {DAYS}-day chunk each (the second night: one day each, on "
+        f"the first's state); server limit {SERVER_LIMIT}, ~0.1 s exports, app limit "
+        f"{APP_REQUESTS_PER_S}/s and 10 in flight; SQLite; SIGTERM {args.seconds:g} s after "
+        "the first export"
     )
     print(
-        f"{'merchants':>9} {'start s':>7} {'exports/s':>9} {'share':>5} {'CPU ms/export':>13} "
-        f"{'peak RSS MB':>11} {'app 429s':>8} {'most in 1 s':>11} {'stop s':>6} {'exit':>4} "
-        f"{'exports':>7}"
+        f"{'merchants':>9} {'night':>6} {'start s':>7} {'exports/s':>9} {'share':>5} "
+        f"{'CPU ms/export':>13} {'peak RSS MB':>11} {'app 429s':>8} {'most in 1 s':>11} "
+        f"{'stop s':>6} {'exit':>4} {'exports':>7}"
     )
     for count in args.merchants:
-        o = await case(count, args.seconds)
-        print(
-            f"{o.merchants:>9} {o.start_s:>7.1f} {o.exports_per_s:>9.1f} {o.share:>5.2f} "
-            f"{o.cpu_ms_per_export:>13.1f} {o.peak_rss_mb:>11.0f} {o.app_429s:>8} "
-            f"{o.most_in_a_second:>11} {o.stop_s:>6.1f} {o.exit_code:>4} {o.exports:>7}",
-            flush=True,
-        )
+        for night in args.nights:
+            o = await case(count, args.seconds, night)
+            print(
+                f"{o.merchants:>9} {o.night:>6} {o.start_s:>7.1f} {o.exports_per_s:>9.1f} "
+                f"{o.share:>5.2f} {o.cpu_ms_per_export:>13.1f} {o.peak_rss_mb:>11.0f} "
+                f"{o.app_429s:>8} {o.most_in_a_second:>11} {o.stop_s:>6.1f} {o.exit_code:>4} "
+                f"{o.exports:>7}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -78,3 +78,30 @@ async def test_a_merchant_not_seen_borrows_the_shorter_half_of_its_hosts(
         off = ExportDurations(store, latest=0)
         off.observe(HOST, MERCHANT, ExportType.PAYMENTS, month(0), 100.0)
         assert await off.expected(HOST, MERCHANT, ExportType.PAYMENTS, month(0)) == ()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_merchant_new_to_the_store_borrows_the_latest_of_its_type_until_the_host_learns(
+    tmp_path: Path, clock: FakeClock, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Before any export of its host was seen, a merchant with no history of its own borrows
+    the shorter half of the latest `latest` covered exports of its type of any merchant, read
+    once per type; once its host has seen an export, the host's; the other type has none."""
+    async with opened_store(backend, request, tmp_path / "state.sqlite3", clock) as store:
+        for n, seconds in enumerate((900.0, 100.0, 400.0, 300.0, 200.0)):
+            await export_taking(store, clock, n, seconds)
+        durations = ExportDurations(store, latest=4)
+
+        # The latest four: 100, 400, 300, 200 (not the oldest, 900); the shorter half of them.
+        assert await durations.expected(HOST, OTHER, ExportType.PAYMENTS, month(6)) == (
+            100.0,
+            200.0,
+        )
+        assert await durations.expected(HOST, OTHER, ExportType.ORDERS, month(6)) == ()
+        await export_taking(store, clock, 5, 10.0)  # read once: not seen by this run's reads
+        assert await durations.expected(HOST, OTHER, ExportType.PAYMENTS, month(6)) == (
+            100.0,
+            200.0,
+        )
+        durations.observe(HOST, MERCHANT, ExportType.ORDERS, month(0), 50.0)
+        assert await durations.expected(HOST, OTHER, ExportType.PAYMENTS, month(6)) == (50.0,)

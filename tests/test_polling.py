@@ -1,18 +1,21 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
 from harvester.pacing.polling import (
     AIMED_MIN_S,
+    ProgressRate,
     expected_durations,
+    measured_elapsed_s,
     next_poll_delay,
-    progress_elapsed_s,
 )
 
 POLL_MIN_S = 2.0
 POLL_MAX_S = 60.0
+PREDICTED_MAX_S = 3600.0
 
 
 @pytest.mark.parametrize(
@@ -107,28 +110,157 @@ def test_an_hour_long_export_costs_far_fewer_polls_than_fixed_rate(
 
 
 @pytest.mark.parametrize(
-    ("elapsed_s", "first_progress", "now_s", "percent", "expected"),
+    ("first_progress", "now_s", "percent", "expected"),
     [
-        (30.0, None, 30.0, 10.0, 30.0),  # one sighting of progress: nothing better to go on
-        (30.0, (20.0, 10.0), 30.0, 10.0, 30.0),  # no progress since: keep time since creation
-        (30.0, (20.0, 10.0), 30.0, 30.0, 15.0),  # 20 points in 10 s: 30 points took 15 s
-        (30.0, (20.0, 10.0), 20.0, 30.0, 30.0),  # no time passed: no rate to compute
+        (None, 30.0, 10.0, None),  # one sighting of progress: nothing better to go on
+        ((20.0, 10.0), 30.0, 10.0, None),  # no progress since: no rate
+        ((20.0, 10.0), 30.0, 30.0, 15.0),  # 20 points in 10 s: 30 points took 15 s
+        ((20.0, 10.0), 20.0, 30.0, None),  # no time passed: no rate to compute
+        ((20.0, 30.0), 30.0, 10.0, None),  # a percentage that fell back: no rate
     ],
 )
-def test_progress_elapsed_uses_the_rate_seen_between_polls(
-    elapsed_s: float,
+def test_the_measured_elapsed_time_is_the_rate_seen_between_polls(
     first_progress: tuple[float, float] | None,
     now_s: float,
     percent: float,
-    expected: float,
+    expected: float | None,
 ) -> None:
-    """The elapsed time used for prediction leaves out the export's wait in the queue."""
-    assert progress_elapsed_s(elapsed_s, first_progress, now_s, percent) == pytest.approx(expected)
+    """The elapsed time a rate predicts with leaves out the export's wait in the queue; with
+    no rate seen between two polls there is none."""
+    assert measured_elapsed_s(first_progress, now_s, percent) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "percent", "expected_s"),
+    [
+        (1000.0, 50.0, 1000.0),  # from 50% on: straight at the end, past poll_max_s
+        (100.0, 20.0, 200.0),  # below: half of the remaining time
+        (100.0, 99.0, 100.0 / 99),  # a near miss: just past the end, under poll_min_s
+        (10000.0, 10.0, 3600.0),  # never past predicted_max_s
+        (0.2, 10.0, 2.0),  # below 50% never under poll_min_s
+        (500.0, 0.0, 60.0),  # nothing known (a percentage gone back to 0): by elapsed time
+    ],
+)
+def test_a_measured_rate_is_aimed_at_without_history(
+    elapsed_s: float, percent: float, expected_s: float
+) -> None:
+    """With no history, a rate measured between two polls is aimed at as a history would be:
+    the end it predicts, half of the way below 50%, up to predicted_max_s."""
+    delay = next_poll_delay(
+        elapsed_s,
+        percent,
+        POLL_MIN_S,
+        POLL_MAX_S,
+        predicted_max_s=PREDICTED_MAX_S,
+        measured=True,
+    )
+    assert delay == pytest.approx(expected_s)
+
+
+def poll_by_progress(
+    duration_s: float,
+    stalls_at: float | None = None,
+    queued_s: float = 1.0,
+    shown: Callable[[int, int], float] = lambda percent, _: percent,
+) -> tuple[float, int, list[float]]:
+    """Poll an export with no history as the scheduler does: queued_s at 0%, then duration_s
+    with percentComplete rising linearly as a whole number (and stopping at `stalls_at`
+    percent, if given), DONE at the end; `shown(percent, poll)` is what the server reports of
+    it. Returns (seconds from DONE to the poll that saw it, polls, the waits); a stalled
+    export is given up after 200 polls."""
+    done_at = queued_s + duration_s
+    elapsed = 0.0
+    percent = 0.0
+    progress = ProgressRate()
+    waits: list[float] = []
+    while True:
+        progress.seen(elapsed, percent)
+        measured_s = progress.elapsed_s(elapsed)
+        waits.append(
+            next_poll_delay(
+                elapsed if measured_s is None else measured_s,
+                percent,
+                POLL_MIN_S,
+                POLL_MAX_S,
+                predicted_max_s=PREDICTED_MAX_S,
+                measured=measured_s is not None and progress.trusted,
+            )
+        )
+        elapsed += waits[-1]
+        if elapsed >= done_at and stalls_at is None:
+            return elapsed - done_at, len(waits), waits
+        if len(waits) > 200:
+            return 0.0, len(waits), waits
+        done = min(99, max(0, math.floor(100 * (elapsed - queued_s) / duration_s)))
+        if stalls_at is not None:
+            done = min(done, math.floor(stalls_at))
+        percent = shown(done, len(waits))
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "most_polls"),
+    [(5.0, 4), (60.0, 4), (300.0, 6), (1800.0, 12), (3600.0, 14), (21600.0, 30)],
+)
+def test_an_export_with_no_history_is_aimed_at_by_its_measured_rate(
+    duration_s: float, most_polls: int
+) -> None:
+    """With nothing learned, an export of 30 minutes takes about a dozen polls (some forty at
+    poll_max_s 60 before), one of 6 hours some thirty (hundreds before), and its DONE is still
+    seen within 2% of its length (or poll_min_s)."""
+    latency_s, polls, _ = poll_by_progress(duration_s)
+    assert polls <= most_polls
+    assert latency_s <= max(POLL_MIN_S, 0.02 * duration_s)
+
+
+def test_a_server_that_does_not_count_is_polled_within_poll_max() -> None:
+    """percentComplete 0 until DONE: no rate, the waits grow by a quarter, within poll_max_s."""
+    latency_s, _, waits = poll_by_progress(1800.0, shown=lambda _, __: 0.0)
+    assert max(waits) <= POLL_MAX_S
+    assert latency_s <= POLL_MAX_S
+
+
+def test_a_percentage_that_fell_back_is_never_trusted_again() -> None:
+    """A count that jumps about (here 7 points down on every third poll): once it fell back,
+    no wait of the export goes past poll_max_s, however it rises after."""
+    _, _, waits = poll_by_progress(
+        1800.0, shown=lambda percent, poll: max(0, percent - 7) if poll % 3 == 0 else percent
+    )
+    fell_at = 3  # the third poll shows the first fall (its percentage is 0 before that anyway)
+    assert max(waits[fell_at:]) <= POLL_MAX_S
+
+
+def test_progress_rate_trusts_a_rise_only_with_none_fallen_before() -> None:
+    """Trusted once a second reading rises over a first one; not after a reading that stayed,
+    nor ever after one that fell."""
+    progress = ProgressRate()
+    progress.seen(0.0, 0.0)
+    progress.seen(10.0, 10.0)
+    assert progress.elapsed_s(10.0) is None  # one sighting: no rate yet
+    progress.seen(20.0, 20.0)
+    assert progress.trusted
+    assert progress.elapsed_s(20.0) == pytest.approx(20.0)
+    progress.seen(30.0, 20.0)
+    assert not progress.trusted
+    progress.seen(40.0, 15.0)
+    progress.seen(50.0, 40.0)
+    assert not progress.trusted
+
+
+@pytest.mark.parametrize("stalls_at", [5.0, 30.0, 60.0, 95.0])
+def test_a_stalled_export_is_polled_within_poll_max_once_its_progress_stops(
+    stalls_at: float,
+) -> None:
+    """Progress stops: once a poll shows it no higher, the waits fall back within poll_max_s,
+    so that export_timeout_s finds the stall in time; the one wait aimed at the end before it
+    was seen stays within predicted_max_s."""
+    _, _, waits = poll_by_progress(1800.0, stalls_at=stalls_at)
+    assert max(waits) <= PREDICTED_MAX_S
+    stalled = waits[-150:]  # long after the stall: every wait by the plain schedule
+    assert max(stalled) <= POLL_MAX_S
 
 
 # -- aimed by past durations ------------------------------------------------------------------
 
-PREDICTED_MAX_S = 3600.0
 HISTORY = (100.0, 105.0, 110.0, 115.0, 120.0)  # p50 110, p90 120
 
 

@@ -1006,6 +1006,31 @@ async def test_a_lost_create_answer_still_made_the_export(
         assert sim.running_exports() == 6
 
 
+@pytest.mark.parametrize(
+    ("count", "percents"),
+    [
+        ("steady", [0, 0, 25, 74, 94, 100]),
+        ("none", [0, 0, 0, 0, 0, 100]),
+        ("jumpy", [0, 0, 25, 67, 94, 100]),
+    ],
+)
+async def test_percent_complete_is_played_as_the_progress_count_says(
+    clock: FakeClock, session: aiohttp.ClientSession, count: str, percents: list[int]
+) -> None:
+    """A steady count of the work done; none at all until DONE; or a jumpy one, 7 points under
+    the steady count on every third second of the clock (here at 84 s: 74 shown as 67)."""
+    settings = make_settings(
+        pending_s=10.0, export_base_s=100.0, export_per_object_s=0.0, progress_count=count
+    )
+    async with Simulator(settings, clock) as sim:
+        export_id = (await create(session, sim)).data["id"]
+        seen = []
+        for step_s in (5.0, 5.0, 25.0, 49.0, 20.0, 6.0):
+            clock.advance(step_s)
+            seen.append((await poll(session, sim, export_id)).data["percentComplete"])
+        assert seen == percents
+
+
 async def test_done_can_be_called_complete(
     clock: FakeClock, session: aiohttp.ClientSession
 ) -> None:
@@ -1047,6 +1072,7 @@ async def test_requests_as_clovers_sample_sends_them_are_accepted(
         ("header_case", "upper"),
         ("file_host", "cdn"),
         ("done_status", "FINISHED"),
+        ("progress_count", "smooth"),
     ],
 )
 def test_an_unknown_way_of_playing_is_refused(setting: str, value: object) -> None:
@@ -1078,6 +1104,7 @@ def test_flags_become_settings_and_faults(monkeypatch: pytest.MonkeyPatch) -> No
         " --file-ttl-s 60 --window-open-hours 10:00-15:30 --fault api_5xx=0.1"
         " --fault file_slow=1 --latency-s 0.25 --file-encoding gzip --empty-exports no_urls"
         " --permission-status 401 --header-case lower --file-host api --done-status COMPLETE"
+        " --progress-count jumpy"
         " --fault create_lost=0.08 --token-requests-per-s 8 --token-concurrent 2"
         " --app-requests-per-s 20 --app-concurrent 4"
     )
@@ -1105,6 +1132,7 @@ def test_flags_become_settings_and_faults(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.file_host, settings.done_status) == ("api", "COMPLETE")
     assert (settings.token_requests_per_s, settings.token_concurrent) == (8, 2)
     assert (settings.app_requests_per_s, settings.app_concurrent) == (20, 4)
+    assert settings.progress_count == "jumpy"
 
 
 def test_merchants_come_from_the_environment_without_merchant_flags(

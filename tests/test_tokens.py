@@ -74,7 +74,8 @@ async def test_the_access_token_is_refreshed_before_it_expires(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     """Access tokens live 10 min, the margin is 2 min: through a 40-minute export the harvester
-    refreshes about every 8 min, never sooner, and Clover never sees an expired token."""
+    refreshes 8 min after the last refresh or later, with the first request past that (polls
+    aimed at the export's end may be minutes apart), and Clover never sees an expired token."""
     async with refreshing(tmp_path, clock, access_token_ttl_s=600, export_base_s=2400) as scenario:
         scenario.top["timing"] = {**FAST_TIMING, "token_refresh_margin_s": 120}
         run = await harvest(scenario, clock, MONTH)
@@ -84,11 +85,13 @@ async def test_the_access_token_is_refreshed_before_it_expires(
         stats = scenario.sim.stats
         assert (stats.bad_tokens, stats.refresh_reuse) == (0, 0)
         refreshed_at = [s.at for s in run.requests.of("refresh")]
-        assert stats.refreshes == len(refreshed_at) >= 5
+        assert stats.refreshes == len(refreshed_at) >= 3
+        asked_at = [s.at for s in run.requests.sent if s.kind != "refresh"]
         for earlier, later in pairwise(refreshed_at):
-            # Expirations come in whole seconds: a refresh is at most 1 s early, and late by at
-            # most one poll interval (the next request after the deadline refreshes).
-            assert 600 - 120 - 1 <= later - earlier <= 600 - 120 + FAST_TIMING["poll_max_s"]
+            # Expirations come in whole seconds: a refresh is at most 1 s early, and comes with
+            # the first request after the deadline, however long the wait for it.
+            deadline = earlier + 600 - 120 - 1
+            assert deadline <= later <= min(at for at in asked_at if at >= deadline)
         assert len(bearer_tokens(run.requests)) == stats.refreshes
 
 

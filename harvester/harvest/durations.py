@@ -3,7 +3,11 @@
 Learned as exports end in this run, and read once per merchant and type from the state store
 (the latest exports of its covered chunks: their DONE was recorded when it was seen, so they
 are a little long, which errs toward a poll early rather than late). A merchant and type
-with no export seen yet borrows the shorter half of its host's (pacing/polling.py).
+with no export seen yet borrows the shorter half of its host's (pacing/polling.py); at the
+start of a run, before any export of its host was seen, the shorter half of the latest
+covered exports of the type of any merchant in the store, read once per type: a merchant
+new on the second night is not polled as if nothing were known. These may be of other hosts
+(the store does not know which): borrowed only until the host has a history of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class ExportDurations:
         self._latest = latest
         self._by_kind: dict[tuple[str, ExportType], deque[tuple[float, float]]] = {}
         self._by_host: dict[str, deque[tuple[float, float]]] = {}
+        self._by_type: dict[ExportType, list[tuple[float, float]]] = {}  # any merchant's
 
     async def expected(
         self, host: str, merchant_id: str, type: ExportType, range_: TimeRange
@@ -46,7 +51,12 @@ class ExportDurations:
         span_s = _span_s(range_)
         if self._by_kind[key]:
             return expected_durations(self._by_kind[key], span_s)
-        return expected_durations(self._by_host.get(host, ()), span_s, lower_half=True)
+        if self._by_host.get(host):
+            return expected_durations(self._by_host[host], span_s, lower_half=True)
+        if type not in self._by_type:
+            found = await self._store.recent_durations(type, self._latest)
+            self._by_type[type] = [(seconds, span) for seconds, span in found if seconds > 0]
+        return expected_durations(self._by_type[type], span_s, lower_half=True)
 
     def observe(
         self, host: str, merchant_id: str, type: ExportType, range_: TimeRange, seconds: float

@@ -59,7 +59,7 @@ from harvester.output.room import OutputRoom
 from harvester.output.target import ChunkTarget, Output
 from harvester.pacing.backoff import backoff_delay, capped_backoff_delay
 from harvester.pacing.orphans import OrphanHolds
-from harvester.pacing.polling import next_poll_delay, progress_elapsed_s
+from harvester.pacing.polling import ProgressRate, next_poll_delay
 from harvester.pacing.slots import Slot
 from harvester.state.claims import ClaimLost, ProcessLease
 from harvester.state.records import (
@@ -626,7 +626,6 @@ class Harvest:
         timing = self._config.timing
         last_percent = record.percent
         last_progress = self._clock.now()
-        first_progress: tuple[float, float] | None = None
         # Re-attached (info None): its age includes time nobody watched it, maybe a whole
         # night, which says nothing of how long exports take; as a margin it could outgrow
         # the window and keep every export out for good.
@@ -637,26 +636,22 @@ class Harvest:
             host_name, chunk.merchant_id, export_type, chunk.range
         )
         polls = 0
+        progress = ProgressRate(percent=record.percent)
         while True:
             if info is None or info.status not in DONE_STATUSES:
                 now = self._clock.now()
                 percent = info.percent if info is not None else record.percent
-                if first_progress is None and percent > 0:
-                    first_progress = (self._clock.monotonic(), percent)
-                elapsed = progress_elapsed_s(
-                    (now - record.created_at).total_seconds(),
-                    first_progress,
-                    self._clock.monotonic(),
-                    percent,
-                )
+                progress.seen(self._clock.monotonic(), percent)
+                measured_s = progress.elapsed_s(self._clock.monotonic())
                 delay = next_poll_delay(
-                    elapsed,
+                    (now - record.created_at).total_seconds() if measured_s is None else measured_s,
                     percent,
                     timing.poll_min_s,
                     timing.poll_max_s,
                     expected_s=expected,
                     polls=polls,
                     predicted_max_s=timing.export_timeout_s,
+                    measured=measured_s is not None and progress.trusted,
                 )
                 if not await self._nap(delay):
                     raise _Stopped

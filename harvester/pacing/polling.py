@@ -16,6 +16,15 @@ With nothing learned yet, the delay follows Clover's percentComplete:
   watched closely and a long queue is polled ever more rarely, growing 25% per poll.
 - Done (p >= 100) but not yet reported DONE: the files are being written; look again soon.
 
+Once two polls have shown progress and the latest one showed it rising (`measured`: the rate
+seen between them, see `ProgressRate`), the end the rate predicts is aimed at as with history
+(below), past poll_max_s if need be: a 30-minute export nobody has seen the like of takes a
+dozen polls, not forty. A single reading is not trusted that far (its elapsed time includes
+the export's wait in Clover's queue, and a percentage rounded down says little at 1%), nor a
+rate whose progress has stopped since (a stall: the polls stay within poll_max_s, so that
+export_timeout_s finds it in time), nor any rate of an export whose percentage ever fell back
+(a server whose count is not a measure of the work).
+
 With past exports' durations (`expected_s`: how long exports like this one took, see
 `expected_durations`), the first poll goes where the export most likely ends, and the ones
 after it aim at the end rather than creep up on it:
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 # From this percentage on, the end it predicts is aimed at straight: a percentage rounded down
 # by up to 1 puts that end late by at most 1/percent of the export (2%).
@@ -69,12 +79,15 @@ def next_poll_delay(
     expected_s: Sequence[float] = (),
     polls: int = 0,
     predicted_max_s: float | None = None,
+    measured: bool = False,
 ) -> float:
     """Seconds to wait before the next poll of an export created elapsed_s ago at percent done.
 
     `expected_s`: durations (creation to DONE) that exports like this one took, sorted; empty
     when none is known. `polls`: how many times this export was polled already.
     `predicted_max_s`: the longest wait aimed at a predicted end (poll_max_s when None).
+    `measured`: elapsed_s is how long `percent` took at the rate seen between two polls, and
+    the latest poll showed progress rising: the end it predicts is aimed at, history or not.
     """
     if not 0 < poll_min_s <= poll_max_s:
         raise ValueError(
@@ -85,11 +98,11 @@ def next_poll_delay(
     # Written so that NaN, like a missing percentage, counts as "nothing known".
     if percent >= 100:
         return poll_min_s
-    if expected_s:
+    if expected_s or measured:
         aimed_max_s = max(poll_max_s, predicted_max_s or poll_max_s)
         floor_s = poll_min_s
         wanted = -1.0
-        if polls == 0:
+        if expected_s and polls == 0:
             wanted = quantile(expected_s, FIRST_POLL_QUANTILE) - elapsed_s
         if wanted <= 0 < percent:
             wanted = elapsed_s * (100 - percent) / percent
@@ -97,7 +110,7 @@ def next_poll_delay(
                 wanted /= 2
             else:
                 floor_s = min(poll_min_s, AIMED_MIN_S)
-        elif wanted <= 0 and polls <= 1:
+        elif wanted <= 0 and expected_s and polls <= 1:
             wanted = quantile(expected_s, 0.9) - elapsed_s
         if wanted > 0:
             return min(aimed_max_s, max(floor_s, wanted))
@@ -140,19 +153,53 @@ def expected_durations(
     return tuple(scaled)
 
 
-def progress_elapsed_s(
-    elapsed_s: float, first_progress: tuple[float, float] | None, now_s: float, percent: float
-) -> float:
-    """The elapsed time to predict with: how long `percent` took at the rate seen lately.
+def measured_elapsed_s(
+    first_progress: tuple[float, float] | None, now_s: float, percent: float
+) -> float | None:
+    """How long `percent` took at the rate seen between two polls; None if no rate was seen.
 
     Time since creation includes the export's wait in Clover's queue, which makes the finish
     look further away than it is. Once two polls have shown progress, the rate between them
     says how long the work done so far took: `first_progress` is (time, percent) of the
-    first poll that showed progress, on the same clock as `now_s`.
+    first poll that showed progress, on the same clock as `now_s`. A percentage that fell
+    back (a server that does not count steadily) gives no rate.
     """
     if first_progress is None:
-        return elapsed_s
+        return None
     first_s, first_percent = first_progress
-    if percent <= first_percent or now_s <= first_s:
-        return elapsed_s
+    if not percent > first_percent or now_s <= first_s:
+        return None
     return percent * (now_s - first_s) / (percent - first_percent)
+
+
+@dataclass(slots=True)
+class ProgressRate:
+    """What the polls of one export showed of its progress, and whether its rate is trusted.
+
+    `seen` each percentage as it comes (the one the export started polling with first), on
+    one clock. The rate is measured from the first reading that showed progress to the
+    latest (`measured_elapsed_s`); it is trusted only while the latest reading rose over the
+    one before, and never once a percentage fell back.
+    """
+
+    first: tuple[float, float] | None = None  # (time, percent) of the first progress seen
+    percent: float = 0.0  # the latest percentage seen
+    rising: bool = False  # the latest reading rose over the one before
+    fell: bool = False  # some reading fell below the one before
+
+    def seen(self, now_s: float, percent: float) -> None:
+        """A poll (or the create) showed `percent` at now_s."""
+        if self.first is None and percent > 0:
+            self.first = (now_s, percent)
+        self.rising = percent > self.percent
+        self.fell = self.fell or percent < self.percent
+        self.percent = percent
+
+    def elapsed_s(self, now_s: float) -> float | None:
+        """How long the latest percentage took at the rate seen; None if no rate was seen."""
+        return measured_elapsed_s(self.first, now_s, self.percent)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the end the rate predicts may be aimed at past poll_max_s."""
+        return self.rising and not self.fell

@@ -3,9 +3,9 @@
 Where Clover's behaviour is unknown (or shown only by its docs and samples), a setting
 picks the way it is played (see SimulatorSettings): how files are encoded, what an empty
 export returns, which status a missing export permission gets, the case of header names,
-which host serves the files, and the name of the DONE status. Requests as Clover's Python
-sample sends them (a trailing slash on `/exports/`, `?access_token=`, times as strings)
-are always accepted.
+which host serves the files, the name of the DONE status, and what percentComplete counts.
+Requests as Clover's Python sample sends them (a trailing slash on `/exports/`,
+`?access_token=`, times as strings) are always accepted.
 
 All time comes from the injected Clock and every state is computed from `clock.now()`
 when a request arrives, so a test with a FakeClock sees the same thing every run. All
@@ -41,6 +41,7 @@ from harvester.simulator.choices import (
     HEADER_CASES,
     MAX_OBJECTS_PER_FILE,
     PERMISSION_STATUSES,
+    PROGRESS_COUNTS,
 )
 from harvester.simulator.data import (
     FILTER_FIELDS,
@@ -125,6 +126,7 @@ class SimulatorSettings:
     header_case: str = "canonical"  # one of HEADER_CASES
     file_host: str = "separate"  # one of FILE_HOSTS
     done_status: str = "DONE"  # one of DONE_STATUSES
+    progress_count: str = "steady"  # one of PROGRESS_COUNTS
 
     def __post_init__(self) -> None:
         if self.data_start.tzinfo is None or self.data_end.tzinfo is None:
@@ -144,6 +146,7 @@ class SimulatorSettings:
             ("header_case", HEADER_CASES),
             ("file_host", FILE_HOSTS),
             ("done_status", DONE_STATUSES),
+            ("progress_count", PROGRESS_COUNTS),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -195,6 +198,15 @@ class ExportStatus(StrEnum):
     IN_PROGRESS = "IN_PROGRESS"
     DONE = "DONE"
     FAILED = "FAILED"
+
+
+def _shown_percent(percent: int, now_s: float, count: str) -> int:
+    """What percentComplete a running export shows, as `count` (PROGRESS_COUNTS) plays it."""
+    if count == "none":
+        return 0
+    if count == "jumpy" and math.floor(now_s) % 3 == 0:
+        return max(0, percent - 7)
+    return percent
 
 
 @dataclass(slots=True)
@@ -524,6 +536,8 @@ class Simulator:
         if state is None:
             return None
         status, percent, changed_s = state
+        if status is ExportStatus.IN_PROGRESS:
+            percent = _shown_percent(percent, now_s, self.settings.progress_count)
         view: dict[str, Any] = {
             "id": export.id,
             "type": export.type,

@@ -14,3 +14,7 @@ PERMISSION_STATUSES = (401, 403)  # Clover's docs say 401; a 403 has been report
 HEADER_CASES = ("canonical", "lower")  # lower: as Clover's docs print them, and HTTP/2 hops
 FILE_HOSTS = ("separate", "api")  # files on their own host, or on the API host
 DONE_STATUSES = ("DONE", "COMPLETE")  # COMPLETE: the name in Clover's 2016 docs
+# What percentComplete says of a running export: a steady count (the work done, rounded
+# down), none at all (0 until DONE), or a jumpy one (on every third second of the clock,
+# 7 points under the steady count: a count that falls back now and then).
+PROGRESS_COUNTS = ("steady", "none", "jumpy")

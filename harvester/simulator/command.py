@@ -20,6 +20,7 @@ from harvester.simulator.choices import (
     HEADER_CASES,
     MAX_OBJECTS_PER_FILE,
     PERMISSION_STATUSES,
+    PROGRESS_COUNTS,
 )
 from harvester.simulator.faults import Faults
 
@@ -154,6 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="DONE",
         help="the status of a finished export (COMPLETE: Clover's 2016 name)",
     )
+    parser.add_argument(
+        "--progress-count",
+        choices=PROGRESS_COUNTS,
+        default="steady",
+        help="percentComplete of a running export: the work done, always 0, or now and then lower",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Faults]:
@@ -211,6 +218,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SimulatorSettings, Fau
         header_case=args.header_case,
         file_host=args.file_host,
         done_status=args.done_status,
+        progress_count=args.progress_count,
     )
     if args.window_open_hours is not None:
         window = _parse_window(args.window_open_hours)

@@ -213,6 +213,10 @@ class StateStore(Protocol):
         self, merchant_id: str, type: ExportType, latest: int
     ) -> list[tuple[float, float]]: ...
 
+    async def recent_durations(
+        self, type: ExportType, latest: int
+    ) -> list[tuple[float, float]]: ...
+
     # -- parts
     async def record_part(self, part: PartRecord) -> None: ...
 

@@ -107,6 +107,7 @@ class SqlStore:
     end_export = _timed_write(queries.end_export)
     get_export = _read(queries.get_export)
     past_durations = _read(queries.past_durations)
+    recent_durations = _read(queries.recent_durations)
     # parts and refresh tokens
     record_part = _write(queries.record_part)
     parts = _read(queries.parts)
