@@ -50,19 +50,25 @@ def probe(tmp_path: Path, *args: str) -> tuple[int, list[str]]:
     return int(found["code"]), list(found["modules"])
 
 
-def test_importing_the_cli_loads_no_heavy_library() -> None:
-    """`import harvester.cli` (what every command pays) loads none of them."""
+def modules_after_importing(module: str) -> list[str]:
+    """The modules a fresh interpreter holds once it has imported `module`."""
     shown = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import json, sys, harvester.cli; print(json.dumps(list(sys.modules)))",
+            f"import json, sys, {module}; print(json.dumps(list(sys.modules)))",
         ],
         check=True,
         capture_output=True,
         text=True,
     )
-    modules = json.loads(shown.stdout)
+    modules: list[str] = json.loads(shown.stdout)
+    return modules
+
+
+def test_importing_the_cli_loads_no_heavy_library() -> None:
+    """`import harvester.cli` (what every command pays) loads none of them."""
+    modules = modules_after_importing("harvester.cli")
     assert "harvester.cli" in modules
     assert heavy_in(modules) == []
 
@@ -95,16 +101,6 @@ async def test_help_status_and_plan_load_no_heavy_library(tmp_path: Path, comman
 def test_a_run_without_metrics_listen_loads_no_http_server() -> None:
     """`harvester.ops.operation`, which every run loads, leaves aiohttp's server side to
     runs that serve `metrics.listen`."""
-    shown = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import json, sys, harvester.ops.operation; print(json.dumps(list(sys.modules)))",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    modules = json.loads(shown.stdout)
+    modules = modules_after_importing("harvester.ops.operation")
     assert "aiohttp.client" in modules
     assert [name for name in modules if name.startswith("aiohttp.web")] == []
