@@ -33,6 +33,7 @@ MAX_VALUE_CHARS = 16 * 1024 * 1024
 # The elements checked at once: a few copies of this many characters are held meanwhile.
 WINDOW_CHARS = 64 * 1024
 _WHITESPACE = " \t\n\r"
+_NOT_BRACES = bytes(byte for byte in range(256) if byte not in b"{}")
 _decoder = json.JSONDecoder()
 
 
@@ -199,8 +200,12 @@ class _Reader:
         # Where the braces outside strings balance, a '}' followed by ", {" ends an element of
         # the list: every element is an object, so a bracket inside one is closed before it
         # is (strings holding braces only make a good cut look bad: then the slow way reads
-        # it). Counted back from the window's end, without copying it.
-        curly = text.count("{", start, end) - text.count("}", start, end)
+        # it). The window's balance is counted in one pass over its UTF-8 (where a brace is
+        # one byte and no other character holds its byte), that drops all but the braces:
+        # half the CPU of counting each kind of brace in the text. Then counted back from the
+        # window's end.
+        braces = text[start:end].encode().translate(None, _NOT_BRACES)
+        curly = braces.count(b"{") - braces.count(b"}")
         balanced_to = end
         cut = text.rfind("}", start, end)
         while cut >= 0:
