@@ -9,7 +9,12 @@ each) and padded objects (about 20 kB each, files of ~20 MB); and a one-day run 
 fixed cost of a run (start-up above all), which the "more than the fixed cost" figure leaves
 out.
 
+The machine is shared and noisy (other processes' load, and their file churn, which makes
+creating a file dearer): `--runs N` runs every case N times, the cases taking turns, and
+gives each figure's range and median.
+
     .venv/bin/python -m benchmarks.bench_cpu            # from the repository's root
+    .venv/bin/python -m benchmarks.bench_cpu --runs 5   # ranges and medians of five rounds
     .venv/bin/python -m benchmarks.bench_cpu --profile DIR  # py-spy samples, every thread
                                                             # (pip install py-spy first)
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +66,7 @@ CASES = (
 class Measure:
     bytes: int
     cpu_s: float
+    system_s: float  # of cpu_s, in the kernel: file creation on a busy disk varies most
     wall_s: float
 
 
@@ -114,36 +121,62 @@ async def _run(case: Case, folder: Path, profile: Path | None) -> Measure:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{case.name}: the harvest exited {code}")
-    return Measure(_published_bytes(folder), usage.ru_utime + usage.ru_stime, wall_s)
+    cpu_s = usage.ru_utime + usage.ru_stime
+    return Measure(_published_bytes(folder), cpu_s, usage.ru_stime, wall_s)
 
 
-async def drive(profile: str | None) -> None:
+async def drive(profile: str | None, runs: int = 1) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as scratch:
         print("harvester backfill, one merchant, output folder; cpu = user + system of the process")
-        fixed: Measure | None = None
-        for number, case in enumerate(CASES):
-            stats = Path(profile) / f"case{number}.txt" if profile else None
-            found = await _run(case, Path(scratch) / f"case{number}", stats)
-            per_100 = found.cpu_s / (found.bytes / (100 * MB))
-            more = ""
-            if fixed is None:
-                fixed = found
-            else:
-                extra = (found.cpu_s - fixed.cpu_s) / ((found.bytes - fixed.bytes) / (100 * MB))
-                more = f"  more than the fixed cost {extra:5.2f} s"
-            print(
-                f"{case.name:<22} {found.bytes / MB:7.1f} MB  cpu {found.cpu_s:6.2f} s  "
-                f"wall {found.wall_s:6.2f} s  cpu per 100 MB {per_100:6.2f} s{more}"
-            )
-            if stats is not None:
-                print(f"{'':<22} py-spy samples (flamegraph.pl's raw format): {stats}")
+        per_100s: list[list[float]] = [[] for _ in CASES]
+        extras: list[list[float]] = [[] for _ in CASES]
+        users: list[list[float]] = [[] for _ in CASES]  # per 100 MB, the system time left out
+        for round_ in range(runs):
+            if runs > 1:
+                print(f"round {round_ + 1} of {runs}")
+            fixed: Measure | None = None
+            for number, case in enumerate(CASES):
+                stats = Path(profile) / f"case{number}.txt" if profile and round_ == 0 else None
+                found = await _run(case, Path(scratch) / f"round{round_}-case{number}", stats)
+                per_100 = found.cpu_s / (found.bytes / (100 * MB))
+                per_100s[number].append(per_100)
+                users[number].append((found.cpu_s - found.system_s) / (found.bytes / (100 * MB)))
+                more = ""
+                if fixed is None:
+                    fixed = found
+                else:
+                    extra = (found.cpu_s - fixed.cpu_s) / ((found.bytes - fixed.bytes) / (100 * MB))
+                    extras[number].append(extra)
+                    more = f"  more than the fixed cost {extra:5.2f} s"
+                print(
+                    f"{case.name:<22} {found.bytes / MB:7.1f} MB  cpu {found.cpu_s:6.2f} s  "
+                    f"(system {found.system_s:4.2f} s)  "
+                    f"wall {found.wall_s:6.2f} s  cpu per 100 MB {per_100:6.2f} s{more}"
+                )
+                if stats is not None:
+                    print(f"{'':<22} py-spy samples (flamegraph.pl's raw format): {stats}")
+        if runs > 1:
+            print(f"cpu per 100 MB over {runs} rounds: lowest-highest (median)")
+            for number, case in enumerate(CASES[1:], start=1):
+                print(
+                    f"{case.name:<22} {_spread(per_100s[number])}  "
+                    f"more than the fixed cost {_spread(extras[number])}  "
+                    f"user alone {_spread(users[number])}"
+                )
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):4.2f}-{max(values):4.2f} s ({statistics.median(values):4.2f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--profile", metavar="DIR", help="py-spy samples of each case into DIR")
+    parser.add_argument("--runs", type=int, default=1, help="rounds of every case (default 1)")
     args = parser.parse_args()
-    asyncio.run(drive(args.profile))
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    asyncio.run(drive(args.profile, args.runs))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,45 @@ def test_elements_checked_a_window_at_a_time_count_like_a_full_parse(tmp_path: P
         assert count_elements(path, read_bytes=read_bytes) == 1000
 
 
+def test_nested_items_that_end_like_the_elements_count_like_a_full_parse(tmp_path: Path) -> None:
+    """Where the items of a nested list end as the elements do, a guess at the elements' end
+    falls inside an element: msgspec refuses it, and the braces are counted instead."""
+    rng = random.Random(22)
+    elements = []
+    for n in range(1000):
+        items = ", ".join('{"a": {"v": 1}}' for _ in range(rng.randint(0, 3)))
+        tail = rng.choice(['"z": {"v": 1}', '"z": [{"v": 1}, {"w": 1}]', '"z": 1'])
+        elements.append(f'{{"id": {n}, "pad": "{"p" * 150}", "list": [{items}], {tail}}}')
+    elements[700] = '{"id": 700, "list": [{"a": {"v": 1}}], "z": {"v": tru}}'
+    path = tmp_path / "part.json"
+    path.write_bytes(many(elements))
+    for read_bytes in (4096, 256 * 1024):
+        with pytest.raises(BadFile, match="not JSON"):
+            count_elements(path, read_bytes=read_bytes)
+    elements[700] = '{"id": 700, "list": [{"a": {"v": 1}}], "z": {"v": 1}}'
+    path.write_bytes(many(elements))
+    for read_bytes in (4096, 256 * 1024):
+        assert count_elements(path, read_bytes=read_bytes) == 1000
+
+
+def test_braces_among_characters_of_every_width_count_like_a_full_parse(tmp_path: Path) -> None:
+    """A window's braces are counted in its UTF-8 bytes: characters of two, three and four
+    bytes, in strings that hold braces, change no count wherever the windows fall."""
+    rng = random.Random(21)
+    notes = ["é{", "☕}, {", "𝄞{{", "}ü}", "{\\u00e9}"]
+    elements = [
+        json.dumps(
+            {"id": n, "note": "".join(rng.choices(notes, k=rng.randint(0, 40))), "n": [{}]},
+            ensure_ascii=False,
+        )
+        for n in range(1000)
+    ]
+    path = tmp_path / "part.json"
+    path.write_bytes(many(elements))
+    for read_bytes in (97, 4096, 256 * 1024):
+        assert count_elements(path, read_bytes=read_bytes) == 1000
+
+
 @pytest.mark.parametrize(
     ("bad", "problem"),
     [

@@ -326,9 +326,11 @@ async def test_cli_run_leaves_a_readable_textfile_and_serves_metrics_meanwhile(
         assert [path for path, _ in pings.pings] == ["/ping/abc-123/start", "/ping/abc-123"]
     imported = [line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines()]
     assert "harvester.harvest.scheduler" in imported
-    # Off a terminal the live view is never imported. (structlog imports rich by itself
-    # whenever it is installed, for its console tracebacks: the JSON path does not use it.)
+    # Off a terminal the live view is never imported, nor rich (which structlog would bring
+    # in for console tracebacks it never draws here).
     assert "harvester.ops.live" not in imported
+    # (-X importtime lists an import that was refused too: "rich" alone, from its hiding.)
+    assert [name for name in imported if name.startswith(("rich.", "pygments"))] == []
     finished = [json.loads(line) for line in err.decode().splitlines() if "run.finished" in line]
     assert finished[0]["exports_created"] == sim.stats.exports_created
     assert "merchants" in finished[0]

@@ -26,8 +26,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import structlog
-
 from harvester.clock import Clock, nap
 from harvester.clover.api import DONE_STATUSES, RUNNING_STATUSES, ExportInfo
 from harvester.clover.chunks import ExportType
@@ -54,7 +52,7 @@ from harvester.harvest.hosts import Host, Hosts
 from harvester.harvest.merchant import MerchantClient
 from harvester.harvest.observer import RunObserver
 from harvester.harvest.summary import Summary
-from harvester.logs import get_logger
+from harvester.logs import bound_context, get_logger
 from harvester.output.room import OutputRoom
 from harvester.output.target import ChunkTarget, Output
 from harvester.pacing.backoff import backoff_delay, capped_backoff_delay
@@ -252,7 +250,7 @@ class Harvest:
                 )
                 client = self._hosts.client(item.merchant)
                 state = _Merchant(item.merchant, host, client, deque(ordered))
-            with structlog.contextvars.bound_contextvars(merchant=state.merchant.id):
+            with bound_context(merchant=state.merchant.id):
                 await self._turn(state, waiting)
             if state.deferred and not self._stop.is_set():
                 # Held elsewhere: the merchants waiting behind it go first.
@@ -289,9 +287,7 @@ class Harvest:
                 state.waited.add(chunk.id)
             else:
                 return
-            with structlog.contextvars.bound_contextvars(
-                type=str(chunk.type), range=str(chunk.range)
-            ):
+            with bound_context(type=str(chunk.type), range=str(chunk.range)):
                 await self._claimed(state, chunk)
 
     def _hold_poll_s(self) -> float:
