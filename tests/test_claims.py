@@ -21,7 +21,7 @@ from harvester.harvest import scheduler
 from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest
 from harvester.state.claims import ClaimLost, Owner, ProcessLease, machine_id, pid_alive, reap
-from harvester.state.records import ChunkRecord, ProcessRecord, StateStore
+from harvester.state.records import ChunkRecord, PartRecord, ProcessRecord, StateStore
 from harvester.state.sqlite import Store
 from tests.conftest import BACKENDS, Scenario, opened_store
 from tests.fakeclock import FakeClock
@@ -82,6 +82,30 @@ async def test_a_claim_of_a_live_process_is_refused_naming_it(
     assert (await store.claim_chunk(chunk, "a")).granted  # asking again keeps it
     assert await store.holds_chunk(chunk, "a")
     assert not await store.holds_chunk(chunk, "b")
+
+
+async def test_held_parts_are_the_exports_saved_parts_only_while_the_claim_holds(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """`held_parts` gives the export's parts to the holder of the chunk's claim, None to
+    anyone else and once the claim is taken over; ProcessLease turns None into ClaimLost."""
+    await store.register_process(process("a", clock, lease_s=10))
+    await store.register_process(process("b", clock, lease_s=100))
+    chunk = await chunk_id(store)
+    await store.claim_chunk(chunk, "a")
+    assert await store.held_parts(chunk, "a", "E1") == []
+    await store.record_export(chunk, "E1", "PENDING", 0.0)
+    part = PartRecord("E1", 1, 0, 10, "ab" * 32, 2)
+    await store.record_part(part)
+    assert await store.held_parts(chunk, "a", "E1") == [part]
+    assert await store.held_parts(chunk, "b", "E1") is None
+    clock.advance(11)
+    assert (await store.claim_chunk(chunk, "b")).granted
+    assert await store.held_parts(chunk, "a", "E1") is None
+    assert await store.held_parts(chunk, "b", "E1") == [part]
+    lease = ProcessLease(store, Owner("a", "host-a", 1, "m", "backfill"), clock, 10)
+    with pytest.raises(ClaimLost, match=f"chunk {chunk} was taken over"):
+        await lease.held_parts(chunk, "E1")
 
 
 async def test_the_claim_of_a_process_whose_lease_ran_out_is_taken_over(

@@ -374,11 +374,19 @@ class Harvest:
                 if self._stop.is_set():
                     raise _Stopped
                 output = self._output(chunk)
-                await self.lease.confirm(chunk.id)
-                adopted = await output.adopt_staging(await self.lease.gone_owners())
-                if adopted is not None:
-                    log.info("staging.adopted", path=str(adopted))
-                manifest = await self._downloader.publish_chunk(output, chunk, export)
+                look = await output.look()
+                if look.staged_elsewhere:
+                    # Adopted only under the claim, from processes known to be gone: the
+                    # state is asked who they are only when there is staging to adopt.
+                    await self.lease.confirm(chunk.id)
+                    adopted = await output.adopt_staging(await self.lease.gone_owners())
+                    if adopted is not None:
+                        log.info("staging.adopted", path=str(adopted))
+                # The claim confirmed and the parts saved so far, in one store operation.
+                recorded = await self.lease.held_parts(chunk.id, export.id)
+                manifest = await self._downloader.publish_chunk(
+                    output, chunk, export, look.published, recorded
+                )
                 await asyncio.shield(self._store.complete_chunk(chunk.id))
                 self._room.published(sum(part.size for part in manifest.parts))
                 objects = sum(part.objects for part in manifest.parts)

@@ -593,6 +593,14 @@ def holds_chunk(at: At, chunk_id: int, owner: str) -> Work[bool]:
     return row is not None
 
 
+def held_parts(at: At, chunk_id: int, owner: str, export_id: str) -> Work[list[PartRecord] | None]:
+    """The export's saved parts while `owner` holds the chunk's claim; None once it does
+    not: `holds_chunk` and `parts` in one operation, as a download begins."""
+    if not (yield from holds_chunk(at, chunk_id, owner)):
+        return None
+    return (yield from parts(at, export_id))
+
+
 def release_chunk(at: At, chunk_id: int, owner: str) -> Work[None]:
     """`owner` is done with the chunk (if it still held it)."""
     yield execute("DELETE FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))

@@ -244,6 +244,10 @@ class StateStore(Protocol):
 
     async def holds_chunk(self, chunk_id: int, owner: str) -> bool: ...
 
+    async def held_parts(
+        self, chunk_id: int, owner: str, export_id: str
+    ) -> list[PartRecord] | None: ...
+
     async def release_chunk(self, chunk_id: int, owner: str) -> None: ...
 
     # -- export slots and refresh locks shared by the processes
