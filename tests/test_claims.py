@@ -21,7 +21,13 @@ from harvester.harvest import scheduler
 from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest
 from harvester.state.claims import ClaimLost, Owner, ProcessLease, machine_id, pid_alive, reap
-from harvester.state.records import ChunkRecord, PartRecord, ProcessRecord, StateStore
+from harvester.state.records import (
+    ChunkRecord,
+    ChunkStatus,
+    PartRecord,
+    ProcessRecord,
+    StateStore,
+)
 from harvester.state.sqlite import Store
 from tests.conftest import BACKENDS, Scenario, opened_store
 from tests.fakeclock import FakeClock
@@ -30,6 +36,7 @@ from tests.test_config import load
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 JANUARY = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
+FEBRUARY = TimeRange(JANUARY.end, datetime(2025, 3, 2, tzinfo=UTC))
 MERCHANT = "MERCHANT00001"
 
 
@@ -106,6 +113,28 @@ async def test_held_parts_are_the_exports_saved_parts_only_while_the_claim_holds
     lease = ProcessLease(store, Owner("a", "host-a", 1, "m", "backfill"), clock, 10)
     with pytest.raises(ClaimLost, match=f"chunk {chunk} was taken over"):
         await lease.held_parts(chunk, "E1")
+
+
+async def test_a_chunk_completed_by_its_holder_ends_its_claim_in_the_same_operation(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """`complete_chunk` with the holder's id leaves the chunk COMPLETE and unclaimed, so the
+    next process to ask is granted it (to find it done); without an owner no claim moves."""
+    await store.register_process(process("a", clock))
+    await store.register_process(process("b", clock))
+    first, second = (
+        chunk.id
+        for chunk in await store.add_chunks(MERCHANT, ExportType.ORDERS, [JANUARY, FEBRUARY])
+    )
+    await store.claim_chunks([first, second], "a")
+    await store.complete_chunk(first, "a")
+    await store.complete_chunk(second)
+    assert not await store.holds_chunk(first, "a")
+    assert await store.holds_chunk(second, "a")
+    taken = await store.claim_chunk(first, "b")
+    assert taken.granted
+    assert taken.chunk.status is ChunkStatus.COMPLETE
+    assert not (await store.claim_chunk(second, "b")).granted
 
 
 async def test_the_claim_of_a_process_whose_lease_ran_out_is_taken_over(

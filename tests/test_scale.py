@@ -247,11 +247,11 @@ async def test_a_process_alone_asks_the_state_few_questions_per_chunk(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Alone on the state with nothing staged, a chunk's harvest confirms its claim once
-    before its create and once with the read of its saved parts, and never reads the
-    processes (only the lease's start and its heartbeat do): at a thousand merchants every
-    store operation per chunk is CPU spent per export."""
+    before its create and once with the read of its saved parts, ends the claim with the
+    completion, and never reads the processes (only the lease's start and its heartbeat
+    do): at a thousand merchants every store operation per chunk is CPU spent per export."""
     calls: Counter[str] = Counter()
-    for name in ("processes", "holds_chunk", "held_parts", "parts"):
+    for name in ("processes", "holds_chunk", "held_parts", "parts", "release_chunk"):
         original = getattr(SqlStore, name)
 
         def counted(
@@ -268,4 +268,5 @@ async def test_a_process_alone_asks_the_state_few_questions_per_chunk(
     assert calls["holds_chunk"] == chunks
     assert calls["held_parts"] == chunks
     assert calls["parts"] == 0
+    assert calls["release_chunk"] == 0  # each claim ended with its chunk's completion
     assert calls["processes"] < chunks / 2, calls

@@ -330,6 +330,7 @@ class Harvest:
             return
         state.waited.discard(chunk.id)
         chunk = claim.chunk  # as it stands now: another process may have moved it on
+        released = False  # the claim went with the chunk's completion
         try:
             if state.refusal is not None:
                 await self._store.fail_chunk(chunk.id, state.refusal)
@@ -337,7 +338,7 @@ class Harvest:
                 self._observer.chunk_failed(ExportType(chunk.type))
                 return
             try:
-                await self._harvest_chunk(state, chunk)
+                released = await self._harvest_chunk(state, chunk)
             except _Stopped:
                 pass
             except ClaimLost as exc:
@@ -352,7 +353,8 @@ class Harvest:
                 log.exception("chunk.crashed")
                 await self._fail(chunk, f"unexpected error: {type(exc).__name__}: {exc}")
         finally:
-            await self.lease.release(chunk.id)
+            if not released:
+                await self.lease.release(chunk.id)
 
     async def _fail(self, chunk: ChunkRecord, error: str) -> None:
         await self.lease.confirm(chunk.id)
@@ -363,7 +365,9 @@ class Harvest:
         tally.errors.append(f"{chunk.range.name}: {error}")
         get_logger().error("chunk.failed", error=error)
 
-    async def _harvest_chunk(self, state: _Merchant, chunk: ChunkRecord) -> None:
+    async def _harvest_chunk(self, state: _Merchant, chunk: ChunkRecord) -> bool:
+        """True once the chunk is COMPLETE, its claim released with it; False if it
+        failed or was refused (its claim still held)."""
         log = get_logger()
         tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
         failed_exports = 0
@@ -387,7 +391,7 @@ class Harvest:
                 manifest = await self._downloader.publish_chunk(
                     output, chunk, export, look.published, recorded
                 )
-                await asyncio.shield(self._store.complete_chunk(chunk.id))
+                await self.lease.complete(chunk.id)
                 self._room.published(sum(part.size for part in manifest.parts))
                 objects = sum(part.objects for part in manifest.parts)
                 tally.chunks_done += 1
@@ -405,7 +409,7 @@ class Harvest:
                     objects=objects,
                     empty=manifest.empty_reason,
                 )
-                return
+                return True
             except ClaimLost:
                 raise
             except (ExportFailed, ExportNotFound, FileExpired) as exc:
@@ -441,25 +445,25 @@ class Harvest:
                 )
                 if failed_exports >= self._config.max_export_attempts:
                     await self._fail(chunk, f"{failed_exports} exports failed, the last: {exc}")
-                    return
+                    return False
                 if wait_s > 0 and not await self._nap(wait_s):
                     raise _Stopped from exc
                 chunk = await self._store.get_chunk(chunk.id)
             except PermissionMissing as exc:
                 await self._refuse(state, chunk, "export permission missing", exc)
-                return
+                return False
             except TokenRejected as exc:
                 await self._refuse(state, chunk, "token rejected", exc)
-                return
+                return False
             except TokenCommandFailed as exc:
                 await self._refuse(state, chunk, str(exc), exc)
-                return
+                return False
             except OutputError as exc:
                 if self._room.failed(exc):
                     self.summary.problems.append(f"{exc}: no more exports created this run")
                     get_logger().error("output.unusable", error=str(exc))
                 await self._fail(chunk, str(exc))
-                return
+                return False
             except StoreError:
                 raise
             except HarvesterError as exc:
@@ -468,7 +472,7 @@ class Harvest:
                     # Its export, if any, is recorded: the next run picks it up.
                     raise _Stopped from exc
                 await self._fail(chunk, str(exc))
-                return
+                return False
 
     def _recreate_wait_s(self, exc: Exception, failed_exports: int) -> float:
         """Expired files are no server failure: export again at once. Else a jittered

@@ -217,6 +217,10 @@ class ProcessLease:
             raise ClaimLost(f"chunk {chunk_id} was taken over by another process")
         return parts
 
+    async def complete(self, chunk_id: int) -> None:
+        """The chunk is COMPLETE and its claim released, in one operation (shielded)."""
+        await asyncio.shield(self.store.complete_chunk(chunk_id, self.owner.id))
+
     async def release(self, chunk_id: int) -> None:
         await asyncio.shield(self.store.release_chunk(chunk_id, self.owner.id))
 

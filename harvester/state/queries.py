@@ -242,8 +242,9 @@ def reset_for_reharvest_of(at: At, chunk_ids: Sequence[int]) -> Work[list[ChunkR
     return [found[chunk_id] for chunk_id in chunk_ids]
 
 
-def complete_chunk(at: At, chunk_id: int) -> Work[None]:
-    """The chunk's folder is in place: COMPLETE, covered from now, errors cleared."""
+def complete_chunk(at: At, chunk_id: int, owner: str | None = None) -> Work[None]:
+    """The chunk's folder is in place: COMPLETE, covered from now, errors cleared; with
+    `owner`, that process's claim on it ends in the same operation (`release_chunk`)."""
     changed = yield count(
         "UPDATE chunks SET status = ?, completed_at_ms = ?, last_error = NULL,"
         " last_error_at_ms = NULL, updated_at_ms = ? WHERE id = ?",
@@ -251,6 +252,8 @@ def complete_chunk(at: At, chunk_id: int) -> Work[None]:
     )
     if changed == 0:
         raise _missing(at, f"chunk {chunk_id}")
+    if owner is not None:
+        yield from release_chunk(at, chunk_id, owner)
 
 
 def fail_chunk(at: At, chunk_id: int, error: str) -> Work[None]:
