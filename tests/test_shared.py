@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from harvester.clover.chunks import ExportType
 from harvester.state.records import HostView, StateStore
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
-from tests.test_claims import START, process
+from tests.test_claims import JANUARY, START, process
 
 HOST = "https://api.example"
 
@@ -51,6 +52,24 @@ async def test_the_slots_of_all_processes_count_against_one_limit(
     after = await store.take_slot(HOST, "b", "M2", None, 3)
     assert after.slot_id is not None
     assert after.in_use == 2
+
+
+async def test_a_slot_asked_for_a_chunk_says_whether_its_claim_is_still_held(
+    store: StateStore,
+) -> None:
+    """Granted with a chunk, a slot tells its asker whether it holds the chunk's claim (the
+    check before a create, in the same operation); a slot refused confirms nothing."""
+    (chunk,) = await store.add_chunks("M1", ExportType.ORDERS, [JANUARY])
+    await store.claim_chunk(chunk.id, "b")
+    mine = await store.take_slot(HOST, "b", "M1", None, 2, chunk.id)
+    assert mine.slot_id is not None
+    assert mine.claim_held
+    taken_over = await store.take_slot(HOST, "c", "M2", None, 2, chunk.id)
+    assert taken_over.slot_id is not None
+    assert not taken_over.claim_held
+    refused = await store.take_slot(HOST, "a", "M3", None, 2, chunk.id)
+    assert refused.slot_id is None
+    assert refused.claim_held  # nothing looked at without a slot
 
 
 async def test_slots_go_round_robin_across_merchants_of_all_processes(store: StateStore) -> None:

@@ -534,77 +534,77 @@ class Harvest:
             pause_s = 0.0
             # The slots (this process's, then the host's across processes) before the gate:
             # the store calls they take must not come between the gate's word and the POST.
+            # A new export only under the chunk's claim (confirmed as the host's slot is
+            # granted: ClaimLost if another process took it over): one export per chunk.
             async with (
                 host.slots.hold(state.merchant.id) as slot,
-                host.shared.hold(state.merchant.id),
+                host.shared.hold(state.merchant.id, chunk.id),
+                host.gate.admission(self._stop) as admitted,
             ):
-                # A new export only under the chunk's claim: one export per chunk.
-                await self.lease.confirm(chunk.id)
-                async with host.gate.admission(self._stop) as admitted:
-                    if not admitted:
-                        raise _Stopped
-                    # The host may have said "closed" or "busy" to another lane meanwhile.
-                    if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
-                        continue
-                    refusal = self._room.refusal()  # a write failed while this lane waited
-                    if refusal is not None:
-                        raise refusal
-                    try:
-                        info = await self._create_export(state, chunk)
-                    except ServerBusy as exc:
-                        # The slot goes back; the gate holds every lane of the host back
-                        # for the backoff, so that no other lane retries into the same wall.
-                        host.slots.busy()
-                        wait_s = host.gate.busy()
-                        self.summary.events["busy_503"] += 1
-                        self._observer.busy_503(host.region.name)
-                        log.info(
-                            "export.busy",
-                            limit=host.slots.limit,
-                            wait_s=round(wait_s, 3),
-                            error=str(exc),
-                        )
-                        # Every process on the state holds back; the shared limit follows.
-                        await host.shared.busy(
-                            self._clock.now() + timedelta(seconds=wait_s), host.slots.limit
-                        )
-                    except WindowClosed as exc:
-                        host.gate.closed(exc)
-                        self.summary.events["window_503"] += 1
-                        log.info("export.window_closed", error=str(exc))
-                    except CloverUnavailable as exc:
-                        lost = isinstance(exc, AnswerLost)
-                        if lost:
-                            await self._hold_orphan(host, slot, chunk)
-                        transient_failures += 1
-                        if transient_failures >= self._config.timing.max_attempts:
-                            raise
-                        pause_s = backoff_delay(
-                            transient_failures - 1,
-                            self._config.timing.backoff_base_s,
-                            self._config.timing.backoff_max_s,
-                            self._rng,
-                        )
-                        log.warning(
-                            "export.create_lost" if lost else "export.create_retry",
-                            error=str(exc),
-                            attempt=transient_failures,
-                            wait_s=round(pause_s, 3),
-                        )
-                    else:
-                        host.gate.created()
-                        host.slots.went_through(slot)
-                        # Shielded: an export whose id is lost is a slot wasted until it ends.
-                        record = await asyncio.shield(
-                            self._store.record_export(chunk.id, info.id, info.status, info.percent)
-                        )
-                        await host.shared.went_through()
-                        self.summary.tally(
-                            chunk.merchant_id, ExportType(chunk.type)
-                        ).exports_created += 1
-                        self._observer.export_created(host.region.name)
-                        log.info("export.created", export_id=info.id)
-                        return await self._follow(state, chunk, record, info, confirming)
+                if not admitted:
+                    raise _Stopped
+                # The host may have said "closed" or "busy" to another lane meanwhile.
+                if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
+                    continue
+                refusal = self._room.refusal()  # a write failed while this lane waited
+                if refusal is not None:
+                    raise refusal
+                try:
+                    info = await self._create_export(state, chunk)
+                except ServerBusy as exc:
+                    # The slot goes back; the gate holds every lane of the host back
+                    # for the backoff, so that no other lane retries into the same wall.
+                    host.slots.busy()
+                    wait_s = host.gate.busy()
+                    self.summary.events["busy_503"] += 1
+                    self._observer.busy_503(host.region.name)
+                    log.info(
+                        "export.busy",
+                        limit=host.slots.limit,
+                        wait_s=round(wait_s, 3),
+                        error=str(exc),
+                    )
+                    # Every process on the state holds back; the shared limit follows.
+                    await host.shared.busy(
+                        self._clock.now() + timedelta(seconds=wait_s), host.slots.limit
+                    )
+                except WindowClosed as exc:
+                    host.gate.closed(exc)
+                    self.summary.events["window_503"] += 1
+                    log.info("export.window_closed", error=str(exc))
+                except CloverUnavailable as exc:
+                    lost = isinstance(exc, AnswerLost)
+                    if lost:
+                        await self._hold_orphan(host, slot, chunk)
+                    transient_failures += 1
+                    if transient_failures >= self._config.timing.max_attempts:
+                        raise
+                    pause_s = backoff_delay(
+                        transient_failures - 1,
+                        self._config.timing.backoff_base_s,
+                        self._config.timing.backoff_max_s,
+                        self._rng,
+                    )
+                    log.warning(
+                        "export.create_lost" if lost else "export.create_retry",
+                        error=str(exc),
+                        attempt=transient_failures,
+                        wait_s=round(pause_s, 3),
+                    )
+                else:
+                    host.gate.created()
+                    host.slots.went_through(slot)
+                    # Shielded: an export whose id is lost is a slot wasted until it ends.
+                    record = await asyncio.shield(
+                        self._store.record_export(chunk.id, info.id, info.status, info.percent)
+                    )
+                    await host.shared.went_through()
+                    self.summary.tally(
+                        chunk.merchant_id, ExportType(chunk.type)
+                    ).exports_created += 1
+                    self._observer.export_created(host.region.name)
+                    log.info("export.created", export_id=info.id)
+                    return await self._follow(state, chunk, record, info, confirming)
             if pause_s > 0 and not await self._nap(pause_s):
                 raise _Stopped
 

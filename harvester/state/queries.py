@@ -652,9 +652,17 @@ def next_in_line(
 
 
 def take_slot(
-    at: At, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
+    at: At,
+    host: str,
+    owner: str,
+    merchant_id: str,
+    waiter_id: int | None,
+    maximum: int,
+    chunk_id: int | None = None,
 ) -> Work[SlotTry]:
-    """Ask for one of the host's export slots for `merchant_id`.
+    """Ask for one of the host's export slots for `merchant_id`; with `chunk_id`, a slot
+    granted says whether `owner` still holds that chunk's claim (`holds_chunk`, in the
+    same operation: the check before an export is created).
 
     Granted when the live processes together hold fewer than the shared limit, no busy
     backoff is running, and the merchant's waiter is among the next in line: merchants
@@ -716,7 +724,8 @@ def take_slot(
         " RETURNING id",
         (host, owner, merchant_id, at.now),
     )
-    return SlotTry(int(slot["id"]), waiter, limit, in_use + 1, busy_until)
+    held = True if chunk_id is None else (yield from holds_chunk(at, chunk_id, owner))
+    return SlotTry(int(slot["id"]), waiter, limit, in_use + 1, busy_until, held)
 
 
 def reset_hosts(at: At) -> Work[None]:

@@ -115,6 +115,7 @@ class SlotTry:
     limit: int  # the host's shared limit now
     in_use: int  # slots held by live processes now (this one's new slot included)
     busy_until: datetime | None  # no slot is granted before this (a busy 503 was seen)
+    claim_held: bool = True  # asked with a chunk and granted: the asker still holds its claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +253,13 @@ class StateStore(Protocol):
 
     # -- export slots and refresh locks shared by the processes
     async def take_slot(
-        self, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
+        self,
+        host: str,
+        owner: str,
+        merchant_id: str,
+        waiter_id: int | None,
+        maximum: int,
+        chunk_id: int | None = None,
     ) -> SlotTry: ...
 
     async def reset_hosts(self) -> None: ...
