@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -9,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from harvester.clover.chunks import ExportType
+from harvester.pacing.slots import ExportSlots
+from harvester.state.claims import Owner, ProcessLease
 from harvester.state.records import HostView, StateStore
+from harvester.state.shared import SharedSlots
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
 from tests.test_claims import JANUARY, START, process
@@ -176,3 +181,32 @@ async def test_what_frees_a_slot_moves_the_hosts_version_on(
     before = await store.host_version(HOST)
     await store.end_process("b")
     assert await store.host_version(HOST) > before
+
+
+async def test_an_export_going_through_on_a_settled_host_writes_nothing(
+    store: StateStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At its maximum with no backoff when the slot was granted, the host has nothing to
+    change when an export goes through: no write. After a busy answer it is written (the
+    limit grows back), and once back at the maximum nothing is written again."""
+    lease = ProcessLease(store, Owner("b", "host-b", 1, "m", "backfill"), clock, 300)
+    shared = SharedSlots(ExportSlots(2), lease, HOST, clock, asyncio.Event(), 1.0, random.Random(1))
+    written: list[int] = []
+    original = store.slot_went_through
+
+    async def counted(host: str, maximum: int) -> int:
+        written.append(await original(host, maximum))
+        return written[-1]
+
+    monkeypatch.setattr(store, "slot_went_through", counted)
+    async with shared.hold("M1"):
+        await shared.went_through()
+    assert written == []
+    async with shared.hold("M1"):
+        await shared.busy(clock.now(), 1)
+        await shared.went_through()
+    assert written == [2]  # a run of one at a limit of one: back to the maximum
+    async with shared.hold("M1"):
+        await shared.went_through()
+    assert written == [2]
+    assert shared.shared_limit == 2

@@ -67,6 +67,9 @@ class SharedSlots:
         self._poll_s = min(MAX_POLL_S, max(MIN_POLL_S, poll_s))
         self._rng = rng
         self.shared_limit = local.maximum  # as the store last said
+        # As the store last said: the shared limit at its maximum and no busy backoff
+        # running, so that an export going through has nothing to change (see went_through).
+        self._settled = False
 
     @property
     def maximum(self) -> int:
@@ -99,6 +102,7 @@ class SharedSlots:
     async def busy(self, until: datetime, limit: int) -> None:
         """A busy 503: every process holds back until `until`; the shared limit drops to
         `limit`, what this process's slots allow now (`ExportSlots.busy`, told already)."""
+        self._settled = False
         self.shared_limit = await self._lease.store.slot_busy(
             self._host, until, self.maximum, limit
         )
@@ -106,8 +110,16 @@ class SharedSlots:
     async def went_through(self) -> None:
         """An export was created: the backoff ends; the shared limit may grow.
 
-        The caller has told this process's slots already (`ExportSlots.went_through`)."""
+        The caller has told this process's slots already (`ExportSlots.went_through`).
+        Nothing is written while the host was settled when its slot was granted (the limit
+        at its maximum, no backoff): a process alone pays no store operation per export
+        for it. Another process's busy answer since stays in force until the next grant
+        shows it, or one of this process's exports goes through after that.
+        """
+        if self._settled:
+            return
         self.shared_limit = await self._lease.store.slot_went_through(self._host, self.maximum)
+        self._settled = self.shared_limit >= self.maximum
 
     async def _take(self, merchant_id: str, chunk_id: int | None) -> tuple[int | None, bool]:
         """The slot (None if stopped first), and whether the chunk's claim is held."""
@@ -127,6 +139,9 @@ class SharedSlots:
                 self.shared_limit = tried.limit
                 if tried.slot_id is not None:
                     granted = True
+                    self._settled = tried.limit >= self.maximum and (
+                        tried.busy_until is None or tried.busy_until <= self._clock.now()
+                    )
                     return tried.slot_id, tried.claim_held
                 if not announced:
                     announced = True
