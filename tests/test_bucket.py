@@ -369,7 +369,13 @@ async def test_a_chunk_published_before_a_crash_counts_as_done_and_its_staging_g
         await write_part(chunk, 1, export_file(3))  # staging a crash left behind
         downloader = Downloader(session, store, clock, TIMING, 1, random.Random(0))
 
-        assert await downloader.publish_chunk(chunk, record, export) == published
+        look = await chunk.look()
+        assert look.published == published
+        assert not look.staged_elsewhere
+        saved = await store.parts("E1")
+        assert await downloader.publish_chunk(chunk, record, export, look.published, saved) == (
+            published
+        )
 
     assert keys(seaweed.client(), f"{prefix}/.staging/") == []
 

@@ -21,7 +21,13 @@ from harvester.harvest import scheduler
 from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest
 from harvester.state.claims import ClaimLost, Owner, ProcessLease, machine_id, pid_alive, reap
-from harvester.state.records import ChunkRecord, ProcessRecord, StateStore
+from harvester.state.records import (
+    ChunkRecord,
+    ChunkStatus,
+    PartRecord,
+    ProcessRecord,
+    StateStore,
+)
 from harvester.state.sqlite import Store
 from tests.conftest import BACKENDS, Scenario, opened_store
 from tests.fakeclock import FakeClock
@@ -30,6 +36,7 @@ from tests.test_config import load
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 JANUARY = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
+FEBRUARY = TimeRange(JANUARY.end, datetime(2025, 3, 2, tzinfo=UTC))
 MERCHANT = "MERCHANT00001"
 
 
@@ -82,6 +89,52 @@ async def test_a_claim_of_a_live_process_is_refused_naming_it(
     assert (await store.claim_chunk(chunk, "a")).granted  # asking again keeps it
     assert await store.holds_chunk(chunk, "a")
     assert not await store.holds_chunk(chunk, "b")
+
+
+async def test_held_parts_are_the_exports_saved_parts_only_while_the_claim_holds(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """`held_parts` gives the export's parts to the holder of the chunk's claim, None to
+    anyone else and once the claim is taken over; ProcessLease turns None into ClaimLost."""
+    await store.register_process(process("a", clock, lease_s=10))
+    await store.register_process(process("b", clock, lease_s=100))
+    chunk = await chunk_id(store)
+    await store.claim_chunk(chunk, "a")
+    assert await store.held_parts(chunk, "a", "E1") == []
+    await store.record_export(chunk, "E1", "PENDING", 0.0)
+    part = PartRecord("E1", 1, 0, 10, "ab" * 32, 2)
+    await store.record_part(part)
+    assert await store.held_parts(chunk, "a", "E1") == [part]
+    assert await store.held_parts(chunk, "b", "E1") is None
+    clock.advance(11)
+    assert (await store.claim_chunk(chunk, "b")).granted
+    assert await store.held_parts(chunk, "a", "E1") is None
+    assert await store.held_parts(chunk, "b", "E1") == [part]
+    lease = ProcessLease(store, Owner("a", "host-a", 1, "m", "backfill"), clock, 10)
+    with pytest.raises(ClaimLost, match=f"chunk {chunk} was taken over"):
+        await lease.held_parts(chunk, "E1")
+
+
+async def test_a_chunk_completed_by_its_holder_ends_its_claim_in_the_same_operation(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """`complete_chunk` with the holder's id leaves the chunk COMPLETE and unclaimed, so the
+    next process to ask is granted it (to find it done); without an owner no claim moves."""
+    await store.register_process(process("a", clock))
+    await store.register_process(process("b", clock))
+    first, second = (
+        chunk.id
+        for chunk in await store.add_chunks(MERCHANT, ExportType.ORDERS, [JANUARY, FEBRUARY])
+    )
+    await store.claim_chunks([first, second], "a")
+    await store.complete_chunk(first, "a")
+    await store.complete_chunk(second)
+    assert not await store.holds_chunk(first, "a")
+    assert await store.holds_chunk(second, "a")
+    taken = await store.claim_chunk(first, "b")
+    assert taken.granted
+    assert taken.chunk.status is ChunkStatus.COMPLETE
+    assert not (await store.claim_chunk(second, "b")).granted
 
 
 async def test_the_claim_of_a_process_whose_lease_ran_out_is_taken_over(

@@ -25,7 +25,7 @@ from harvester.harvest.summary import Summary
 from harvester.output.folder import FolderOutput, Manifest
 from harvester.output.target import ChunkTarget
 from harvester.simulator import Account, Faults, Simulator
-from harvester.state.records import ChunkRecord, ChunkStatus, ExportRecord
+from harvester.state.records import ChunkRecord, ChunkStatus, ExportRecord, PartRecord
 from harvester.state.sqlite import Store
 from tests.conftest import Scenario, harvested, ids, merchant_ids, new_token, sim_settings
 from tests.fakeclock import FakeClock
@@ -131,7 +131,12 @@ class CrashingDownloader(Downloader):
     """Dies as it is asked to download a finished export's files."""
 
     async def publish_chunk(
-        self, output: ChunkTarget, chunk: ChunkRecord, export: ExportRecord
+        self,
+        output: ChunkTarget,
+        chunk: ChunkRecord,
+        export: ExportRecord,
+        published: Manifest | None,
+        saved_parts: Sequence[PartRecord],
     ) -> Manifest:
         raise Crash
 

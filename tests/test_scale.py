@@ -25,6 +25,7 @@ from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest, active_merchants
 from harvester.state.records import ExportState, StateStore
 from harvester.state.sqlite import Store
+from harvester.state.sqlstore import SqlStore
 from tests.conftest import DATA_START, FAST_TIMING
 from tests.fakeclock import FakeClock
 from tests.harness import (
@@ -240,3 +241,32 @@ async def test_a_stop_while_planning_leaves_the_run_stopped(
         summary = await commands.backfill(config, select(config, [], []), ONE_CHUNK, clock, stop)
         assert summary.stopped
         assert sum(t.chunks_planned for t in summary.tallies.values()) < 5 * 2
+
+
+async def test_a_process_alone_asks_the_state_few_questions_per_chunk(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone on the state with nothing staged, a chunk's harvest confirms its claim with
+    the grant of its export slot and with the read of its saved parts, ends the claim with
+    the completion, and never reads the processes (only the lease's start and its heartbeat
+    do): at a thousand merchants every store operation per chunk is CPU spent per export."""
+    calls: Counter[str] = Counter()
+    for name in ("processes", "holds_chunk", "held_parts", "parts", "release_chunk"):
+        original = getattr(SqlStore, name)
+
+        def counted(
+            self: SqlStore, *args: Any, _name: str = name, _original: Any = original
+        ) -> Any:
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(SqlStore, name, counted)
+    async with simulated(tmp_path, clock, merchants=4, objects_per_day=1.0) as scenario:
+        run = await harvest(scenario, clock, ONE_CHUNK)
+        assert run.summary.all_done, run.summary.render()
+    chunks = 2 * 4
+    assert calls["holds_chunk"] == 0
+    assert calls["held_parts"] == chunks
+    assert calls["parts"] == 0
+    assert calls["release_chunk"] == 0  # each claim ended with its chunk's completion
+    assert calls["processes"] < chunks / 2, calls

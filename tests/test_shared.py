@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from harvester.clover.chunks import ExportType
+from harvester.pacing.slots import ExportSlots
+from harvester.state.claims import Owner, ProcessLease
 from harvester.state.records import HostView, StateStore
+from harvester.state.shared import SharedSlots
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
-from tests.test_claims import START, process
+from tests.test_claims import JANUARY, START, process
 
 HOST = "https://api.example"
 
@@ -51,6 +57,24 @@ async def test_the_slots_of_all_processes_count_against_one_limit(
     after = await store.take_slot(HOST, "b", "M2", None, 3)
     assert after.slot_id is not None
     assert after.in_use == 2
+
+
+async def test_a_slot_asked_for_a_chunk_says_whether_its_claim_is_still_held(
+    store: StateStore,
+) -> None:
+    """Granted with a chunk, a slot tells its asker whether it holds the chunk's claim (the
+    check before a create, in the same operation); a slot refused confirms nothing."""
+    (chunk,) = await store.add_chunks("M1", ExportType.ORDERS, [JANUARY])
+    await store.claim_chunk(chunk.id, "b")
+    mine = await store.take_slot(HOST, "b", "M1", None, 2, chunk.id)
+    assert mine.slot_id is not None
+    assert mine.claim_held
+    taken_over = await store.take_slot(HOST, "c", "M2", None, 2, chunk.id)
+    assert taken_over.slot_id is not None
+    assert not taken_over.claim_held
+    refused = await store.take_slot(HOST, "a", "M3", None, 2, chunk.id)
+    assert refused.slot_id is None
+    assert refused.claim_held  # nothing looked at without a slot
 
 
 async def test_slots_go_round_robin_across_merchants_of_all_processes(store: StateStore) -> None:
@@ -157,3 +181,32 @@ async def test_what_frees_a_slot_moves_the_hosts_version_on(
     before = await store.host_version(HOST)
     await store.end_process("b")
     assert await store.host_version(HOST) > before
+
+
+async def test_an_export_going_through_on_a_settled_host_writes_nothing(
+    store: StateStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At its maximum with no backoff when the slot was granted, the host has nothing to
+    change when an export goes through: no write. After a busy answer it is written (the
+    limit grows back), and once back at the maximum nothing is written again."""
+    lease = ProcessLease(store, Owner("b", "host-b", 1, "m", "backfill"), clock, 300)
+    shared = SharedSlots(ExportSlots(2), lease, HOST, clock, asyncio.Event(), 1.0, random.Random(1))
+    written: list[int] = []
+    original = store.slot_went_through
+
+    async def counted(host: str, maximum: int) -> int:
+        written.append(await original(host, maximum))
+        return written[-1]
+
+    monkeypatch.setattr(store, "slot_went_through", counted)
+    async with shared.hold("M1"):
+        await shared.went_through()
+    assert written == []
+    async with shared.hold("M1"):
+        await shared.busy(clock.now(), 1)
+        await shared.went_through()
+    assert written == [2]  # a run of one at a limit of one: back to the maximum
+    async with shared.hold("M1"):
+        await shared.went_through()
+    assert written == [2]
+    assert shared.shared_limit == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harvester.clover.chunks import ExportType
-from harvester.output.folder import ChunkOutput, recover
+from harvester.output.folder import ChunkLook, ChunkOutput, recover
 from tests.test_output import JANUARY, MERCHANT, export_file, listing, save_part, stage
 
 
@@ -72,3 +72,21 @@ async def test_a_staging_from_before_owners_counts_as_gone(tmp_path: Path) -> No
     mine = owned(tmp_path, "box-1-aa")
     assert await mine.adopt_staging(set()) == str(legacy.staging_dir)
     assert await mine.saved_part(1, info.sha256)
+
+
+async def test_a_look_tells_whether_others_staged_the_chunk_and_what_is_published(
+    tmp_path: Path,
+) -> None:
+    """`look` reports another owner's (or an owner-less) staging of the same chunk, never
+    this process's own, and the manifest in place once the chunk is published."""
+    mine, other = owned(tmp_path, "box-1-aa"), owned(tmp_path, "box-2-bb")
+    assert await mine.look() == ChunkLook(published=None, staged_elsewhere=False)
+    await save_part(mine, 1, export_file(2))
+    assert not (await mine.look()).staged_elsewhere  # its own staging
+    await save_part(other, 1, export_file(3))
+    assert (await mine.look()).staged_elsewhere
+    published = await other.publish(await stage(other, [export_file(3)]))
+    assert await mine.look() == ChunkLook(published=published, staged_elsewhere=False)
+    legacy = ChunkOutput(tmp_path / "out", MERCHANT, ExportType.PAYMENTS, JANUARY)
+    await save_part(legacy, 1, export_file(1))
+    assert (await mine.look()).staged_elsewhere

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import aiohttp
 
@@ -66,11 +66,19 @@ class Downloader:
         self._max_file_bytes = max_file_bytes
 
     async def publish_chunk(
-        self, output: ChunkTarget, chunk: ChunkRecord, export: ExportRecord
+        self,
+        output: ChunkTarget,
+        chunk: ChunkRecord,
+        export: ExportRecord,
+        published: Manifest | None,
+        saved_parts: Sequence[PartRecord],
     ) -> Manifest:
-        """Save every part not saved yet, then swap the chunk's folder into place."""
-        published = await output.published_manifest()
-        recorded = {part.index: part for part in await self._store.parts(export.id)}
+        """Save every part not saved yet, then swap the chunk's folder into place.
+
+        `published`: the manifest in place as the chunk was looked at (`ChunkTarget.look`);
+        `saved_parts`: the export's parts the state holds, read under the chunk's claim.
+        """
+        recorded = {part.index: part for part in saved_parts}
         if published is not None and published.export_id == export.id:
             # The folder went into place before a crash kept the store from hearing of it.
             # A bucket's staging outlives its publish until tidied (a folder's is renamed).

@@ -326,6 +326,7 @@ class Harvest:
             return
         state.waited.discard(chunk.id)
         chunk = claim.chunk  # as it stands now: another process may have moved it on
+        released = False  # the claim went with the chunk's completion
         try:
             if state.refusal is not None:
                 await self._store.fail_chunk(chunk.id, state.refusal)
@@ -333,7 +334,7 @@ class Harvest:
                 self._observer.chunk_failed(ExportType(chunk.type))
                 return
             try:
-                await self._harvest_chunk(state, chunk)
+                released = await self._harvest_chunk(state, chunk)
             except _Stopped:
                 pass
             except ClaimLost as exc:
@@ -348,7 +349,8 @@ class Harvest:
                 log.exception("chunk.crashed")
                 await self._fail(chunk, f"unexpected error: {type(exc).__name__}: {exc}")
         finally:
-            await self.lease.release(chunk.id)
+            if not released:
+                await self.lease.release(chunk.id)
 
     async def _fail(self, chunk: ChunkRecord, error: str) -> None:
         await self.lease.confirm(chunk.id)
@@ -359,7 +361,9 @@ class Harvest:
         tally.errors.append(f"{chunk.range.name}: {error}")
         get_logger().error("chunk.failed", error=error)
 
-    async def _harvest_chunk(self, state: _Merchant, chunk: ChunkRecord) -> None:
+    async def _harvest_chunk(self, state: _Merchant, chunk: ChunkRecord) -> bool:
+        """True once the chunk is COMPLETE, its claim released with it; False if it
+        failed or was refused (its claim still held)."""
         log = get_logger()
         tally = self.summary.tally(chunk.merchant_id, ExportType(chunk.type))
         failed_exports = 0
@@ -370,12 +374,20 @@ class Harvest:
                 if self._stop.is_set():
                     raise _Stopped
                 output = self._output(chunk)
-                await self.lease.confirm(chunk.id)
-                adopted = await output.adopt_staging(await self.lease.gone_owners())
-                if adopted is not None:
-                    log.info("staging.adopted", path=str(adopted))
-                manifest = await self._downloader.publish_chunk(output, chunk, export)
-                await asyncio.shield(self._store.complete_chunk(chunk.id))
+                look = await output.look()
+                if look.staged_elsewhere:
+                    # Adopted only under the claim, from processes known to be gone: the
+                    # state is asked who they are only when there is staging to adopt.
+                    await self.lease.confirm(chunk.id)
+                    adopted = await output.adopt_staging(await self.lease.gone_owners())
+                    if adopted is not None:
+                        log.info("staging.adopted", path=str(adopted))
+                # The claim confirmed and the parts saved so far, in one store operation.
+                recorded = await self.lease.held_parts(chunk.id, export.id)
+                manifest = await self._downloader.publish_chunk(
+                    output, chunk, export, look.published, recorded
+                )
+                await self.lease.complete(chunk.id)
                 self._room.published(sum(part.size for part in manifest.parts))
                 objects = sum(part.objects for part in manifest.parts)
                 tally.chunks_done += 1
@@ -393,7 +405,7 @@ class Harvest:
                     objects=objects,
                     empty=manifest.empty_reason,
                 )
-                return
+                return True
             except ClaimLost:
                 raise
             except (ExportFailed, ExportNotFound, FileExpired) as exc:
@@ -429,25 +441,25 @@ class Harvest:
                 )
                 if failed_exports >= self._config.max_export_attempts:
                     await self._fail(chunk, f"{failed_exports} exports failed, the last: {exc}")
-                    return
+                    return False
                 if wait_s > 0 and not await self._nap(wait_s):
                     raise _Stopped from exc
                 chunk = await self._store.get_chunk(chunk.id)
             except PermissionMissing as exc:
                 await self._refuse(state, chunk, "export permission missing", exc)
-                return
+                return False
             except TokenRejected as exc:
                 await self._refuse(state, chunk, "token rejected", exc)
-                return
+                return False
             except TokenCommandFailed as exc:
                 await self._refuse(state, chunk, str(exc), exc)
-                return
+                return False
             except OutputError as exc:
                 if self._room.failed(exc):
                     self.summary.problems.append(f"{exc}: no more exports created this run")
                     get_logger().error("output.unusable", error=str(exc))
                 await self._fail(chunk, str(exc))
-                return
+                return False
             except StoreError:
                 raise
             except HarvesterError as exc:
@@ -456,7 +468,7 @@ class Harvest:
                     # Its export, if any, is recorded: the next run picks it up.
                     raise _Stopped from exc
                 await self._fail(chunk, str(exc))
-                return
+                return False
 
     def _recreate_wait_s(self, exc: Exception, failed_exports: int) -> float:
         """Expired files are no server failure: export again at once. Else a jittered
@@ -510,83 +522,85 @@ class Harvest:
         log = get_logger()
         transient_failures = 0
         # An export's slot is scarce: never spend one on files that cannot be written. The
-        # disk is looked at once per chunk; a write failing meanwhile is seen below.
-        await asyncio.to_thread(self._room.check)
+        # disk is looked at once per chunk, or once a second when chunks come faster; a
+        # write failing meanwhile is seen below.
+        if not self._room.fresh(self._clock.monotonic()):
+            await asyncio.to_thread(self._room.check, self._clock.monotonic())
         while True:
             pause_s = 0.0
             # The slots (this process's, then the host's across processes) before the gate:
             # the store calls they take must not come between the gate's word and the POST.
+            # A new export only under the chunk's claim (confirmed as the host's slot is
+            # granted: ClaimLost if another process took it over): one export per chunk.
             async with (
                 host.slots.hold(state.merchant.id) as slot,
-                host.shared.hold(state.merchant.id),
+                host.shared.hold(state.merchant.id, chunk.id),
+                host.gate.admission(self._stop) as admitted,
             ):
-                # A new export only under the chunk's claim: one export per chunk.
-                await self.lease.confirm(chunk.id)
-                async with host.gate.admission(self._stop) as admitted:
-                    if not admitted:
-                        raise _Stopped
-                    # The host may have said "closed" or "busy" to another lane meanwhile.
-                    if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
-                        continue
-                    refusal = self._room.refusal()  # a write failed while this lane waited
-                    if refusal is not None:
-                        raise refusal
-                    try:
-                        info = await self._create_export(state, chunk)
-                    except ServerBusy as exc:
-                        # The slot goes back; the gate holds every lane of the host back
-                        # for the backoff, so that no other lane retries into the same wall.
-                        host.slots.busy()
-                        wait_s = host.gate.busy()
-                        self.summary.events["busy_503"] += 1
-                        self._observer.busy_503(host.region.name)
-                        log.info(
-                            "export.busy",
-                            limit=host.slots.limit,
-                            wait_s=round(wait_s, 3),
-                            error=str(exc),
-                        )
-                        # Every process on the state holds back; the shared limit follows.
-                        await host.shared.busy(
-                            self._clock.now() + timedelta(seconds=wait_s), host.slots.limit
-                        )
-                    except WindowClosed as exc:
-                        host.gate.closed(exc)
-                        self.summary.events["window_503"] += 1
-                        log.info("export.window_closed", error=str(exc))
-                    except CloverUnavailable as exc:
-                        lost = isinstance(exc, AnswerLost)
-                        if lost:
-                            await self._hold_orphan(host, slot, chunk)
-                        transient_failures += 1
-                        if transient_failures >= self._config.timing.max_attempts:
-                            raise
-                        pause_s = backoff_delay(
-                            transient_failures - 1,
-                            self._config.timing.backoff_base_s,
-                            self._config.timing.backoff_max_s,
-                            self._rng,
-                        )
-                        log.warning(
-                            "export.create_lost" if lost else "export.create_retry",
-                            error=str(exc),
-                            attempt=transient_failures,
-                            wait_s=round(pause_s, 3),
-                        )
-                    else:
-                        host.gate.created()
-                        host.slots.went_through(slot)
-                        # Shielded: an export whose id is lost is a slot wasted until it ends.
-                        record = await asyncio.shield(
-                            self._store.record_export(chunk.id, info.id, info.status, info.percent)
-                        )
-                        await host.shared.went_through()
-                        self.summary.tally(
-                            chunk.merchant_id, ExportType(chunk.type)
-                        ).exports_created += 1
-                        self._observer.export_created(host.region.name)
-                        log.info("export.created", export_id=info.id)
-                        return await self._follow(state, chunk, record, info, confirming)
+                if not admitted:
+                    raise _Stopped
+                # The host may have said "closed" or "busy" to another lane meanwhile.
+                if self._stop.is_set() or host.gate.wait_s(self._clock.now()) > 0:
+                    continue
+                refusal = self._room.refusal()  # a write failed while this lane waited
+                if refusal is not None:
+                    raise refusal
+                try:
+                    info = await self._create_export(state, chunk)
+                except ServerBusy as exc:
+                    # The slot goes back; the gate holds every lane of the host back
+                    # for the backoff, so that no other lane retries into the same wall.
+                    host.slots.busy()
+                    wait_s = host.gate.busy()
+                    self.summary.events["busy_503"] += 1
+                    self._observer.busy_503(host.region.name)
+                    log.info(
+                        "export.busy",
+                        limit=host.slots.limit,
+                        wait_s=round(wait_s, 3),
+                        error=str(exc),
+                    )
+                    # Every process on the state holds back; the shared limit follows.
+                    await host.shared.busy(
+                        self._clock.now() + timedelta(seconds=wait_s), host.slots.limit
+                    )
+                except WindowClosed as exc:
+                    host.gate.closed(exc)
+                    self.summary.events["window_503"] += 1
+                    log.info("export.window_closed", error=str(exc))
+                except CloverUnavailable as exc:
+                    lost = isinstance(exc, AnswerLost)
+                    if lost:
+                        await self._hold_orphan(host, slot, chunk)
+                    transient_failures += 1
+                    if transient_failures >= self._config.timing.max_attempts:
+                        raise
+                    pause_s = backoff_delay(
+                        transient_failures - 1,
+                        self._config.timing.backoff_base_s,
+                        self._config.timing.backoff_max_s,
+                        self._rng,
+                    )
+                    log.warning(
+                        "export.create_lost" if lost else "export.create_retry",
+                        error=str(exc),
+                        attempt=transient_failures,
+                        wait_s=round(pause_s, 3),
+                    )
+                else:
+                    host.gate.created()
+                    host.slots.went_through(slot)
+                    # Shielded: an export whose id is lost is a slot wasted until it ends.
+                    record = await asyncio.shield(
+                        self._store.record_export(chunk.id, info.id, info.status, info.percent)
+                    )
+                    await host.shared.went_through()
+                    self.summary.tally(
+                        chunk.merchant_id, ExportType(chunk.type)
+                    ).exports_created += 1
+                    self._observer.export_created(host.region.name)
+                    log.info("export.created", export_id=info.id)
+                    return await self._follow(state, chunk, record, info, confirming)
             if pause_s > 0 and not await self._nap(pause_s):
                 raise _Stopped
 

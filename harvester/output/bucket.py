@@ -50,6 +50,7 @@ from harvester.config import Bucket, Secret, Timing
 from harvester.errors import BadFile, ConfigError, OutputError
 from harvester.output.folder import (
     MANIFEST_NAME,
+    ChunkLook,
     ChunkOutput,
     KeepStaging,
     Manifest,
@@ -391,6 +392,10 @@ class BucketChunk:
         except (ValueError, UnicodeDecodeError):
             # Not a manifest this harvester wrote: the next publish replaces it.
             return None
+
+    async def look(self) -> ChunkLook:
+        """The published manifest; no staging is ever another process's (see adopt_staging)."""
+        return ChunkLook(await self.published_manifest(), staged_elsewhere=False)
 
     async def publish(self, manifest: Manifest) -> Manifest:
         """Copy the staged parts in under unused numbers, commit with the manifest, tidy.

@@ -145,6 +145,17 @@ class Manifest:
             raise ValueError(f"not a harvester manifest: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkLook:
+    """What a chunk's place holds as its download begins, looked at in one go (one thread
+    job on a folder: a job per question was a good part of an export's CPU)."""
+
+    published: Manifest | None  # the manifest of the chunk in place, if any to trust
+    # Staging of this chunk by another process (or from before owners) lies beside this
+    # one's: `adopt_staging` may have something to take over.
+    staged_elsewhere: bool
+
+
 def _field(document: object, key: str, kind: type[Any]) -> Any:
     if not isinstance(document, dict):
         raise TypeError(f"expected an object holding {key!r}")
@@ -431,16 +442,9 @@ class ChunkOutput:
         return None if adopted is None else str(adopted)
 
     def _adopt_staging(self, gone_owners: frozenset[str]) -> Path | None:
-        parent = self.staging_dir.parent
-        if not _is_real_dir(parent):
-            return None
         adopted = None
-        for entry in sorted(parent.iterdir()):
-            parsed = _parse_owned(entry.name, _STAGING_PREFIX)
-            if parsed is None or entry == self.staging_dir or not _is_real_dir(entry):
-                continue
-            chunk_name, owner = parsed
-            if chunk_name != self.range.name or (owner is not None and owner not in gone_owners):
+        for entry, owner in self._staged_elsewhere():
+            if owner is not None and owner not in gone_owners:
                 continue
             if adopted is None and not self.staging_dir.exists():
                 for leftover in entry.iterdir():
@@ -451,6 +455,28 @@ class ChunkOutput:
             else:
                 shutil.rmtree(entry)
         return adopted
+
+    def _staged_elsewhere(self) -> list[tuple[Path, str | None]]:
+        """The staging folders of this chunk but this process's, by name, with their owners
+        (None: named before owners)."""
+        parent = self.staging_dir.parent
+        if not _is_real_dir(parent):
+            return []
+        found = []
+        for entry in sorted(parent.iterdir()):
+            parsed = _parse_owned(entry.name, _STAGING_PREFIX)
+            if parsed is None or entry == self.staging_dir or parsed[0] != self.range.name:
+                continue
+            if _is_real_dir(entry):
+                found.append((entry, parsed[1]))
+        return found
+
+    async def look(self) -> ChunkLook:
+        """The published manifest, and whether others' staging of this chunk lies beside."""
+        return await asyncio.to_thread(self._look)
+
+    def _look(self) -> ChunkLook:
+        return ChunkLook(self._published_manifest(), bool(self._staged_elsewhere()))
 
     async def published_manifest(self) -> Manifest | None:
         """The manifest of the chunk folder in place, or None if there is none to trust."""

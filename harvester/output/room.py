@@ -7,6 +7,9 @@ mounted read-only. The first check of a run also makes sure the folder takes a f
 probe file made and deleted); later ones read the file system's figures only, because a
 file made and deleted per export was a good part of an export's CPU: on a file system
 without a journal, ext4 looks over every recently deleted inode when it allocates one.
+A check that passed holds for `FRESH_S` (unless a bigger chunk was published since): at
+dozens of exports a second, a thread job per export to read the same figures again cost
+more than the figures can change in that time, and a write failing meanwhile is seen anyway.
 Once a write fails because the file system is full or read-only, no more exports are
 created for the rest of the run; downloads already under way finish if they can.
 """
@@ -22,6 +25,8 @@ from harvester.errors import OutputError
 
 # A write failing with one of these will fail the same way for every later chunk.
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+# How long a passed check stands for the next exports (seconds on the monotonic clock).
+FRESH_S = 1.0
 
 
 def output_error(exc: OSError, folder: Path | None = None) -> OutputError:
@@ -42,11 +47,14 @@ class OutputRoom:
         self._min_free_bytes = min_free_bytes
         self._largest_chunk = 0
         self._probed = False  # the folder has taken a file in this run
+        self._passed_at: float | None = None  # monotonic: when the last check passed
         self.lost: OutputError | None = None  # the write failure that ended exports, if any
 
     def published(self, size: int) -> None:
         """A chunk of `size` bytes went into place: later ones may be as big."""
-        self._largest_chunk = max(self._largest_chunk, size)
+        if size > self._largest_chunk:
+            self._largest_chunk = size
+            self._passed_at = None  # the room needed grew: look again
 
     def failed(self, error: OutputError) -> bool:
         """A write failed. True if it is the first failure that ends exports for this run."""
@@ -61,10 +69,20 @@ class OutputRoom:
             return None
         return OutputError(f"no export created: {self.lost}", errno=self.lost.errno)
 
-    def check(self) -> None:
+    def fresh(self, now_s: float) -> bool:
+        """True if a check passed less than FRESH_S before `now_s` (monotonic) and nothing
+        since asks for another: the next export need not check (nor hop to a thread)."""
+        return (
+            self.lost is None
+            and self._passed_at is not None
+            and 0 <= now_s - self._passed_at < FRESH_S
+        )
+
+    def check(self, now_s: float | None = None) -> None:
         """OutputError if the folder cannot take a chunk now. Blocking: run it in a thread.
 
-        The caller reports the error with `failed()`, as it does a failed write.
+        The caller reports the error with `failed()`, as it does a failed write. `now_s`
+        (monotonic): when the check was asked for; a pass then stays `fresh` for a while.
         """
         refusal = self.refusal()
         if refusal is not None:
@@ -95,3 +113,5 @@ class OutputRoom:
                 f"{self._min_free_bytes} + the largest chunk so far {self._largest_chunk})",
                 errno=errno.ENOSPC,
             )
+        if now_s is not None:
+            self._passed_at = now_s

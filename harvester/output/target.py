@@ -15,7 +15,7 @@ from typing import Protocol, Self
 
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.config import Config
-from harvester.output.folder import FolderOutput, KeepStaging, Manifest, PartInfo
+from harvester.output.folder import ChunkLook, FolderOutput, KeepStaging, Manifest, PartInfo
 
 
 class StagedPart(Protocol):
@@ -62,6 +62,11 @@ class ChunkTarget(Protocol):
 
     async def published_manifest(self) -> Manifest | None:
         """The manifest of the chunk in place, or None if there is none to trust."""
+        ...
+
+    async def look(self) -> ChunkLook:
+        """The published manifest and whether `adopt_staging` may find anything, at once:
+        what a download looks at first."""
         ...
 
 

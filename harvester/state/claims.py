@@ -30,7 +30,7 @@ from types import TracebackType
 from harvester.clock import Clock
 from harvester.errors import HarvesterError, StoreError
 from harvester.logs import get_logger
-from harvester.state.records import ClaimResult, ProcessRecord, StateStore
+from harvester.state.records import ClaimResult, PartRecord, ProcessRecord, StateStore
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
 
@@ -209,6 +209,17 @@ class ProcessLease:
         """ClaimLost unless this process still holds the chunk: call before acting on it."""
         if not await self.store.holds_chunk(chunk_id, self.owner.id):
             raise ClaimLost(f"chunk {chunk_id} was taken over by another process")
+
+    async def held_parts(self, chunk_id: int, export_id: str) -> list[PartRecord]:
+        """`confirm`, and the export's saved parts, in one operation of the store."""
+        parts = await self.store.held_parts(chunk_id, self.owner.id, export_id)
+        if parts is None:
+            raise ClaimLost(f"chunk {chunk_id} was taken over by another process")
+        return parts
+
+    async def complete(self, chunk_id: int) -> None:
+        """The chunk is COMPLETE and its claim released, in one operation (shielded)."""
+        await asyncio.shield(self.store.complete_chunk(chunk_id, self.owner.id))
 
     async def release(self, chunk_id: int) -> None:
         await asyncio.shield(self.store.release_chunk(chunk_id, self.owner.id))

@@ -242,8 +242,9 @@ def reset_for_reharvest_of(at: At, chunk_ids: Sequence[int]) -> Work[list[ChunkR
     return [found[chunk_id] for chunk_id in chunk_ids]
 
 
-def complete_chunk(at: At, chunk_id: int) -> Work[None]:
-    """The chunk's folder is in place: COMPLETE, covered from now, errors cleared."""
+def complete_chunk(at: At, chunk_id: int, owner: str | None = None) -> Work[None]:
+    """The chunk's folder is in place: COMPLETE, covered from now, errors cleared; with
+    `owner`, that process's claim on it ends in the same operation (`release_chunk`)."""
     changed = yield count(
         "UPDATE chunks SET status = ?, completed_at_ms = ?, last_error = NULL,"
         " last_error_at_ms = NULL, updated_at_ms = ? WHERE id = ?",
@@ -251,6 +252,8 @@ def complete_chunk(at: At, chunk_id: int) -> Work[None]:
     )
     if changed == 0:
         raise _missing(at, f"chunk {chunk_id}")
+    if owner is not None:
+        yield from release_chunk(at, chunk_id, owner)
 
 
 def fail_chunk(at: At, chunk_id: int, error: str) -> Work[None]:
@@ -593,6 +596,14 @@ def holds_chunk(at: At, chunk_id: int, owner: str) -> Work[bool]:
     return row is not None
 
 
+def held_parts(at: At, chunk_id: int, owner: str, export_id: str) -> Work[list[PartRecord] | None]:
+    """The export's saved parts while `owner` holds the chunk's claim; None once it does
+    not: `holds_chunk` and `parts` in one operation, as a download begins."""
+    if not (yield from holds_chunk(at, chunk_id, owner)):
+        return None
+    return (yield from parts(at, export_id))
+
+
 def release_chunk(at: At, chunk_id: int, owner: str) -> Work[None]:
     """`owner` is done with the chunk (if it still held it)."""
     yield execute("DELETE FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))
@@ -641,9 +652,17 @@ def next_in_line(
 
 
 def take_slot(
-    at: At, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
+    at: At,
+    host: str,
+    owner: str,
+    merchant_id: str,
+    waiter_id: int | None,
+    maximum: int,
+    chunk_id: int | None = None,
 ) -> Work[SlotTry]:
-    """Ask for one of the host's export slots for `merchant_id`.
+    """Ask for one of the host's export slots for `merchant_id`; with `chunk_id`, a slot
+    granted says whether `owner` still holds that chunk's claim (`holds_chunk`, in the
+    same operation: the check before an export is created).
 
     Granted when the live processes together hold fewer than the shared limit, no busy
     backoff is running, and the merchant's waiter is among the next in line: merchants
@@ -705,7 +724,8 @@ def take_slot(
         " RETURNING id",
         (host, owner, merchant_id, at.now),
     )
-    return SlotTry(int(slot["id"]), waiter, limit, in_use + 1, busy_until)
+    held = True if chunk_id is None else (yield from holds_chunk(at, chunk_id, owner))
+    return SlotTry(int(slot["id"]), waiter, limit, in_use + 1, busy_until, held)
 
 
 def reset_hosts(at: At) -> Work[None]:

@@ -115,6 +115,7 @@ class SlotTry:
     limit: int  # the host's shared limit now
     in_use: int  # slots held by live processes now (this one's new slot included)
     busy_until: datetime | None  # no slot is granted before this (a busy 503 was seen)
+    claim_held: bool = True  # asked with a chunk and granted: the asker still holds its claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +187,7 @@ class StateStore(Protocol):
 
     async def reset_for_reharvest_of(self, chunk_ids: Sequence[int]) -> list[ChunkRecord]: ...
 
-    async def complete_chunk(self, chunk_id: int) -> None: ...
+    async def complete_chunk(self, chunk_id: int, owner: str | None = None) -> None: ...
 
     async def fail_chunk(self, chunk_id: int, error: str) -> None: ...
 
@@ -244,11 +245,21 @@ class StateStore(Protocol):
 
     async def holds_chunk(self, chunk_id: int, owner: str) -> bool: ...
 
+    async def held_parts(
+        self, chunk_id: int, owner: str, export_id: str
+    ) -> list[PartRecord] | None: ...
+
     async def release_chunk(self, chunk_id: int, owner: str) -> None: ...
 
     # -- export slots and refresh locks shared by the processes
     async def take_slot(
-        self, host: str, owner: str, merchant_id: str, waiter_id: int | None, maximum: int
+        self,
+        host: str,
+        owner: str,
+        merchant_id: str,
+        waiter_id: int | None,
+        maximum: int,
+        chunk_id: int | None = None,
     ) -> SlotTry: ...
 
     async def reset_hosts(self) -> None: ...

@@ -31,7 +31,7 @@ from harvester.clover.ratelimit import RequestLimiter
 from harvester.errors import HarvesterError
 from harvester.logs import get_logger
 from harvester.pacing.slots import ExportSlots
-from harvester.state.claims import ProcessLease
+from harvester.state.claims import ClaimLost, ProcessLease
 from harvester.state.records import HostView
 
 MIN_POLL_S = 0.1
@@ -67,24 +67,33 @@ class SharedSlots:
         self._poll_s = min(MAX_POLL_S, max(MIN_POLL_S, poll_s))
         self._rng = rng
         self.shared_limit = local.maximum  # as the store last said
+        # As the store last said: the shared limit at its maximum and no busy backoff
+        # running, so that an export going through has nothing to change (see went_through).
+        self._settled = False
 
     @property
     def maximum(self) -> int:
         return self.local.maximum
 
-    def hold(self, merchant_id: str) -> AbstractAsyncContextManager[None]:
+    def hold(
+        self, merchant_id: str, chunk_id: int | None = None
+    ) -> AbstractAsyncContextManager[None]:
         """One of the host's slots, held until the block ends; hold this process's slot
-        (`local.hold`) around it.
+        (`local.hold`) around it. With `chunk_id`, the chunk's claim is confirmed as the
+        slot is granted (`ProcessLease.confirm`, in the same store operation): ClaimLost,
+        the slot given back, if this process no longer holds it.
 
         If a stop is asked for while waiting, the block runs without a slot: the caller
         checks for the stop before using it.
         """
-        return self._hold(merchant_id)
+        return self._hold(merchant_id, chunk_id)
 
     @asynccontextmanager
-    async def _hold(self, merchant_id: str) -> AsyncIterator[None]:
-        slot_id = await self._take(merchant_id)
+    async def _hold(self, merchant_id: str, chunk_id: int | None) -> AsyncIterator[None]:
+        slot_id, held = await self._take(merchant_id, chunk_id)
         try:
+            if not held:
+                raise ClaimLost(f"chunk {chunk_id} was taken over by another process")
             yield
         finally:
             if slot_id is not None:
@@ -93,6 +102,7 @@ class SharedSlots:
     async def busy(self, until: datetime, limit: int) -> None:
         """A busy 503: every process holds back until `until`; the shared limit drops to
         `limit`, what this process's slots allow now (`ExportSlots.busy`, told already)."""
+        self._settled = False
         self.shared_limit = await self._lease.store.slot_busy(
             self._host, until, self.maximum, limit
         )
@@ -100,10 +110,19 @@ class SharedSlots:
     async def went_through(self) -> None:
         """An export was created: the backoff ends; the shared limit may grow.
 
-        The caller has told this process's slots already (`ExportSlots.went_through`)."""
+        The caller has told this process's slots already (`ExportSlots.went_through`).
+        Nothing is written while the host was settled when its slot was granted (the limit
+        at its maximum, no backoff): a process alone pays no store operation per export
+        for it. Another process's busy answer since stays in force until the next grant
+        shows it, or one of this process's exports goes through after that.
+        """
+        if self._settled:
+            return
         self.shared_limit = await self._lease.store.slot_went_through(self._host, self.maximum)
+        self._settled = self.shared_limit >= self.maximum
 
-    async def _take(self, merchant_id: str) -> int | None:
+    async def _take(self, merchant_id: str, chunk_id: int | None) -> tuple[int | None, bool]:
+        """The slot (None if stopped first), and whether the chunk's claim is held."""
         store = self._lease.store
         signals = store.host_signals()
         waiter: int | None = None
@@ -114,13 +133,16 @@ class SharedSlots:
                 # Before the read: a slot given back after it wakes the wait below.
                 mark = await signals.mark(self._host)
                 tried = await store.take_slot(
-                    self._host, self._lease.owner.id, merchant_id, waiter, self.maximum
+                    self._host, self._lease.owner.id, merchant_id, waiter, self.maximum, chunk_id
                 )
                 waiter = tried.waiter_id
                 self.shared_limit = tried.limit
                 if tried.slot_id is not None:
                     granted = True
-                    return tried.slot_id
+                    self._settled = tried.limit >= self.maximum and (
+                        tried.busy_until is None or tried.busy_until <= self._clock.now()
+                    )
+                    return tried.slot_id, tried.claim_held
                 if not announced:
                     announced = True
                     get_logger().debug("slot.shared_wait", limit=tried.limit, in_use=tried.in_use)
@@ -133,14 +155,14 @@ class SharedSlots:
                 # process ends it first. Else until a slot is given back anywhere.
                 pause_s = left_s if left_s > 0 else self._poll_s * self._rng.uniform(0.5, 1.5)
                 if self._stop.is_set():
-                    return None
+                    return None, True
                 await wait_first(
                     self._clock.sleep(pause_s),
                     self._stop.wait(),
                     signals.wait(self._host, mark),
                 )
                 if self._stop.is_set():
-                    return None
+                    return None, True
         finally:
             if waiter is not None and not granted:
                 await asyncio.shield(store.leave_slot_queue(waiter))

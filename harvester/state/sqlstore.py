@@ -121,6 +121,7 @@ class SqlStore:
     claim_chunk = _timed_write(queries.claim_chunk)
     claim_chunks = _timed_write(queries.claim_chunks)
     holds_chunk = _read(queries.holds_chunk)
+    held_parts = _read(queries.held_parts)
     release_chunk = _write(queries.release_chunk)
     # shared export slots and refresh locks
     take_slot = _timed_write(queries.take_slot)

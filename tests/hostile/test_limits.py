@@ -16,7 +16,7 @@ from harvester.config import Timing
 from harvester.errors import FileTooLarge, OutputError
 from harvester.harvest.downloader import CappedWriter, download_deadline_s
 from harvester.output.folder import ChunkOutput
-from harvester.output.room import OutputRoom
+from harvester.output.room import FRESH_S, OutputRoom
 
 RANGE = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
 
@@ -106,3 +106,31 @@ def test_room_probes_with_a_file_once_then_reads_the_file_system(
         room.check()
     assert refused.value.errno == errno.EROFS
     assert len(probes) == 1
+
+
+def test_a_passed_room_check_stands_for_a_second_unless_more_room_is_needed(
+    tmp_path: Path,
+) -> None:
+    """A check that passed at t is fresh until t + FRESH_S; a bigger chunk published, or a
+    write that ended exports, asks for a check at once; a check that failed is never fresh."""
+    room = OutputRoom(tmp_path / "data", 0)
+    assert not room.fresh(100.0)
+    room.check(100.0)
+    assert room.fresh(100.0)
+    assert room.fresh(100.0 + FRESH_S - 0.01)
+    assert not room.fresh(100.0 + FRESH_S)
+    room.check(200.0)
+    room.published(10)
+    assert not room.fresh(200.1)  # more room needed than at the check
+    room.check(200.2)
+    room.published(5)  # no bigger than the largest: the check stands
+    assert room.fresh(200.3)
+    room.failed(OutputError("full", errno=errno.ENOSPC))
+    assert not room.fresh(200.4)
+    with pytest.raises(OutputError, match="no export created: full"):
+        room.check(200.5)
+    assert not room.fresh(200.6)
+    tight = OutputRoom(tmp_path / "data", 2**62)
+    with pytest.raises(OutputError, match="bytes free, less than"):
+        tight.check(300.0)
+    assert not tight.fresh(300.1)
