@@ -46,7 +46,7 @@ class ExportDurations:
         key = (merchant_id, type)
         if key not in self._by_kind:
             self._by_kind[key] = deque(maxlen=self._latest)
-            for seen in await self._stored(merchant_id, type):
+            for seen in await self._store.past_durations(merchant_id, type, self._latest):
                 self._keep(host, key, seen)
         span_s = _span_s(range_)
         if self._by_kind[key]:
@@ -54,8 +54,7 @@ class ExportDurations:
         if self._by_host.get(host):
             return expected_durations(self._by_host[host], span_s, lower_half=True)
         if type not in self._by_type:
-            found = await self._store.recent_durations(type, self._latest)
-            self._by_type[type] = [(seconds, span) for seconds, span in found if seconds > 0]
+            self._by_type[type] = await self._store.recent_durations(type, self._latest)
         return expected_durations(self._by_type[type], span_s, lower_half=True)
 
     def observe(
@@ -70,8 +69,3 @@ class ExportDurations:
     def _keep(self, host: str, key: tuple[str, ExportType], seen: tuple[float, float]) -> None:
         self._by_kind[key].append(seen)
         self._by_host.setdefault(host, deque(maxlen=_HOST_KEPT)).append(seen)
-
-    async def _stored(self, merchant_id: str, type: ExportType) -> list[tuple[float, float]]:
-        """The latest DONE exports of the merchant's covered chunks, oldest first."""
-        found = await self._store.past_durations(merchant_id, type, self._latest)
-        return [(seconds, span_s) for seconds, span_s in found if seconds > 0]

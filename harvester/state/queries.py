@@ -417,19 +417,34 @@ def get_export(at: At, export_id: str) -> Work[ExportRecord | None]:
     return None if row is None else export_record(row)
 
 
+# (seconds from creation to DONE, seconds of range) of covered chunks' exports.
+_DURATIONS = (
+    "SELECT e.updated_at_ms - e.created_at_ms AS took_ms, c.end_ms - c.start_ms AS span_ms"
+    " FROM chunks c JOIN exports e ON e.id = c.export_id"
+)
+
+
+def _durations(rows: Sequence[Row]) -> list[tuple[float, float]]:
+    """The rows of a `_DURATIONS` read, newest first, as (seconds, seconds of range), oldest
+    first; an export that took no time (clocks out of step) says nothing and is left out."""
+    return [
+        (int(row["took_ms"]) / 1000, int(row["span_ms"]) / 1000)
+        for row in reversed(rows)
+        if int(row["took_ms"]) > 0
+    ]
+
+
 def past_durations(
     at: At, merchant_id: str, type: ExportType, latest: int
 ) -> Work[list[tuple[float, float]]]:
     """(seconds from creation to DONE, seconds of range) of the exports of the merchant's
     `latest` covered chunks, oldest first: one read, for what polling predicts with."""
     rows = yield every(
-        "SELECT e.updated_at_ms - e.created_at_ms AS took_ms, c.end_ms - c.start_ms AS span_ms"
-        " FROM chunks c JOIN exports e ON e.id = c.export_id"
-        " WHERE c.merchant_id = ? AND c.type = ? AND c.status = ? AND e.state = ?"
+        f"{_DURATIONS} WHERE c.merchant_id = ? AND c.type = ? AND c.status = ? AND e.state = ?"
         " ORDER BY c.completed_at_ms DESC, c.id DESC LIMIT ?",
         (merchant_id, type.value, ChunkStatus.COMPLETE.value, ExportState.DONE.value, latest),
     )
-    return [(int(row["took_ms"]) / 1000, int(row["span_ms"]) / 1000) for row in reversed(rows)]
+    return _durations(rows)
 
 
 def recent_durations(at: At, type: ExportType, latest: int) -> Work[list[tuple[float, float]]]:
@@ -438,13 +453,11 @@ def recent_durations(at: At, type: ExportType, latest: int) -> Work[list[tuple[f
     a run. One read, through the index of chunks by status (in SQLite it holds them in id
     order: the newest covered chunks come first, no sort)."""
     rows = yield every(
-        "SELECT e.updated_at_ms - e.created_at_ms AS took_ms, c.end_ms - c.start_ms AS span_ms"
-        " FROM chunks c JOIN exports e ON e.id = c.export_id"
-        " WHERE c.status = ? AND c.type = ? AND e.state = ?"
+        f"{_DURATIONS} WHERE c.status = ? AND c.type = ? AND e.state = ?"
         " ORDER BY c.id DESC LIMIT ?",
         (ChunkStatus.COMPLETE.value, type.value, ExportState.DONE.value, latest),
     )
-    return [(int(row["took_ms"]) / 1000, int(row["span_ms"]) / 1000) for row in reversed(rows)]
+    return _durations(rows)
 
 
 def export_durations(latest: int) -> Work[list[float]]:
