@@ -749,18 +749,21 @@ def reset_hosts(at: At) -> Work[None]:
 
 def leave_slot_queue(at: At, waiter_id: int) -> Work[None]:
     """Stop waiting for a slot (the waiter was cancelled): the next in line may be another."""
-    row = yield one("SELECT host FROM slot_waiters WHERE id = ?", (waiter_id,))
-    if row is not None:
-        yield from _host_changed(row["host"])
-    yield execute("DELETE FROM slot_waiters WHERE id = ?", (waiter_id,))
+    yield from _delete_waking("slot_waiters", waiter_id)
 
 
 def release_slot(at: At, slot_id: int) -> Work[None]:
     """Give a slot back; those waiting for one, in any process, are woken."""
-    row = yield one("SELECT host FROM slots WHERE id = ?", (slot_id,))
+    yield from _delete_waking("slots", slot_id)
+
+
+def _delete_waking(table: str, row_id: int) -> Work[None]:
+    """Delete a row of a host's `slots` or `slot_waiters`, waking the host's waiters first
+    (its row locked before the slot's, as everywhere)."""
+    row = yield one(f"SELECT host FROM {table} WHERE id = ?", (row_id,))  # noqa: S608 -- ours
     if row is not None:
         yield from _host_changed(row["host"])
-    yield execute("DELETE FROM slots WHERE id = ?", (slot_id,))
+    yield execute(f"DELETE FROM {table} WHERE id = ?", (row_id,))  # noqa: S608 -- ours
 
 
 def slot_busy(at: At, host: str, until: datetime, maximum: int, limit: int) -> Work[int]:
