@@ -35,6 +35,10 @@ _MERCHANT_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 _REGION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A `${` that does not start a well-formed reference is matched too, to be refused.
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+# PostgreSQL connections the state's transactions run on at once. Each is a backend process
+# of the server: the most allowed is far more than a harvester's lanes need.
+DEFAULT_STATE_POOL_SIZE = 4
+MAX_STATE_POOL_SIZE = 64
 
 
 class Secret:
@@ -210,7 +214,7 @@ class Config:
     # state_path (processes on several machines). A Secret: its password may be in it.
     state_url: Secret | None = None
     # PostgreSQL: connections the state's transactions run on at once (one more listens).
-    state_pool_size: int = 4
+    state_pool_size: int = DEFAULT_STATE_POOL_SIZE
     token_command: TokenCommand | None = None  # for merchants without token or refresh_token
     load: LoadSettings = field(default_factory=LoadSettings)
 
@@ -267,8 +271,6 @@ _MERCHANT_KEYS = ("id", "region", "token", "refresh_token", "client_id", "types"
 # Clover's files hold at most 1000 objects, a few megabytes: this is far above any of them.
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
-# Each connection is a PostgreSQL backend process: far more than a harvester's lanes need.
-MAX_STATE_POOL_SIZE = 64
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -304,7 +306,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         healthcheck_url=_healthcheck_url(top),
         schedule=_read_schedule(top.section("schedule", _SCHEDULE_KEYS)),
         state_url=state_url,
-        state_pool_size=top.whole("state_pool_size", 4, minimum=1, maximum=MAX_STATE_POOL_SIZE),
+        state_pool_size=top.whole(
+            "state_pool_size", DEFAULT_STATE_POOL_SIZE, minimum=1, maximum=MAX_STATE_POOL_SIZE
+        ),
         token_command=token_command,
         load=_read_load(top.section("load", _LOAD_KEYS), folder),
     )

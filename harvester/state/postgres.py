@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from harvester.clock import Clock
+from harvester.config import DEFAULT_STATE_POOL_SIZE
 from harvester.errors import StoreError
 from harvester.logs import get_logger
 from harvester.state import queries
@@ -43,7 +44,6 @@ Connection = psycopg.AsyncConnection[Row]
 
 _MIGRATION_LOCK = 7_311_902_001  # advisory lock key: one migrating process at a time
 _CONNECT_TIMEOUT_S = 30
-DEFAULT_POOL_SIZE = 4
 
 MIGRATIONS = POSTGRES_MIGRATIONS  # applied in order on open; see schema.py
 
@@ -186,7 +186,7 @@ class PgStore(SqlStore):
         url: str,
         clock: Clock,
         migrations: Sequence[tuple[str, ...]] = MIGRATIONS,
-        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_size: int = DEFAULT_STATE_POOL_SIZE,
     ) -> PgStore:
         """Connect, creating and migrating the schema if needed; then open the pool of
         `pool_size` connections the operations run on."""
