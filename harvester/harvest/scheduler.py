@@ -524,8 +524,9 @@ class Harvest:
         # An export's slot is scarce: never spend one on files that cannot be written. The
         # disk is looked at once per chunk, or once a second when chunks come faster; a
         # write failing meanwhile is seen below.
-        if not self._room.fresh(self._clock.monotonic()):
-            await asyncio.to_thread(self._room.check, self._clock.monotonic())
+        now_s = self._clock.monotonic()
+        if not self._room.fresh(now_s):
+            await asyncio.to_thread(self._room.check, now_s)
         while True:
             pause_s = 0.0
             # The slots (this process's, then the host's across processes) before the gate:
