@@ -213,14 +213,14 @@ async def test_publish_puts_the_complete_folder_in_place(chunk: ChunkOutput) -> 
     bodies = [export_file(1000, "a"), export_file(7, "b")]
     manifest = await stage(chunk, bodies)
     assert not chunk.final_dir.exists()
-    assert await chunk.published_manifest() is None
+    assert (await chunk.look()).published is None
 
     await chunk.publish(manifest)
 
     assert listing(chunk.final_dir) == {"part-00001.json", "part-00002.json", MANIFEST_NAME}
     assert (chunk.final_dir / "part-00002.json").read_bytes() == bodies[1]
     assert (chunk.final_dir / MANIFEST_NAME).read_text() == manifest.to_json()
-    assert await chunk.published_manifest() == manifest
+    assert (await chunk.look()).published == manifest
     assert not chunk.staging_dir.exists()
     assert listing(chunk.final_dir.parent) == {JANUARY.name}
 
@@ -311,7 +311,7 @@ async def test_publishing_again_replaces_the_folder(
     assert calls == [2]
     assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
     assert (chunk.final_dir / "part-00001.json").read_bytes() == new_body
-    assert await chunk.published_manifest() == second
+    assert (await chunk.look()).published == second
     assert listing(chunk.final_dir.parent) == {JANUARY.name}
 
 
@@ -325,7 +325,7 @@ async def test_an_unexpected_exchange_error_is_raised(tmp_path: Path) -> None:
     await chunk.publish(await stage(chunk, [export_file(1)], "E1"))
     with pytest.raises(PermissionError):
         await chunk.publish(await stage(chunk, [export_file(2)], "E2"))
-    published = await chunk.published_manifest()
+    published = (await chunk.look()).published
     assert published is not None
     assert published.export_id == "E1"
 
@@ -449,7 +449,7 @@ async def test_an_unreadable_published_manifest_counts_as_none(chunk: ChunkOutpu
     """A chunk folder whose manifest cannot be read is treated as not harvested."""
     await chunk.publish(await stage(chunk, [export_file(1)]))
     (chunk.final_dir / MANIFEST_NAME).write_text("{ broken")
-    assert await chunk.published_manifest() is None
+    assert (await chunk.look()).published is None
 
 
 # -- recover --------------------------------------------------------------------------------

@@ -478,11 +478,8 @@ class ChunkOutput:
     def _look(self) -> ChunkLook:
         return ChunkLook(self._published_manifest(), bool(self._staged_elsewhere()))
 
-    async def published_manifest(self) -> Manifest | None:
-        """The manifest of the chunk folder in place, or None if there is none to trust."""
-        return await asyncio.to_thread(self._published_manifest)
-
     def _published_manifest(self) -> Manifest | None:
+        """The manifest of the chunk folder in place, or None if there is none to trust."""
         try:
             text = (self.final_dir / MANIFEST_NAME).read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -60,10 +60,6 @@ class ChunkTarget(Protocol):
         holding its claim. Returns where it was, if anything was adopted."""
         ...
 
-    async def published_manifest(self) -> Manifest | None:
-        """The manifest of the chunk in place, or None if there is none to trust."""
-        ...
-
     async def look(self) -> ChunkLook:
         """The published manifest and whether `adopt_staging` may find anything, at once:
         what a download looks at first."""
