@@ -264,6 +264,19 @@ def test_a_stalled_export_is_polled_within_poll_max_once_its_progress_stops(
 HISTORY = (100.0, 105.0, 110.0, 115.0, 120.0)  # p50 110, p90 120
 
 
+def delay_with_history(elapsed_s: float, percent: float, polls: int) -> float:
+    """The delay with HISTORY as the past durations, at the test bounds."""
+    return next_poll_delay(
+        elapsed_s,
+        percent,
+        POLL_MIN_S,
+        POLL_MAX_S,
+        expected_s=HISTORY,
+        polls=polls,
+        predicted_max_s=PREDICTED_MAX_S,
+    )
+
+
 @pytest.mark.parametrize(
     ("elapsed_s", "percent", "polls", "expected_s"),
     [
@@ -299,15 +312,7 @@ def test_poll_delay_with_history_table(
 ) -> None:
     """With past durations, the first poll goes at their shortest tenth, then at the end the
     progress predicts, then as without history."""
-    delay = next_poll_delay(
-        elapsed_s,
-        percent,
-        POLL_MIN_S,
-        POLL_MAX_S,
-        expected_s=HISTORY,
-        polls=polls,
-        predicted_max_s=PREDICTED_MAX_S,
-    )
+    delay = delay_with_history(elapsed_s, percent, polls)
     assert delay == pytest.approx(expected_s)
 
 
@@ -327,15 +332,7 @@ def test_poll_delay_with_history_stays_within_bounds(
 ) -> None:
     """With history too, no delay is over the predicted maximum, and none is under poll_min_s
     but one aimed at the end progress of 50% or more predicts (never under AIMED_MIN_S)."""
-    delay = next_poll_delay(
-        elapsed_s,
-        percent,
-        POLL_MIN_S,
-        POLL_MAX_S,
-        expected_s=HISTORY,
-        polls=polls,
-        predicted_max_s=PREDICTED_MAX_S,
-    )
+    delay = delay_with_history(elapsed_s, percent, polls)
     assert delay <= PREDICTED_MAX_S
     aimed = 50.0 <= percent < 100.0
     assert delay >= (AIMED_MIN_S if aimed else POLL_MIN_S)
