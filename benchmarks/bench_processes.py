@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-import yaml
 
+from benchmarks.sim_config import token_environ, write_config
 from harvester.clock import SystemClock
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
 from tests.backfills import backfill_argv
@@ -87,33 +87,24 @@ async def harvest(
     processes: int,
     state_url: str | None,
 ) -> float:
-    state: dict[str, Any] = (
-        {"state_path": "state.sqlite3"} if state_url is None else {"state_url": state_url}
-    )
-    document = {
-        "output_dir": "data",
-        **state,
-        "timing": {
+    on_postgres: dict[str, Any] = {} if state_url is None else {"state_url": state_url}
+    config = write_config(
+        folder,
+        api_url,
+        merchants,
+        SERVER_LIMIT,
+        timing={
             "poll_min_s": 0.1,
             "poll_max_s": 0.5,
             "backoff_base_s": 0.1,
             "backoff_max_s": 2,
             "lease_s": 6,
         },
-        "max_concurrent_downloads": 4,
-        "regions": {
-            "local": {
-                "base_url": api_url,
-                "windows": "always",
-                "max_concurrent_exports": SERVER_LIMIT,
-            }
-        },
-        "merchants": [{"id": m, "region": "local", "token": f"${{T_{m}}}"} for m in merchants],
-    }
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump(document))
+        max_concurrent_downloads=4,
+        **on_postgres,
+    )
     end = DATA_START + timedelta(days=days)
-    environ = {**os.environ, **{f"T_{m}": t for m, t in merchants.items()}}
+    environ = {**os.environ, **token_environ(merchants)}
     started = time.perf_counter()
     running = [
         await asyncio.create_subprocess_exec(
