@@ -82,14 +82,18 @@ def sqlite_driver(connection: sqlite3.Connection) -> Explained:
         text = sqlite_text(sql)
         if text is None:
             return None
-        cursor = connection.execute(text, params)
-        if fetch is Fetch.ONE:
-            return cursor.fetchone()
-        if fetch is Fetch.ALL:
-            return cursor.fetchall()
-        return cursor.rowcount
+        return fetched(connection.execute(text, params), fetch)
 
     return Explained(explain, run)
+
+
+def fetched(cursor: Any, fetch: Fetch) -> Any:
+    """What a query's cursor gives back, as the stores hand it to the operation."""
+    if fetch is Fetch.ONE:
+        return cursor.fetchone()
+    if fetch is Fetch.ALL:
+        return cursor.fetchall()
+    return cursor.rowcount
 
 
 def whole_reads(node: dict[str, Any]) -> Iterator[str]:
@@ -114,12 +118,7 @@ def postgres_driver(connection: psycopg.Connection[dict[str, Any]]) -> Explained
         return list(whole_reads(row["QUERY PLAN"][0]["Plan"]))
 
     def run(sql: str, params: Any, fetch: Fetch) -> Any:
-        cursor = connection.execute(postgres_text(sql), params)
-        if fetch is Fetch.ONE:
-            return cursor.fetchone()
-        if fetch is Fetch.ALL:
-            return cursor.fetchall()
-        return cursor.rowcount
+        return fetched(connection.execute(postgres_text(sql), params), fetch)
 
     return Explained(explain, run)
 
