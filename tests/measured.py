@@ -26,6 +26,7 @@ _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as report:
     json.dump({"code": os.waitstatus_to_exitcode(status),
                "cpu_s": usage.ru_utime + usage.ru_stime,
+               "system_s": usage.ru_stime,
                "peak_rss_kib": usage.ru_maxrss}, report)
 """
 
@@ -34,6 +35,7 @@ with open(sys.argv[1], "w") as report:
 class Usage:
     code: int
     cpu_s: float  # user + system
+    system_s: float  # of cpu_s, in the kernel (file systems and sockets)
     peak_rss_mb: float
 
 
@@ -55,6 +57,7 @@ def read_usage(report: Path) -> Usage:
     return Usage(
         code=figures["code"],
         cpu_s=figures["cpu_s"],
+        system_s=figures["system_s"],
         peak_rss_mb=figures["peak_rss_kib"] / 1024,  # Linux reports kibibytes
     )
 
