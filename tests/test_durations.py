@@ -18,18 +18,25 @@ MERCHANT = "M000TESTSHOP0"
 OTHER = "M001TESTSHOP1"
 HOST = "local"
 DAY = timedelta(days=1)
+SPAN_S = 30 * DAY.total_seconds()  # a month(n)'s
 
 
 def month(n: int) -> TimeRange:
     return TimeRange(DATA_START + n * 30 * DAY, DATA_START + (n + 1) * 30 * DAY)
 
 
-async def export_taking(store: StateStore, clock: FakeClock, n: int, seconds: float) -> None:
-    """Month n of MERCHANT's payments exported in `seconds`, and covered."""
-    [chunk] = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [month(n)])
-    await store.record_export(chunk.id, f"E{n}", "PENDING", 0.0)
+async def export_taking(
+    store: StateStore,
+    clock: FakeClock,
+    n: int,
+    seconds: float,
+    type: ExportType = ExportType.PAYMENTS,
+) -> None:
+    """Month n of MERCHANT's payments (or `type`) exported in `seconds`, and covered."""
+    [chunk] = await store.add_chunks(MERCHANT, type, [month(n)])
+    await store.record_export(chunk.id, f"E{n}{type.value}", "PENDING", 0.0)
     clock.advance(seconds)
-    await store.export_done(f"E{n}", None, ["https://files/1"])
+    await store.export_done(f"E{n}{type.value}", None, ["https://files/1"])
     await store.complete_chunk(chunk.id)
 
 
@@ -43,7 +50,7 @@ async def test_a_merchants_durations_come_from_its_covered_chunks(
         for n, seconds in enumerate((900.0, 600.0, 300.0, 120.0)):
             await export_taking(store, clock, n, seconds)
         [open_chunk] = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [month(5)])
-        await store.record_export(open_chunk.id, "E5", "PENDING", 0.0)
+        await store.record_export(open_chunk.id, "E5PAYMENTS", "PENDING", 0.0)
         durations = ExportDurations(store, latest=3)
 
         found = await durations.expected(HOST, MERCHANT, ExportType.PAYMENTS, month(6))
@@ -57,6 +64,35 @@ async def test_a_merchants_durations_come_from_its_covered_chunks(
         durations.observe(HOST, MERCHANT, ExportType.PAYMENTS, month(6), 240.0)
         found = await durations.expected(HOST, MERCHANT, ExportType.PAYMENTS, month(7))
         assert found == (120.0, 240.0, 300.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_both_types_of_a_merchant_come_in_one_read(
+    tmp_path: Path, clock: FakeClock, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The store answers for every type at once, the latest `latest` of each, oldest first;
+    the run reads a merchant once: its other type's history is what that read found."""
+    async with opened_store(backend, request, tmp_path / "state.sqlite3", clock) as store:
+        for n, seconds in enumerate((900.0, 600.0, 300.0)):
+            await export_taking(store, clock, n, seconds)
+        for n, seconds in enumerate((50.0, 70.0)):
+            await export_taking(store, clock, n, seconds, ExportType.ORDERS)
+        assert await store.past_durations(MERCHANT, 2) == {
+            ExportType.PAYMENTS: [(600.0, SPAN_S), (300.0, SPAN_S)],
+            ExportType.ORDERS: [(50.0, SPAN_S), (70.0, SPAN_S)],
+        }
+        assert await store.past_durations(OTHER, 2) == {t: [] for t in ExportType}
+
+        durations = ExportDurations(store, latest=2)
+        assert await durations.expected(HOST, MERCHANT, ExportType.PAYMENTS, month(6)) == (
+            300.0,
+            600.0,
+        )
+        await export_taking(store, clock, 2, 10.0, ExportType.ORDERS)  # after the read
+        assert await durations.expected(HOST, MERCHANT, ExportType.ORDERS, month(6)) == (
+            50.0,
+            70.0,
+        )
 
 
 async def test_a_merchant_not_seen_borrows_the_shorter_half_of_its_hosts(

@@ -158,7 +158,7 @@ def hot_operations(drive: Explained, clock: FakeClock) -> None:
     drive.work(queries.record_part(at(), PartRecord("EXPORT1", 1, 0, 10, "ab" * 32, 1)))
     drive.work(queries.parts(at(), "EXPORT1"))
     drive.work(queries.complete_chunk(at(), chunk.id))
-    drive.work(queries.past_durations(at(), chunk.merchant_id, chunk.type, 20))
+    drive.work(queries.past_durations(at(), chunk.merchant_id, 20))
     drive.work(queries.recent_durations(at(), ExportType(chunk.type), 20))
     drive.work(queries.release_chunk(at(), chunk.id, OWNER))
     drive.work(queries.reset_for_reharvest_of(at(), [chunk.id]))

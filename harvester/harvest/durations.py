@@ -1,13 +1,14 @@
 """How long exports took, per merchant and type and per host: what polling predicts with.
 
-Learned as exports end in this run, and read once per merchant and type from the state store
-(the latest exports of its covered chunks: their DONE was recorded when it was seen, so they
-are a little long, which errs toward a poll early rather than late). A merchant and type
-with no export seen yet borrows the shorter half of its host's (pacing/polling.py); at the
-start of a run, before any export of its host was seen, the shorter half of the latest
-covered exports of the type of any merchant in the store, read once per type: a merchant
-new on the second night is not polled as if nothing were known. These may be of other hosts
-(the store does not know which): borrowed only until the host has a history of its own.
+Learned as exports end in this run, and read from the state store once per merchant, both
+types in one read (the latest exports of its covered chunks: their DONE was recorded when it
+was seen, so they are a little long, which errs toward a poll early rather than late). A
+merchant and type with no export seen yet borrows the shorter half of its host's
+(pacing/polling.py); at the start of a run, before any export of its host was seen, the
+shorter half of the latest covered exports of the type of any merchant in the store, read
+once per type: a merchant new on the second night is not polled as if nothing were known.
+These may be of other hosts (the store does not know which): borrowed only until the host
+has a history of its own.
 """
 
 from __future__ import annotations
@@ -45,9 +46,15 @@ class ExportDurations:
             return ()
         key = (merchant_id, type)
         if key not in self._by_kind:
-            self._by_kind[key] = deque(maxlen=self._latest)
-            for seen in await self._store.past_durations(merchant_id, type, self._latest):
-                self._keep(host, key, seen)
+            # Both types of the merchant in one read: its other type comes up soon after.
+            for each, history in (
+                await self._store.past_durations(merchant_id, self._latest)
+            ).items():
+                known = (merchant_id, each)
+                if known not in self._by_kind:
+                    self._by_kind[known] = deque(maxlen=self._latest)
+                    for seen in history:
+                        self._keep(host, known, seen)
         span_s = _span_s(range_)
         if self._by_kind[key]:
             return expected_durations(self._by_kind[key], span_s)

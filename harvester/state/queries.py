@@ -418,15 +418,14 @@ def get_export(at: At, export_id: str) -> Work[ExportRecord | None]:
 
 
 # (seconds from creation to DONE, seconds of range) of covered chunks' exports.
-_DURATIONS = (
-    "SELECT e.updated_at_ms - e.created_at_ms AS took_ms, c.end_ms - c.start_ms AS span_ms"
-    " FROM chunks c JOIN exports e ON e.id = c.export_id"
-)
+_DURATION_COLUMNS = "e.updated_at_ms - e.created_at_ms AS took_ms, c.end_ms - c.start_ms AS span_ms"
+_DURATIONS_FROM = " FROM chunks c JOIN exports e ON e.id = c.export_id"
 
 
 def _durations(rows: Sequence[Row]) -> list[tuple[float, float]]:
-    """The rows of a `_DURATIONS` read, newest first, as (seconds, seconds of range), oldest
-    first; an export that took no time (clocks out of step) says nothing and is left out."""
+    """The rows of a read of `_DURATION_COLUMNS`, newest first, as (seconds, seconds of
+    range), oldest first; an export that took no time (clocks out of step) says nothing and
+    is left out."""
     return [
         (int(row["took_ms"]) / 1000, int(row["span_ms"]) / 1000)
         for row in reversed(rows)
@@ -435,25 +434,33 @@ def _durations(rows: Sequence[Row]) -> list[tuple[float, float]]:
 
 
 def past_durations(
-    at: At, merchant_id: str, type: ExportType, latest: int
-) -> Work[list[tuple[float, float]]]:
-    """(seconds from creation to DONE, seconds of range) of the exports of the merchant's
-    `latest` covered chunks, oldest first: one read, for what polling predicts with."""
+    at: At, merchant_id: str, latest: int
+) -> Work[dict[ExportType, list[tuple[float, float]]]]:
+    """Per type, (seconds from creation to DONE, seconds of range) of the exports of the
+    merchant's `latest` covered chunks of that type, oldest first: one read for both types,
+    for what polling predicts with (a type with none maps to an empty list)."""
     rows = yield every(
-        f"{_DURATIONS} WHERE c.merchant_id = ? AND c.type = ? AND c.status = ? AND e.state = ?"
-        " ORDER BY c.completed_at_ms DESC, c.id DESC LIMIT ?",
-        (merchant_id, type.value, ChunkStatus.COMPLETE.value, ExportState.DONE.value, latest),
+        "SELECT type, took_ms, span_ms FROM"  # noqa: S608 -- our own text
+        f" (SELECT c.type AS type, {_DURATION_COLUMNS},"
+        " row_number() OVER (PARTITION BY c.type ORDER BY c.completed_at_ms DESC, c.id DESC)"
+        f" AS newness{_DURATIONS_FROM}"
+        " WHERE c.merchant_id = ? AND c.status = ? AND e.state = ?"
+        ") AS latest WHERE newness <= ? ORDER BY type, newness",
+        (merchant_id, ChunkStatus.COMPLETE.value, ExportState.DONE.value, latest),
     )
-    return _durations(rows)
+    return {
+        type: _durations([row for row in rows if row["type"] == type.value]) for type in ExportType
+    }
 
 
 def recent_durations(at: At, type: ExportType, latest: int) -> Work[list[tuple[float, float]]]:
-    """As `past_durations`, of the `latest` covered chunks of this type of any merchant (the
+    """As `past_durations` for one type, of the `latest` covered chunks of any merchant (the
     chunks added last): what a merchant with no history of its own borrows at the start of
     a run. One read, through the index of chunks by status (in SQLite it holds them in id
     order: the newest covered chunks come first, no sort)."""
     rows = yield every(
-        f"{_DURATIONS} WHERE c.status = ? AND c.type = ? AND e.state = ?"
+        f"SELECT {_DURATION_COLUMNS}{_DURATIONS_FROM}"
+        " WHERE c.status = ? AND c.type = ? AND e.state = ?"
         " ORDER BY c.id DESC LIMIT ?",
         (ChunkStatus.COMPLETE.value, type.value, ExportState.DONE.value, latest),
     )

@@ -211,8 +211,8 @@ class StateStore(Protocol):
     async def get_export(self, export_id: str) -> ExportRecord | None: ...
 
     async def past_durations(
-        self, merchant_id: str, type: ExportType, latest: int
-    ) -> list[tuple[float, float]]: ...
+        self, merchant_id: str, latest: int
+    ) -> dict[ExportType, list[tuple[float, float]]]: ...
 
     async def recent_durations(
         self, type: ExportType, latest: int
