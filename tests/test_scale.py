@@ -247,11 +247,13 @@ async def test_a_process_alone_asks_the_state_few_questions_per_chunk(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Alone on the state with nothing staged, a chunk's harvest confirms its claim with
-    the grant of its export slot and with the read of its saved parts, ends the claim with
-    the completion, and never reads the processes (only the lease's start and its heartbeat
-    do): at a thousand merchants every store operation per chunk is CPU spent per export."""
+    the grant of its export slot and with the read of its saved parts, gives the slot back
+    with the export's DONE, ends the claim with the completion, and never reads the
+    processes (only the lease's start and its heartbeat do): at a thousand merchants every
+    store operation per chunk is CPU spent per export."""
     calls: Counter[str] = Counter()
-    for name in ("processes", "holds_chunk", "held_parts", "parts", "release_chunk"):
+    names = ("processes", "holds_chunk", "held_parts", "parts", "release_chunk", "release_slot")
+    for name in names:
         original = getattr(SqlStore, name)
 
         def counted(
@@ -269,4 +271,5 @@ async def test_a_process_alone_asks_the_state_few_questions_per_chunk(
     assert calls["held_parts"] == chunks
     assert calls["parts"] == 0
     assert calls["release_chunk"] == 0  # each claim ended with its chunk's completion
+    assert calls["release_slot"] == 0  # each slot given back with its export's DONE
     assert calls["processes"] < chunks / 2, calls

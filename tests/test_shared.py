@@ -13,7 +13,7 @@ import pytest
 from harvester.clover.chunks import ExportType
 from harvester.pacing.slots import ExportSlots
 from harvester.state.claims import Owner, ProcessLease
-from harvester.state.records import HostView, StateStore
+from harvester.state.records import ChunkStatus, HostView, StateStore
 from harvester.state.shared import SharedSlots
 from tests.conftest import BACKENDS, opened_store
 from tests.fakeclock import FakeClock
@@ -210,3 +210,25 @@ async def test_an_export_going_through_on_a_settled_host_writes_nothing(
         await shared.went_through()
     assert written == [2]
     assert shared.shared_limit == 2
+
+
+async def test_an_exports_done_gives_its_slot_back_in_the_same_operation(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """DONE recorded with the slot's id frees the slot and wakes the host's waiters; the
+    block holding it then has nothing left to give back."""
+    lease = ProcessLease(store, Owner("b", "host-b", 1, "m", "backfill"), clock, 300)
+    shared = SharedSlots(ExportSlots(1), lease, HOST, clock, asyncio.Event(), 1.0, random.Random(1))
+    (chunk,) = await store.add_chunks("M1", ExportType.ORDERS, [JANUARY])
+    await store.record_export(chunk.id, "E1", "PENDING", 0.0)
+    async with shared.hold("M1") as slot:
+        assert slot.id is not None
+        refused = await store.take_slot(HOST, "c", "M2", None, 1)
+        assert refused.slot_id is None
+        before = await store.host_version(HOST)
+        done = await store.export_done("E1", None, ["https://files/1"], slot.given_back())
+        assert done.urls == ("https://files/1",)
+        assert slot.id is None
+        assert await store.host_version(HOST) > before
+        assert (await store.take_slot(HOST, "c", "M2", refused.waiter_id, 1)).slot_id is not None
+    assert (await store.get_chunk(chunk.id)).status is ChunkStatus.DOWNLOADING

@@ -68,6 +68,7 @@ from harvester.state.records import (
     ExportState,
     StateStore,
 )
+from harvester.state.shared import HeldSlot
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,10 +510,10 @@ class Harvest:
             get_logger().info("export.reattached", export_id=record.id, percent=record.percent)
             async with (
                 state.host.slots.hold(state.merchant.id) as slot,
-                state.host.shared.hold(state.merchant.id),
+                state.host.shared.hold(state.merchant.id) as shared_slot,
             ):
                 state.host.slots.runs(slot)
-                return await self._follow(state, chunk, record, None, confirming)
+                return await self._follow(state, chunk, record, None, confirming, shared_slot)
         return await self._create_and_follow(state, chunk, confirming)
 
     async def _create_and_follow(
@@ -535,7 +536,7 @@ class Harvest:
             # granted: ClaimLost if another process took it over): one export per chunk.
             async with (
                 host.slots.hold(state.merchant.id) as slot,
-                host.shared.hold(state.merchant.id, chunk.id),
+                host.shared.hold(state.merchant.id, chunk.id) as shared_slot,
                 host.gate.admission(self._stop) as admitted,
             ):
                 if not admitted:
@@ -601,7 +602,7 @@ class Harvest:
                     ).exports_created += 1
                     self._observer.export_created(host.region.name)
                     log.info("export.created", export_id=info.id)
-                    return await self._follow(state, chunk, record, info, confirming)
+                    return await self._follow(state, chunk, record, info, confirming, shared_slot)
             if pause_s > 0 and not await self._nap(pause_s):
                 raise _Stopped
 
@@ -627,9 +628,11 @@ class Harvest:
         record: ExportRecord,
         info: ExportInfo | None,
         confirming: bool,
+        shared_slot: HeldSlot,
     ) -> ExportRecord:
         """Poll an export (whose slot the caller holds) until DONE, aiming the polls at its
-        likely end as past exports of the merchant and type tell it.
+        likely end as past exports of the merchant and type tell it. The host's slot in
+        the store goes back with the DONE, in the same store operation.
 
         DONE listing no files raises _NoFilesListed, unless `confirming` (the export before
         said the same): then the export is DONE with no files, an empty chunk.
@@ -690,7 +693,9 @@ class Harvest:
                         host_name, chunk.merchant_id, export_type, chunk.range, took_s
                     )
                 done = await asyncio.shield(
-                    self._store.export_done(record.id, info.available_until, info.urls or ())
+                    self._store.export_done(
+                        record.id, info.available_until, info.urls or (), shared_slot.given_back()
+                    )
                 )
                 get_logger().info(
                     "export.done", export_id=record.id, files=len(info.urls or ()), polls=polls

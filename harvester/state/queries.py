@@ -361,10 +361,15 @@ def update_export(at: At, export_id: str, status: str, percent: float) -> Work[N
 
 
 def export_done(
-    at: At, export_id: str, available_until: datetime | None, urls: Sequence[str]
+    at: At,
+    export_id: str,
+    available_until: datetime | None,
+    urls: Sequence[str],
+    slot_id: int | None = None,
 ) -> Work[ExportRecord]:
     """Clover says DONE: keep its file URLs; its chunk moves on to DOWNLOADING. Returns
-    the export as it is now."""
+    the export as it is now. With `slot_id`, the host's slot the export held is given back
+    in the same operation (`release_slot`): DONE freed it at the server."""
     until = None if available_until is None else to_ms(available_until)
     row = yield one(
         "UPDATE exports SET state = ?, status = 'DONE', percent = 100.0,"
@@ -378,6 +383,8 @@ def export_done(
         "UPDATE chunks SET status = ?, updated_at_ms = ? WHERE export_id = ? AND status = ?",
         (ChunkStatus.DOWNLOADING.value, at.now, export_id, ChunkStatus.EXPORTING.value),
     )
+    if slot_id is not None:
+        yield from release_slot(at, slot_id)
     return done
 
 

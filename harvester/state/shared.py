@@ -46,6 +46,23 @@ ALONE_CHECK_S = 0.25
 IDLE_S = 2.0
 
 
+class HeldSlot:
+    """A host's slot in the store, as the lane holding it sees it."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, slot_id: int | None) -> None:
+        self.id = slot_id  # None: none held (a stop came first), or given back already
+
+    def given_back(self) -> int | None:
+        """The slot's id, for the store operation that gives it back with the export's DONE
+        (`StateStore.export_done`): the block's end then has nothing left to give back.
+        Call once that operation is asked for: asked, it lands even if its caller is
+        cancelled."""
+        slot_id, self.id = self.id, None
+        return slot_id
+
+
 class SharedSlots:
     """One host's export slots, shared by every process on the state."""
 
@@ -77,11 +94,12 @@ class SharedSlots:
 
     def hold(
         self, merchant_id: str, chunk_id: int | None = None
-    ) -> AbstractAsyncContextManager[None]:
-        """One of the host's slots, held until the block ends; hold this process's slot
-        (`local.hold`) around it. With `chunk_id`, the chunk's claim is confirmed as the
-        slot is granted (`ProcessLease.confirm`, in the same store operation): ClaimLost,
-        the slot given back, if this process no longer holds it.
+    ) -> AbstractAsyncContextManager[HeldSlot]:
+        """One of the host's slots, held until the block ends (or given back sooner with
+        the export's DONE, `HeldSlot.given_back`); hold this process's slot (`local.hold`)
+        around it. With `chunk_id`, the chunk's claim is confirmed as the slot is granted
+        (`ProcessLease.confirm`, in the same store operation): ClaimLost, the slot given
+        back, if this process no longer holds it.
 
         If a stop is asked for while waiting, the block runs without a slot: the caller
         checks for the stop before using it.
@@ -89,15 +107,16 @@ class SharedSlots:
         return self._hold(merchant_id, chunk_id)
 
     @asynccontextmanager
-    async def _hold(self, merchant_id: str, chunk_id: int | None) -> AsyncIterator[None]:
+    async def _hold(self, merchant_id: str, chunk_id: int | None) -> AsyncIterator[HeldSlot]:
         slot_id, held = await self._take(merchant_id, chunk_id)
+        slot = HeldSlot(slot_id)
         try:
             if not held:
                 raise ClaimLost(f"chunk {chunk_id} was taken over by another process")
-            yield
+            yield slot
         finally:
-            if slot_id is not None:
-                await asyncio.shield(self._lease.store.release_slot(slot_id))
+            if slot.id is not None:
+                await asyncio.shield(self._lease.store.release_slot(slot.id))
 
     async def busy(self, until: datetime, limit: int) -> None:
         """A busy 503: every process holds back until `until`; the shared limit drops to
