@@ -228,3 +228,28 @@ def test_the_sqlite_check_tells_a_scan_from_a_search(plan: list[str], scans: boo
     drive = Explained(lambda sql, params: plan, lambda sql, params, fetch: None)
     drive.plans.append(("SELECT", plan))
     assert bool(drive.full_scans(_SQLITE_SCAN)) is scans
+
+
+async def test_a_slot_granted_at_the_first_ask_with_nobody_in_line_is_six_statements(
+    tmp_path: Path,
+) -> None:
+    """The grant every export of a process alone asks for: no waiter row written and taken
+    back, the lapsed looked for only before a refusal (it was twelve statements)."""
+    path = tmp_path / "state.sqlite3"
+    clock = FakeClock(NOW)
+    async with await Store.open(path, clock) as store:
+        await store.register_process(
+            ProcessRecord(OWNER, "host-1", 1, "m", "backfill", NOW, NOW + timedelta(hours=1))
+        )
+        await store.take_slot(HOST, OWNER, MERCHANTS[1], None, 3)  # the host's row exists
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.row_factory = sqlite3.Row
+        drive = sqlite_driver(connection)
+        at = At(str(path), to_ms(clock.now()))
+        tried = drive.work(queries.take_slot(at, HOST, OWNER, MERCHANTS[2], None, 3, None))
+    finally:
+        connection.close()
+    assert tried.slot_id is not None
+    assert tried.waiter_id is None
+    assert len(drive.plans) == 6, [sql for sql, _ in drive.plans]

@@ -166,6 +166,7 @@ async def test_what_frees_a_slot_moves_the_hosts_version_on(
     held = await store.take_slot(HOST, "a", "M1", None, 1)
     waiting = await store.take_slot(HOST, "b", "M2", None, 1)
     assert held.slot_id is not None
+    assert waiting.waiter_id is not None
     steps = [
         store.release_slot(held.slot_id),
         store.leave_slot_queue(waiting.waiter_id),
@@ -232,3 +233,20 @@ async def test_an_exports_done_gives_its_slot_back_in_the_same_operation(
         assert await store.host_version(HOST) > before
         assert (await store.take_slot(HOST, "c", "M2", refused.waiter_id, 1)).slot_id is not None
     assert (await store.get_chunk(chunk.id)).status is ChunkStatus.DOWNLOADING
+
+
+async def test_a_first_ask_takes_its_merchants_last_grant_into_line(store: StateStore) -> None:
+    """A merchant asking anew, served more recently than a merchant waiting, goes after it:
+    its place in line counts its own last grant, though it has no waiter row yet."""
+    first = await store.take_slot(HOST, "b", "M2", None, 1)  # M2's grant: 1
+    assert first.slot_id is not None
+    await store.release_slot(first.slot_id)
+    mine = await store.take_slot(HOST, "b", "M1", None, 1)  # M1's grant: 2
+    assert mine.slot_id is not None
+    waiting = await store.take_slot(HOST, "c", "M2", None, 1)
+    assert waiting.slot_id is None
+    await store.release_slot(mine.slot_id)
+    again = await store.take_slot(HOST, "b", "M1", None, 1)
+    assert again.slot_id is None  # M2, served less recently, is first
+    granted = await store.take_slot(HOST, "c", "M2", waiting.waiter_id, 1)
+    assert granted.slot_id is not None

@@ -649,11 +649,14 @@ def _host_changed(host: str) -> Work[None]:
 
 def _host_row(host: str, maximum: int) -> Work[Row]:
     """The host's row, created if needed and locked: its slots' changes take turns."""
-    yield execute(
-        "INSERT INTO hosts (host, slot_limit) VALUES (?, ?) ON CONFLICT (host) DO NOTHING",
-        (host, maximum),
-    )
-    row: Row = yield one("SELECT * FROM hosts WHERE host = ?{lock}", (host,))
+    row: Row | None = yield one("SELECT * FROM hosts WHERE host = ?{lock}", (host,))
+    if row is None:  # the first time the host is seen: one statement more
+        yield execute(
+            "INSERT INTO hosts (host, slot_limit) VALUES (?, ?) ON CONFLICT (host) DO NOTHING",
+            (host, maximum),
+        )
+        row = yield one("SELECT * FROM hosts WHERE host = ?{lock}", (host,))
+    assert row is not None
     return row
 
 
@@ -695,51 +698,40 @@ def take_slot(
     backoff is running, and the merchant's waiter is among the next in line: merchants
     served least recently first, then the longest waiting, as ExportSlots does in one
     process. Otherwise the waiter keeps its place: ask again with `waiter_id`. Slots and
-    waiters of processes whose lease ended are dropped.
+    waiters of processes whose lease ended are dropped before anyone is refused.
+
+    A grant to a first ask with nobody waiting, the common case, is six statements (and
+    the claim's read): no waiter row is written and taken back for it, and the lapsed are
+    looked for only before a refusal.
     """
     state = yield from _host_row(host, maximum)
     limit = min(int(state["slot_limit"]), maximum)
     if limit != state["slot_limit"]:
         yield execute("UPDATE hosts SET slot_limit = ? WHERE host = ?", (limit, host))
-    dropped = 0
-    for table in ("slots", "slot_waiters"):
-        dropped += yield count(
-            f"DELETE FROM {table} WHERE host = ? AND owner NOT IN"  # noqa: S608 -- ours
-            " (SELECT id FROM processes WHERE lease_until_ms > ?)",
-            (host, at.now),
-        )
-    if dropped:  # a lapsed process's slots are free: the other waiters may take them
-        yield from _host_changed(host)
-    waiter = waiter_id
-    if waiter is None or (yield one("SELECT 1 FROM slot_waiters WHERE id = ?", (waiter,))) is None:
-        row = yield one(
-            "INSERT INTO slot_waiters (host, owner, merchant_id, since_ms)"
-            " VALUES (?, ?, ?, ?) RETURNING id",
-            (host, owner, merchant_id, at.now),
-        )
-        waiter = int(row["id"])
     busy_until_ms: int | None = state["busy_until_ms"]
     busy_until = maybe_from_ms(busy_until_ms)
-    in_use = int((yield one("SELECT count(*) AS n FROM slots WHERE host = ?", (host,)))["n"])
-    if (busy_until_ms is not None and busy_until_ms > at.now) or in_use >= limit:
-        return SlotTry(None, waiter, limit, in_use, busy_until)
-    # The waiting merchants' grants only: the host's every merchant is tens of thousands
-    # of rows at ten thousand merchants, read at each grant.
-    served_rows = yield every(
-        "SELECT merchant_id, last_grant FROM served WHERE host = ? AND merchant_id IN"
-        " (SELECT merchant_id FROM slot_waiters WHERE host = ?)",
-        (host, host),
-    )
-    waiter_rows = yield every(
-        "SELECT id, merchant_id, since_ms FROM slot_waiters WHERE host = ? ORDER BY since_ms, id",
-        (host,),
-    )
-    served = {row["merchant_id"]: int(row["last_grant"]) for row in served_rows}
-    waiters = [(int(row["id"]), row["merchant_id"], int(row["since_ms"])) for row in waiter_rows]
-    if waiter not in next_in_line(served, waiters, limit - in_use):
+    busy = busy_until_ms is not None and busy_until_ms > at.now
+    waiter = waiter_id
+    if (
+        waiter is not None
+        and (yield one("SELECT 1 FROM slot_waiters WHERE id = ?", (waiter,))) is None
+    ):
+        waiter = None  # dropped meanwhile: in line again from now
+    in_use, first = yield from _slot_free_for(at, host, merchant_id, waiter, limit, busy)
+    if not first and (yield from _drop_lapsed(at, host)):
+        in_use, first = yield from _slot_free_for(at, host, merchant_id, waiter, limit, busy)
+    if not first:
+        if waiter is None:
+            row = yield one(
+                "INSERT INTO slot_waiters (host, owner, merchant_id, since_ms)"
+                " VALUES (?, ?, ?, ?) RETURNING id",
+                (host, owner, merchant_id, at.now),
+            )
+            waiter = int(row["id"])
         return SlotTry(None, waiter, limit, in_use, busy_until)
     grants = int(state["grants"]) + 1
-    yield execute("DELETE FROM slot_waiters WHERE id = ?", (waiter,))
+    if waiter is not None:
+        yield execute("DELETE FROM slot_waiters WHERE id = ?", (waiter,))
     yield execute("UPDATE hosts SET grants = ? WHERE host = ?", (grants, host))
     yield execute(
         "INSERT INTO served (host, merchant_id, last_grant) VALUES (?, ?, ?)"
@@ -753,6 +745,53 @@ def take_slot(
     )
     held = True if chunk_id is None else (yield from holds_chunk(at, chunk_id, owner))
     return SlotTry(int(slot["id"]), waiter, limit, in_use + 1, busy_until, held)
+
+
+# A first ask's place in line before it has a waiter row: the newest of all.
+_NEW_WAITER = 2**62
+
+
+def _slot_free_for(
+    at: At, host: str, merchant_id: str, waiter: int | None, limit: int, busy: bool
+) -> Work[tuple[int, bool]]:
+    """The host's slots in use, and whether the next grant may go to `waiter` (None: a
+    first ask, placed after everyone waiting)."""
+    in_use = int((yield one("SELECT count(*) AS n FROM slots WHERE host = ?", (host,)))["n"])
+    if busy or in_use >= limit:
+        return in_use, False
+    waiter_rows = yield every(
+        "SELECT id, merchant_id, since_ms FROM slot_waiters WHERE host = ? ORDER BY since_ms, id",
+        (host,),
+    )
+    waiters = [(int(row["id"]), row["merchant_id"], int(row["since_ms"])) for row in waiter_rows]
+    if waiter is None:
+        if not waiters:
+            return in_use, True  # nobody in line
+        waiters.append((_NEW_WAITER, merchant_id, at.now))
+    # The grants of the merchants in line only (the asker's among them): the host's every
+    # merchant is tens of thousands of rows at ten thousand merchants, read at each grant.
+    served_rows = yield every(
+        "SELECT merchant_id, last_grant FROM served WHERE host = ? AND (merchant_id = ?"
+        " OR merchant_id IN (SELECT merchant_id FROM slot_waiters WHERE host = ?))",
+        (host, merchant_id, host),
+    )
+    served = {row["merchant_id"]: int(row["last_grant"]) for row in served_rows}
+    chosen = next_in_line(served, waiters, limit - in_use)
+    return in_use, (_NEW_WAITER if waiter is None else waiter) in chosen
+
+
+def _drop_lapsed(at: At, host: str) -> Work[bool]:
+    """Drop the host's slots and waiters of processes whose lease ended; True if any."""
+    dropped = 0
+    for table in ("slots", "slot_waiters"):
+        dropped += yield count(
+            f"DELETE FROM {table} WHERE host = ? AND owner NOT IN"  # noqa: S608 -- ours
+            " (SELECT id FROM processes WHERE lease_until_ms > ?)",
+            (host, at.now),
+        )
+    if dropped:  # a lapsed process's slots are free: the other waiters may take them
+        yield from _host_changed(host)
+    return dropped > 0
 
 
 def reset_hosts(at: At) -> Work[None]:

@@ -111,7 +111,9 @@ class SlotTry:
     """What asking for a shared export slot gave."""
 
     slot_id: int | None  # the slot, if granted
-    waiter_id: int  # the place in the queue (pass it again until granted)
+    # The place in the queue (pass it again until granted); None for a slot granted at the
+    # first ask, which never stood in line.
+    waiter_id: int | None
     limit: int  # the host's shared limit now
     in_use: int  # slots held by live processes now (this one's new slot included)
     busy_until: datetime | None  # no slot is granted before this (a busy 503 was seen)
