@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -494,7 +495,8 @@ async def test_writes_asked_for_while_the_thread_is_busy_commit_together(
     db_path: Path, clock: FakeClock
 ) -> None:
     """Writes queued behind a busy store thread run as one group: one COMMIT for all of
-    them, and each caller's write has landed when its call returns."""
+    them, straight through with no savepoint (none failed), and each caller's write has
+    landed when its call returns."""
     async with await Store.open(db_path, clock) as store:
         statements: list[str] = []
         await store._on_thread("trace", lambda c: c.set_trace_callback(statements.append))
@@ -507,6 +509,7 @@ async def test_writes_asked_for_while_the_thread_is_busy_commit_together(
             ]
         added = [chunk for task in queued for chunk in await task]
         assert statements.count("COMMIT") == 2  # the busy write's, and the group's
+        assert not [s for s in statements if s.startswith("SAVEPOINT")]
         assert [chunk.merchant_id for chunk in added] == [f"MERCHANT0000{n}" for n in range(5)]
     assert len(read_snapshot(db_path).chunks) == 5
 
@@ -515,10 +518,13 @@ async def test_a_failing_operation_of_a_group_is_rolled_back_alone(
     db_path: Path, clock: FakeClock
 ) -> None:
     """In a group, an operation that fails after writing leaves nothing behind, and the
-    operations around it land."""
+    operations around it land: the group runs again, a savepoint per operation, and
+    commits once."""
     async with await Store.open(db_path, clock) as store:
         done = await add_one(store)
         await store.complete_chunk(done.id)
+        statements: list[str] = []
+        await store._on_thread("trace", lambda c: c.set_trace_callback(statements.append))
         async with thread_held(store, db_path):
             before = asyncio.create_task(
                 store.add_chunks("MERCHANT00002", ExportType.ORDERS, [JANUARY])
@@ -533,6 +539,8 @@ async def test_a_failing_operation_of_a_group_is_rolled_back_alone(
         assert [c.merchant_id for c in await before] == ["MERCHANT00002"]
         assert [c.merchant_id for c in await after] == ["MERCHANT00003"]
         assert (await store.get_chunk(done.id)).status is ChunkStatus.COMPLETE
+        assert statements.count("SAVEPOINT call") == 3
+        assert statements.count("COMMIT") == 2  # the busy write's, and the group's
 
 
 @asynccontextmanager
@@ -581,7 +589,7 @@ async def test_when_sqlite_ends_a_group_s_transaction_nothing_of_the_group_lands
         async with thread_held(store, db_path):
             before = asyncio.create_task(store.add_chunks(MERCHANT, ExportType.ORDERS, [JANUARY]))
             ending = asyncio.create_task(
-                store._transact("ending", hand_made("ROLLBACK"), Transaction.WRITE)
+                store._transact("ending", partial(hand_made, "ROLLBACK"), Transaction.WRITE)
             )
             after = asyncio.create_task(store.add_chunks(MERCHANT, ExportType.ORDERS, [FEBRUARY]))
         for task in (before, ending, after):
@@ -601,7 +609,8 @@ async def test_a_group_whose_commit_fails_fails_every_operation_in_it(
             orphan = asyncio.create_task(
                 store._transact(
                     "orphan",
-                    hand_made(
+                    partial(
+                        hand_made,
                         "PRAGMA defer_foreign_keys = ON",
                         "INSERT INTO claims (chunk_id, owner, claimed_at_ms)"
                         " VALUES (999999, 'nobody', 0)",

@@ -18,7 +18,7 @@ both migrate.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -238,15 +238,16 @@ class PgStore(SqlStore):
     def __repr__(self) -> str:
         return f"PgStore({self._where!r})"
 
-    async def _transact(self, operation: str, work: Work[T], kind: Transaction) -> T:
-        """`work` in one transaction; it lands even if the caller is cancelled meanwhile."""
+    async def _transact(self, operation: str, make: Callable[[], Work[T]], kind: Transaction) -> T:
+        """`make()`'s statements in one transaction; it lands even if the caller is
+        cancelled meanwhile."""
         if self._closed:
             raise StoreError(f"state store {self._where}: {operation} after close")
 
         async def transaction() -> T:
             try:
                 async with self._pool.connection() as connection, connection.transaction():
-                    return await run_work(connection, work)
+                    return await run_work(connection, make())
             except psycopg.Error as exc:  # PoolTimeout too: no connection came in time
                 raise StoreError(
                     f"state store {self._where}: {operation} failed: {_describe(exc)}"
@@ -292,7 +293,7 @@ class PgStore(SqlStore):
             )
             return counts
 
-        return await self._transact("load", work(), Transaction.WRITE)
+        return await self._transact("load", work, Transaction.WRITE)
 
 
 async def read_snapshot(url: str, clock: Clock, now: datetime | None) -> Snapshot | None:

@@ -194,11 +194,15 @@ class _Call:
     """One operation asked of the store, and once its group has run, how it went."""
 
     operation: str
-    work: Work[Any]
+    make: Callable[[], Work[Any]]  # the operation's statements, afresh each time it runs
     kind: Transaction
     done: asyncio.Future[Any]  # answered on the loop once the group's COMMIT is behind it
     result: Any = None
     error: BaseException | None = None
+
+
+class _TransactionEnded(Exception):
+    """An operation of a group ended the group's transaction (SQLite did, or the operation)."""
 
 
 class Store(SqlStore):
@@ -276,10 +280,10 @@ class Store(SqlStore):
             self._signals = PolledSignals(self, SystemClock())
         return self._signals
 
-    async def _transact(self, operation: str, work: Work[T], kind: Transaction) -> T:
+    async def _transact(self, operation: str, make: Callable[[], Work[T]], kind: Transaction) -> T:
         if self._closed:
             raise StoreError(f"state store {self._path}: {operation} after close")
-        call = _Call(operation, work, kind, asyncio.get_running_loop().create_future())
+        call = _Call(operation, make, kind, asyncio.get_running_loop().create_future())
         self._waiting.append(call)
         if self._group is None:
             self._start_group()
@@ -315,14 +319,41 @@ class Store(SqlStore):
             # other processes wait for).
             for call in group:
                 try:
-                    call.result = self._transaction(call.operation, call.work, call.kind)
+                    call.result = self._transaction(call.operation, call.make(), call.kind)
                 except BaseException as exc:  # handed to the caller, whatever it is
                     call.error = exc
             return
         self._run_together(group)
 
     def _run_together(self, group: list[_Call]) -> None:
-        """One transaction for the group, a savepoint per call, one COMMIT."""
+        """One transaction for the group, one COMMIT. The calls run straight through; if
+        one fails (or ends the transaction), all is rolled back and the group runs again
+        with a savepoint per call, so that the failing one is undone alone. Two statements
+        a call saved, each a hand-over of the GIL with the event loop, where calls fail
+        only now and then (a chunk gone, a claim lost, a full disk)."""
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for call in group:
+                call.error = self._failed(call.operation, exc)
+            return
+        try:
+            for call in group:
+                call.result = run_work(connection, call.make())
+                if not connection.in_transaction:
+                    raise _TransactionEnded(call.operation)
+        except BaseException:  # whatever it is, the careful run below meets it again
+            for call in group:
+                call.result = None
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            self._run_carefully(group)
+            return
+        self._commit(group)
+
+    def _run_carefully(self, group: list[_Call]) -> None:
+        """`_run_together` with a savepoint per call."""
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -333,7 +364,7 @@ class Store(SqlStore):
         for call in group:
             try:
                 connection.execute("SAVEPOINT call")
-                call.result = run_work(connection, call.work)
+                call.result = run_work(connection, call.make())
                 connection.execute("RELEASE call")
             except BaseException as exc:
                 call.error = (
@@ -346,6 +377,10 @@ class Store(SqlStore):
                         if other.error is None:
                             other.error = self._failed(other.operation, exc)
                     return
+        self._commit(group)
+
+    def _commit(self, group: list[_Call]) -> None:
+        connection = self._connection
         try:
             connection.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from enum import Enum
+from functools import partial
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
@@ -45,7 +46,7 @@ def _runs(
 
         async def method(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
             at = At(self._where, to_ms(self._clock.now())) if timed else self._untimed
-            return await self._transact(name, operation(at, *args, **kwargs), kind)
+            return await self._transact(name, partial(operation, at, *args, **kwargs), kind)
 
         method.__name__, method.__doc__ = name, operation.__doc__
         return method
@@ -69,8 +70,10 @@ class SqlStore:
         self._closed = False
         self._untimed = At(where)
 
-    async def _transact(self, operation: str, work: Work[T], kind: Transaction) -> T:
-        """Run `work` in a transaction of `kind`; it lands even if the caller is cancelled."""
+    async def _transact(self, operation: str, make: Callable[[], Work[T]], kind: Transaction) -> T:
+        """Run the statements `make()` gives in a transaction of `kind` (a backend may make
+        them more than once: a group commit that met a failure runs again); it lands even
+        if the caller is cancelled."""
         raise NotImplementedError
 
     async def close(self) -> None:
