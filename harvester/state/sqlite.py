@@ -287,8 +287,9 @@ class Store(SqlStore):
         self._waiting.append(call)
         if self._group is None:
             self._start_group()
-        # Once asked for, a write lands even if the caller is cancelled meanwhile.
-        result: T = await asyncio.shield(call.done)
+        # Once asked for, a write lands even if the caller is cancelled meanwhile: the group
+        # runs every call it took; a cancelled caller's answer is dropped (no shield needed).
+        result: T = await call.done
         return result
 
     def _start_group(self) -> None:
@@ -303,7 +304,7 @@ class Store(SqlStore):
         """The group's COMMIT is behind it: answer its calls, start the next group."""
         self._group = None
         for call in group:
-            if call.done.cancelled():  # only if the loop is going away
+            if call.done.cancelled():  # its caller was cancelled: the call ran regardless
                 continue
             if call.error is not None:
                 call.done.set_exception(call.error)
