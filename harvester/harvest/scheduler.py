@@ -66,6 +66,7 @@ from harvester.state.records import (
     ClaimResult,
     ExportRecord,
     ExportState,
+    PartRecord,
     StateStore,
 )
 from harvester.state.shared import HeldSlot
@@ -371,7 +372,7 @@ class Harvest:
         no_files_once = False  # the last export ended DONE listing no files
         while True:
             try:
-                export = await self._finished_export(state, chunk, no_files_once)
+                export, recorded = await self._finished_export(state, chunk, no_files_once)
                 if self._stop.is_set():
                     raise _Stopped
                 output = self._output(chunk)
@@ -383,8 +384,9 @@ class Harvest:
                     adopted = await output.adopt_staging(await self.lease.gone_owners())
                     if adopted is not None:
                         log.info("staging.adopted", path=str(adopted))
-                # The claim confirmed and the parts saved so far, in one store operation.
-                recorded = await self.lease.held_parts(chunk.id, export.id)
+                if recorded is None:
+                    # The claim confirmed and the parts saved so far, in one store operation.
+                    recorded = await self.lease.held_parts(chunk.id, export.id)
                 manifest = await self._downloader.publish_chunk(
                     output, chunk, export, look.published, recorded
                 )
@@ -496,8 +498,9 @@ class Harvest:
 
     async def _finished_export(
         self, state: _Merchant, chunk: ChunkRecord, confirming: bool
-    ) -> ExportRecord:
-        """The chunk's export once DONE: the stored one, a re-attached one, or a new one.
+    ) -> tuple[ExportRecord, list[PartRecord] | None]:
+        """The chunk's export once DONE: the stored one, a re-attached one, or a new one;
+        with the parts saved of it, read as its DONE was recorded (None: not read yet).
 
         `confirming`: the last export listed no files; if this one says the same, believe it.
         """
@@ -505,7 +508,7 @@ class Harvest:
             await self._store.get_export(chunk.export_id) if chunk.export_id is not None else None
         )
         if record is not None and record.state is ExportState.DONE:
-            return record
+            return record, None
         if record is not None and record.state is ExportState.RUNNING:
             get_logger().info("export.reattached", export_id=record.id, percent=record.percent)
             async with (
@@ -518,7 +521,7 @@ class Harvest:
 
     async def _create_and_follow(
         self, state: _Merchant, chunk: ChunkRecord, confirming: bool
-    ) -> ExportRecord:
+    ) -> tuple[ExportRecord, list[PartRecord]]:
         host = state.host
         log = get_logger()
         transient_failures = 0
@@ -629,10 +632,12 @@ class Harvest:
         info: ExportInfo | None,
         confirming: bool,
         shared_slot: HeldSlot,
-    ) -> ExportRecord:
+    ) -> tuple[ExportRecord, list[PartRecord]]:
         """Poll an export (whose slot the caller holds) until DONE, aiming the polls at its
         likely end as past exports of the merchant and type tell it. The host's slot in
-        the store goes back with the DONE, in the same store operation.
+        the store goes back with the DONE, in the same store operation; the claim is
+        confirmed and the parts saved of the export read with it, in the same group commit
+        (ClaimLost if another process took the chunk over).
 
         DONE listing no files raises _NoFilesListed, unless `confirming` (the export before
         said the same): then the export is DONE with no files, an empty chunk.
@@ -692,15 +697,23 @@ class Harvest:
                     self._durations.observe(
                         host_name, chunk.merchant_id, export_type, chunk.range, took_s
                     )
-                done = await asyncio.shield(
-                    self._store.export_done(
-                        record.id, info.available_until, info.urls or (), shared_slot.given_back()
-                    )
+                # Asked for together: one group commit. Shielded: the DONE (and the slot going
+                # back with it) lands whatever becomes of this lane or of the other question.
+                done, recorded = await asyncio.gather(
+                    asyncio.shield(
+                        self._store.export_done(
+                            record.id,
+                            info.available_until,
+                            info.urls or (),
+                            shared_slot.given_back(),
+                        )
+                    ),
+                    self.lease.held_parts(chunk.id, record.id),
                 )
                 get_logger().info(
                     "export.done", export_id=record.id, files=len(info.urls or ()), polls=polls
                 )
-                return done
+                return done, recorded
             if info.status not in RUNNING_STATUSES:
                 raise ExportFailed(f"export {record.id} ended with status {info.status}")
             if info.percent != last_percent:
