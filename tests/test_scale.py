@@ -273,3 +273,30 @@ async def test_a_process_alone_asks_the_state_few_questions_per_chunk(
     assert calls["release_chunk"] == 0  # each claim ended with its chunk's completion
     assert calls["release_slot"] == 0  # each slot given back with its export's DONE
     assert calls["processes"] < chunks / 2, calls
+
+
+async def test_the_part_that_completes_a_chunk_is_not_recorded(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Parts are recorded so that a run resumed after a crash need not fetch them again; the
+    last of a chunk's parts to be saved is published right away, so it is not: an export of
+    three files records two parts, an export of one file none (most exports, one store
+    operation each fewer)."""
+    # 30 objects a chunk, 10 a file: three files each of the merchant's two exports.
+    async with simulated(
+        tmp_path, clock, merchants=1, objects_per_day=1.0, objects_per_file=10
+    ) as scenario:
+        run = await harvest(scenario, clock, ONE_CHUNK)
+        assert run.summary.all_done, run.summary.render()
+        exports = recorded_exports(scenario)
+        async with await Store.open(scenario.config().state_path, clock) as store:
+            assert [len(e.urls) for e in exports] == [3, 3]
+            assert [len(await store.parts(e.id)) for e in exports] == [2, 2]
+    (tmp_path / "one").mkdir()
+    async with simulated(tmp_path / "one", clock, merchants=1, objects_per_day=1.0) as scenario:
+        run = await harvest(scenario, clock, ONE_CHUNK)
+        assert run.summary.all_done, run.summary.render()
+        exports = recorded_exports(scenario)
+        async with await Store.open(scenario.config().state_path, clock) as store:
+            assert [len(e.urls) for e in exports] == [1, 1]
+            assert [await store.parts(e.id) for e in exports] == [[], []]

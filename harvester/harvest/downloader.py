@@ -93,10 +93,11 @@ class Downloader:
         missing = [i for i in range(len(export.urls)) if i + 1 not in saved]
         if missing:
             self._check_available(export)
+        left = _PartsLeft(len(missing))
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._fetch_part(output, export, url_index))
+                    group.create_task(self._fetch_part(output, export, url_index, left))
                     for url_index in missing
                 ]
         except ExceptionGroup as errors:
@@ -132,8 +133,12 @@ class Downloader:
             )
 
     async def _fetch_part(
-        self, output: ChunkTarget, export: ExportRecord, url_index: int
+        self, output: ChunkTarget, export: ExportRecord, url_index: int, left: _PartsLeft
     ) -> PartInfo:
+        """Download one part until it is saved; record it in the store unless it is the last
+        of the chunk's to be saved: the chunk is published right after that one (a crash
+        in between costs its download again, where a record costs every export a store
+        operation: most exports are of one file)."""
         index = url_index + 1
         failures = 0
         log = get_logger().bind(export_id=export.id, part=index)
@@ -142,8 +147,11 @@ class Downloader:
             try:
                 async with self._limit:
                     info = await self._download(output, export.urls[url_index], index, url_index)
-                part = PartRecord(export.id, index, url_index, info.size, info.sha256, info.objects)
-                await asyncio.shield(self._store.record_part(part))
+                if left.saved():
+                    part = PartRecord(
+                        export.id, index, url_index, info.size, info.sha256, info.objects
+                    )
+                    await asyncio.shield(self._store.record_part(part))
                 log.info("file.saved", size=info.size, objects=info.objects)
                 return info
             except OSError as exc:
@@ -196,6 +204,20 @@ class Downloader:
                 f"after {self._timing.download_floor_s:g} s, and end within "
                 f"{self._timing.download_cap_s:g} s)"
             ) from None
+
+
+class _PartsLeft:
+    """How many of a chunk's parts are still to be saved."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    def saved(self) -> bool:
+        """One more is saved: True if others are still to come (so it is worth recording)."""
+        self._count -= 1
+        return self._count > 0
 
 
 class CappedWriter:
