@@ -11,9 +11,9 @@ that thread, in one hop. Operations asked for while the thread is busy, or in th
 of the event loop, wait for it together and then run as one group: one transaction, one
 COMMIT and so one sync for all of them (if one fails, the group runs again with a savepoint
 per operation, so that it alone is rolled back); none of their coroutines returns before
-that COMMIT. At a thousand merchants a sync per operation was most
-of the harvester's time. `read_snapshot` is the separate, read-only way in for
-`harvester status`, safe while a run is writing.
+that COMMIT. At a thousand merchants a sync per operation was most of the harvester's time.
+`read_snapshot` is the separate, read-only way in for `harvester status`, safe while a run
+is writing.
 """
 
 from __future__ import annotations
