@@ -99,16 +99,17 @@ class CountingExecutor(ThreadPoolExecutor):
 @pytest.mark.parametrize(
     ("padding", "most_jobs"),
     [
-        pytest.param(450, 2, id="clover-sized: open, then write-sync-rename"),
-        pytest.param(6_000, 2 + 6_100_000 // WRITE_BYTES, id="6 MB: a job per WRITE_BYTES"),
+        pytest.param(450, 1, id="clover-sized: open-write-sync-rename in one"),
+        pytest.param(6_000, 1 + 6_100_000 // WRITE_BYTES, id="6 MB: a job per WRITE_BYTES"),
     ],
 )
 async def test_a_part_takes_few_thread_jobs_and_is_never_read_back(
     chunk: ChunkOutput, padding: int, most_jobs: int
 ) -> None:
     """A part in 64 KiB pieces is hashed and checked as it streams: it goes to a worker
-    thread once to open, once per WRITE_BYTES, and once to be synced and renamed, never a
-    job per piece nor a second reading to count its elements."""
+    thread once per WRITE_BYTES (the first job opens the file) and once to be synced and
+    renamed, never a job per piece, a job to open it, nor a second reading to count its
+    elements."""
     elements = [{"id": f"o{n}", "pad": "x" * padding} for n in range(1000)]
     body = json.dumps({"elements": elements}).encode()
     executor = CountingExecutor()
@@ -152,10 +153,40 @@ async def test_an_unknown_size_skips_the_length_check(chunk: ChunkOutput) -> Non
 async def test_a_bad_file_is_refused_and_leaves_nothing(
     chunk: ChunkOutput, body: bytes, expected_size: int | None, problem: str
 ) -> None:
-    """A truncated, malformed or oversized file raises BadFile and leaves no part behind."""
+    """A truncated, malformed or oversized file raises BadFile and leaves nothing: refused
+    before its bytes went to a worker thread, it never touched the disk."""
     with pytest.raises(BadFile, match=problem):
         await write_part(chunk, 1, body, expected_size)
+    assert not chunk.staging_dir.exists()
+
+
+async def test_a_bad_file_already_on_disk_is_deleted(chunk: ChunkOutput) -> None:
+    """A file refused after a first WRITE_BYTES went to the disk leaves no temp file."""
+    body = b'{"elements": [' + b" " * WRITE_BYTES + b"7]}"
+    with pytest.raises(BadFile, match="element 0 is not"):
+        await write_part(chunk, 1, body, len(body))
     assert listing(chunk.staging_dir) == set()
+
+
+async def test_a_part_given_up_before_its_first_job_costs_no_thread_job(
+    chunk: ChunkOutput,
+) -> None:
+    """A download that fails before WRITE_BYTES arrived (the usual broken connection)
+    leaves without a worker thread: nothing was opened, so nothing is deleted."""
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    writer = await chunk.open_part(1)
+
+    async def download_that_breaks() -> None:
+        async with writer:
+            await writer.write(b'{"elements": [')
+            raise ConnectionError("peer went away")
+
+    with pytest.raises(ConnectionError):
+        await download_that_breaks()
+    await writer.abort()  # again: still nothing to do
+    assert executor.jobs == 0
+    assert not chunk.staging_dir.exists()
 
 
 async def test_the_truncation_message_gives_both_sizes(chunk: ChunkOutput) -> None:
@@ -171,7 +202,7 @@ async def test_leaving_a_writer_on_error_deletes_its_temp_file(chunk: ChunkOutpu
 
     async def download_that_breaks() -> None:
         async with writer:
-            await writer.write(b'{"elements": [')
+            await writer.write(b'{"elements": [' + b" " * WRITE_BYTES)  # goes to the disk
             staged_meanwhile.append(listing(chunk.staging_dir))
             raise ConnectionError("peer went away")
 
@@ -526,7 +557,8 @@ async def test_a_kept_staging_is_reused_after_recover(chunk: ChunkOutput) -> Non
     """Parts staged before a crash survive recover and are recognised as saved."""
     info = await save_part(chunk, 1, export_file(3))
     writer = await chunk.open_part(2)
-    await writer.write(b'{"elements": [')  # the crash comes mid-download
+    await writer.write(b'{"elements": [' + b" " * WRITE_BYTES)  # the crash comes mid-download
+    assert ".part-00002.json.tmp" in listing(chunk.staging_dir)
     recover(chunk.output_dir, lambda *_: True)
     assert listing(chunk.staging_dir) == {"part-00001.json"}
     assert await chunk.saved_part(1, info.sha256)

@@ -211,13 +211,19 @@ class PartWriter:
 
     The pieces are hashed and checked in the event loop as they come (a 64 KiB piece takes
     a fraction of a millisecond), and gathered up to `WRITE_BYTES` before a worker thread
-    writes them: a Clover-sized part (1000 objects, about half a megabyte) costs one thread
-    job to open and one to write, sync and rename it, where a hop per piece, and a second
-    reading of the file to count its elements, were most of the CPU spent per byte.
+    writes them: a hop per piece, and a second reading of the file to count its elements,
+    were most of the CPU spent per byte. The temp file is opened (its staging folder made
+    if need be) by the first of those jobs, not by a job of its own: a Clover-sized part
+    (1000 objects, about half a megabyte) costs one thread job in all, which opens, writes,
+    syncs and renames it; a thread hop costs more CPU than the system calls it carries.
+    A part given up before its first job never touched the disk.
     """
 
-    def __init__(self, file: BinaryIO, temp_path: Path, final_path: Path, index: int) -> None:
-        self._file: BinaryIO | None = file
+    def __init__(
+        self, open_temp: Callable[[], BinaryIO], temp_path: Path, final_path: Path, index: int
+    ) -> None:
+        self._open_temp = open_temp
+        self._file: BinaryIO | None = None  # opened, in a worker thread, by the first job
         self._temp_path = temp_path
         self._final_path = final_path
         self._index = index
@@ -226,13 +232,14 @@ class PartWriter:
         self._size = 0
         self._pending: list[bytes] = []  # received, not yet handed to a thread to write
         self._pending_bytes = 0
-        self._in_flight: asyncio.Future[None] | None = None  # the thread job writing
+        self._in_flight: asyncio.Future[object] | None = None  # the last thread job
+        self._ended = False  # committed, or given up
         self._committed = False
+        self._discarding: asyncio.Future[None] | None = None  # abort's clean-up, run once
 
     async def write(self, data: bytes) -> None:
         """Append `data` to the part; at most `WRITE_BYTES` wait in memory for the disk."""
-        file = self._file
-        if file is None:
+        if self._ended:
             raise RuntimeError(f"{self._final_path.name}: write after commit or abort")
         self._hash.update(data)
         self._check.feed(data)
@@ -240,7 +247,7 @@ class PartWriter:
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes >= WRITE_BYTES:
-            await self._in_thread(functools.partial(_write_pieces, file, self._take_pending()))
+            await self._in_thread(functools.partial(self._write, self._take_pending()))
 
     async def commit(self, expected_size: int | None, url_index: int) -> PartInfo:
         """Check the part and move it into the staging folder under its final name.
@@ -249,8 +256,7 @@ class PartWriter:
         not an object whose "elements" list holds at most 1000 JSON objects. Then no part
         is left behind.
         """
-        file = self._file
-        if file is None:
+        if self._ended:
             raise RuntimeError(f"{self._final_path.name}: commit after commit or abort")
         try:
             if expected_size is not None and self._size != expected_size:
@@ -261,16 +267,11 @@ class PartWriter:
             # final name (which a resumed run reuses) holds what was checked. No directory
             # sync per part: publish syncs the staging folder once, and a part lost to a
             # crash before that is simply downloaded again.
-            await self._in_thread(
-                functools.partial(
-                    _finish_part, file, self._take_pending(), self._temp_path, self._final_path
-                )
-            )
-            self._file = None
+            await self._in_thread(functools.partial(self._finish, self._take_pending()))
         except BaseException:
             await self.abort()
             raise
-        self._committed = True
+        self._ended = self._committed = True
         return PartInfo(
             index=self._index,
             url_index=url_index,
@@ -283,14 +284,16 @@ class PartWriter:
         """Give up on the part: its temp file is deleted."""
         if self._committed:
             return
-        file, self._file = self._file, None
+        self._ended = True
         self._take_pending()
         self._check.abandon()
+        if self._discarding is None:
+            self._discarding = asyncio.ensure_future(self._discard())
         # Shielded: a close cancelled while it waits for a worker thread (a sibling part
         # failed meanwhile) would never run, and the file handle would leak.
-        await asyncio.shield(self._discard(file))
+        await asyncio.shield(self._discarding)
 
-    async def _in_thread(self, job: Callable[[], None]) -> None:
+    async def _in_thread(self, job: Callable[[], object]) -> None:
         """Run `job` in a worker thread. Cancelled, the job goes on there regardless:
         `abort` waits for it before it closes the file."""
         self._in_flight = asyncio.get_running_loop().run_in_executor(None, job)
@@ -300,10 +303,30 @@ class PartWriter:
         pieces, self._pending, self._pending_bytes = self._pending, [], 0
         return pieces
 
-    async def _discard(self, file: BinaryIO | None) -> None:
-        if self._in_flight is not None:
-            await asyncio.wait([self._in_flight])  # its failure is the caller's to report
-        await asyncio.to_thread(_close_and_delete, file, self._temp_path)
+    def _write(self, pieces: list[bytes]) -> BinaryIO:
+        """In a worker thread: the pieces appended, the file opened first if need be."""
+        if self._file is None:
+            self._file = self._open_temp()
+        for piece in pieces:
+            self._file.write(piece)
+        return self._file
+
+    def _finish(self, pieces: list[bytes]) -> None:
+        """In a worker thread: the last pieces written, the file synced and closed, and
+        renamed to its final name."""
+        file = self._write(pieces)
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        os.replace(self._temp_path, self._final_path)
+
+    async def _discard(self) -> None:
+        if self._in_flight is None:
+            return  # no job ever ran: nothing was opened or created
+        await asyncio.wait([self._in_flight])  # its failure is the caller's to report
+        # The job that opens the file has ended, so `_file` is what it left: None if it
+        # failed before the open.
+        await asyncio.to_thread(_close_and_delete, self._file, self._temp_path)
 
     async def __aenter__(self) -> PartWriter:
         return self
@@ -316,20 +339,6 @@ class PartWriter:
     ) -> None:
         # Without a commit the temp file is never of use, whether or not something failed.
         await self.abort()
-
-
-def _write_pieces(file: BinaryIO, pieces: list[bytes]) -> None:
-    for piece in pieces:
-        file.write(piece)
-
-
-def _finish_part(file: BinaryIO, pieces: list[bytes], temp_path: Path, final_path: Path) -> None:
-    """The last pieces written, the file synced and closed, and renamed to its final name."""
-    _write_pieces(file, pieces)
-    file.flush()
-    os.fsync(file.fileno())
-    file.close()
-    os.replace(temp_path, final_path)
 
 
 def _close_and_delete(file: BinaryIO | None, path: Path) -> None:
@@ -388,20 +397,18 @@ class ChunkOutput:
         return f"part-{index:05d}.json"
 
     async def open_part(self, index: int) -> PartWriter:
-        """Start writing part `index` into the staging folder (created if needed)."""
+        """Start writing part `index` into the staging folder. Nothing touches the disk yet:
+        the part's first thread job opens its file (see PartWriter)."""
         temp_path = self.staging_dir / f".{self.part_name(index)}.tmp"
-        opening = asyncio.ensure_future(asyncio.to_thread(self._open_temp, temp_path))
-        try:
-            file = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # The open goes on in its thread regardless (a sibling part failed, say): close
-            # and delete what it opens, or the handle leaks.
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(_close_and_delete, await opening, temp_path)
-            raise
-        return PartWriter(file, temp_path, self.staging_dir / self.part_name(index), index)
+        return PartWriter(
+            functools.partial(self._open_temp, temp_path),
+            temp_path,
+            self.staging_dir / self.part_name(index),
+            index,
+        )
 
     def _open_temp(self, temp_path: Path) -> BinaryIO:
+        """In a worker thread: the part's temp file, in the staging folder made if need be."""
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         return open(temp_path, "wb", opener=self._opener)  # PartWriter closes it
 
