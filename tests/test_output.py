@@ -259,19 +259,20 @@ async def test_publish_puts_the_complete_folder_in_place(chunk: ChunkOutput) -> 
 async def test_publish_syncs_the_folders_above_a_type_folder_once_per_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each publish syncs its staging folder and its type folder (the renamed entry); the
-    merchant folder (the type folder's entry) on the first publish into that type folder,
-    the output folder (the merchant folder's entry) on the first into that merchant."""
+    """Each publish syncs its manifest, its staging folder and its type folder (the renamed
+    entry); the merchant folder (the type folder's entry) on the first publish into that
+    type folder, the output folder (the merchant folder's entry) on the first into that
+    merchant."""
     synced: list[Path] = []
-    sync = folder_module._fsync_dir
+    sync = os.fsync
 
-    def spy(path: Path) -> None:
-        synced.append(path)
-        sync(path)
+    def spy(descriptor: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
+        sync(descriptor)
 
-    monkeypatch.setattr(folder_module, "_fsync_dir", spy)
-    output = folder_module.FolderOutput(tmp_path / "out")
-    merchant_dir = tmp_path / "out" / MERCHANT
+    out = tmp_path / "out"  # pytest gives it resolved, as /proc names it
+    output = folder_module.FolderOutput(out)
+    merchant_dir = out / MERCHANT
     february = TimeRange.from_ms(JANUARY.end_ms, JANUARY.end_ms + 28 * 86_400_000)
     for number, time_range in enumerate((JANUARY, february, JANUARY)):
         chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, time_range)
@@ -280,16 +281,22 @@ async def test_publish_syncs_the_folders_above_a_type_folder_once_per_process(
             MERCHANT, ExportType.PAYMENTS, time_range, f"E{number}", HARVESTED_AT, tuple(parts)
         )
         synced.clear()
-        await chunk.publish(manifest)
-        above = [merchant_dir, tmp_path / "out"] if number == 0 else []
-        assert synced == [chunk.staging_dir, merchant_dir / "payments", *above]
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "fsync", spy)
+            await chunk.publish(manifest)
+        above = [merchant_dir, out] if number == 0 else []
+        staging = chunk.staging_dir
+        assert synced == [staging / MANIFEST_NAME, staging, merchant_dir / "payments", *above]
     orders = output.chunk(MERCHANT, ExportType.ORDERS, JANUARY)
     parts = [await save_part(orders, 1, export_file(1))]
     synced.clear()
-    await orders.publish(
-        Manifest(MERCHANT, ExportType.ORDERS, JANUARY, "E9", HARVESTED_AT, tuple(parts))
-    )
-    assert synced == [orders.staging_dir, merchant_dir / "orders", merchant_dir]
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", spy)
+        await orders.publish(
+            Manifest(MERCHANT, ExportType.ORDERS, JANUARY, "E9", HARVESTED_AT, tuple(parts))
+        )
+    staging = orders.staging_dir
+    assert synced == [staging / MANIFEST_NAME, staging, merchant_dir / "orders", merchant_dir]
 
 
 async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: ChunkOutput) -> None:
@@ -297,6 +304,17 @@ async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: Chun
     await stage(chunk, [export_file(1), export_file(2), export_file(3)], "OLD")
     manifest = await stage(chunk, [export_file(4, "n")], "NEW")
     await chunk.publish(manifest)
+    assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
+
+
+async def test_publish_writes_over_a_manifest_a_crash_left_in_staging(chunk: ChunkOutput) -> None:
+    """A crash after the manifest was written in staging, before the folder moved, leaves it
+    there, perhaps torn: the next publish writes the whole manifest over it."""
+    await stage(chunk, [export_file(1)], "OLD")
+    (chunk.staging_dir / MANIFEST_NAME).write_text('{"merchant_id": "MERCHANT00001", "ty')
+    manifest = await stage(chunk, [export_file(2, "n")], "NEW")
+    await chunk.publish(manifest)
+    assert (chunk.final_dir / MANIFEST_NAME).read_text() == manifest.to_json()
     assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
 
 

@@ -53,6 +53,8 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 # Errors that mean "this kernel, libc or file system cannot exchange": take the fallback.
 _EXCHANGE_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+# What rename(2) of a folder says when something already lies at its new name.
+_IN_THE_WAY = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR})
 
 # (merchant id, type folder, chunk name) -> True if that chunk's export is still in flight,
 # so that its staged parts are kept for the next run.
@@ -499,27 +501,23 @@ class ChunkOutput:
             return None
 
     def _publish(self, manifest: Manifest) -> None:
+        """In a worker thread. Each system call here is one a promise needs: the staging
+        folder holds exactly the manifest's parts; the manifest and every entry of the
+        staging folder are synced before it moves; the chunk's entry in its type folder
+        is synced before the chunk counts as published."""
         staging = self.staging_dir
-        staging.mkdir(parents=True, exist_ok=True)
-        listed = {self.part_name(part.index): part for part in manifest.parts}
-        # Parts of an earlier, abandoned export of this chunk may linger: the folder must
-        # hold exactly what the manifest lists.
-        for entry in staging.iterdir():
-            if entry.name not in listed:
-                _remove_entry(entry)
-        for name, part in listed.items():
-            try:
-                size = (staging / name).stat().st_size
-            except FileNotFoundError:
-                raise BadFile(f"{name} is not staged") from None
-            if size != part.size:
-                raise BadFile(f"{name}: {size} bytes staged, the manifest says {part.size}")
-        _write_durably(staging / MANIFEST_NAME, manifest.to_json().encode())
-        _fsync_dir(staging)
-        if self.final_dir.exists():
-            self._replace_live()
-        else:
-            os.rename(staging, self.final_dir)
+        try:
+            folder = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            # No part was staged: the chunk is empty.
+            staging.mkdir(parents=True, exist_ok=True)
+            folder = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._fill_staging(folder, manifest)
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        replaced = self._put_in_place()
         # The chunk's entry in its type folder is synced on every publish. The type
         # folder's entry in the merchant folder, and the merchant folder's in the output
         # folder, are synced the first time this process publishes below them: either may
@@ -528,11 +526,47 @@ class ChunkOutput:
         type_dir = self.final_dir.parent
         merchant_dir = type_dir.parent
         _fsync_dir(type_dir)
-        for folder in (type_dir, merchant_dir):
-            if folder not in self._synced_folders:
-                _fsync_dir(folder.parent)
-                self._synced_folders.add(folder)
-        _remove_tree(self._old_dir)
+        for parent in (type_dir, merchant_dir):
+            if parent not in self._synced_folders:
+                _fsync_dir(parent.parent)
+                self._synced_folders.add(parent)
+        if replaced:
+            # Deleted only once the swap is synced: a crash before leaves the previous
+            # harvest as `.old-<chunk>`, which `recover` knows how to clear.
+            _remove_tree(self._old_dir)
+
+    def _fill_staging(self, folder: int, manifest: Manifest) -> None:
+        """The staging folder (open as `folder`) left holding exactly the manifest's parts,
+        each of the size it lists, and the manifest, synced. BadFile if a part is missing
+        or of another size."""
+        listed = {self.part_name(part.index): part for part in manifest.parts}
+        present = set(os.listdir(folder))
+        # Parts of an earlier, abandoned export of this chunk may linger: the folder must
+        # hold exactly what the manifest lists. (A manifest left by a crash is overwritten.)
+        for name in present - listed.keys() - {MANIFEST_NAME}:
+            _remove_entry(self.staging_dir / name)
+        for name, part in listed.items():
+            if name not in present:
+                raise BadFile(f"{name} is not staged")
+            size = os.stat(name, dir_fd=folder).st_size
+            if size != part.size:
+                raise BadFile(f"{name}: {size} bytes staged, the manifest says {part.size}")
+        # Written in place, not through a temp file and a rename: no reader looks into a
+        # staging folder, and the folder moves only once the manifest is whole and synced.
+        _write_synced(MANIFEST_NAME, folder, manifest.to_json().encode())
+
+    def _put_in_place(self) -> bool:
+        """The staging folder renamed to the chunk's; True if that replaced an earlier
+        harvest, now at `.old-<chunk>`. No look first: a rename onto a chunk folder that
+        holds anything fails, and only then is the harvest in place swapped out."""
+        try:
+            os.rename(self.staging_dir, self.final_dir)
+        except OSError as exc:
+            if exc.errno not in _IN_THE_WAY:
+                raise
+            self._replace_live()
+            return True
+        return False
 
     def _replace_live(self) -> None:
         _remove_tree(self._old_dir)  # left by a crash `recover` did not see
@@ -587,13 +621,16 @@ def _sha256_of(path: Path) -> str | None:
         return None
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    temp_path = path.with_name(f".{path.name}.tmp")
-    with temp_path.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp_path, path)
+def _write_synced(name: str, folder: int, data: bytes) -> None:
+    """`data` as the file `name` in the open folder `folder`, created or truncated, synced."""
+    descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666, dir_fd=folder)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _fsync_dir(path: Path) -> None:
