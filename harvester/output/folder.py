@@ -465,27 +465,39 @@ class ChunkOutput:
                 shutil.rmtree(entry)
         return adopted
 
-    def _staged_elsewhere(self) -> list[tuple[Path, str | None]]:
+    def _staged_elsewhere(self, names: list[str] | None = None) -> list[tuple[Path, str | None]]:
         """The staging folders of this chunk but this process's, by name, with their owners
-        (None: named before owners)."""
+        (None: named before owners). `names`: the type folder's, if listed already."""
         parent = self.staging_dir.parent
-        if not _is_real_dir(parent):
-            return []
+        if names is None:
+            try:
+                names = os.listdir(parent)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
         found = []
-        for entry in sorted(parent.iterdir()):
-            parsed = _parse_owned(entry.name, _STAGING_PREFIX)
-            if parsed is None or entry == self.staging_dir or parsed[0] != self.range.name:
+        for name in sorted(names):
+            parsed = _parse_owned(name, _STAGING_PREFIX)
+            if parsed is None or name == self.staging_dir.name or parsed[0] != self.range.name:
                 continue
+            entry = parent / name
             if _is_real_dir(entry):
                 found.append((entry, parsed[1]))
-        return found
+        # Looked at only when there is something: staging is never adopted through a link.
+        return found if found and _is_real_dir(parent) else []
 
     async def look(self) -> ChunkLook:
         """The published manifest, and whether others' staging of this chunk lies beside."""
         return await asyncio.to_thread(self._look)
 
     def _look(self) -> ChunkLook:
-        return ChunkLook(self._published_manifest(), bool(self._staged_elsewhere()))
+        """One listing of the type folder answers both questions: the manifest is read only
+        if the chunk's folder is there (a first harvest's look is that listing alone)."""
+        try:
+            names = os.listdir(self.final_dir.parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return ChunkLook(published=None, staged_elsewhere=False)
+        published = self._published_manifest() if self.range.name in names else None
+        return ChunkLook(published, bool(self._staged_elsewhere(names)))
 
     def _published_manifest(self) -> Manifest | None:
         """The manifest of the chunk folder in place, or None if there is none to trust."""
