@@ -501,6 +501,20 @@ async def test_an_unreadable_published_manifest_counts_as_none(chunk: ChunkOutpu
     assert (await chunk.look()).published is None
 
 
+async def test_a_chunk_folder_without_a_manifest_counts_as_none_and_is_replaced(
+    chunk: ChunkOutput,
+) -> None:
+    """A folder under the chunk's name that holds no manifest (not the harvester's) is
+    treated as not harvested; publish swaps it out."""
+    chunk.final_dir.mkdir(parents=True)
+    (chunk.final_dir / "notes.txt").write_text("someone else's")
+    assert (await chunk.look()).published is None
+    manifest = await stage(chunk, [export_file(1)])
+    await chunk.publish(manifest)
+    assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
+    assert listing(chunk.final_dir.parent) == {JANUARY.name}
+
+
 # -- recover --------------------------------------------------------------------------------
 
 
