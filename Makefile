@@ -78,6 +78,7 @@ soak: install
 # a server that takes 2 exports is kept when the config says 6 (on a fake clock, then the real
 # CLI on real time over the whole run, its idle time split into head, gaps and tail), and
 # throughput and memory of the folder against a bucket (a local SeaweedFS) on the same work,
+# the folder's CPU per chunk against the same system calls in one thread job per chunk,
 # and `harvester load` into DuckDB against a plain read_json of the same files; status polls
 # per export and slots busy for exports of ~5 s, ~60 s and ~30 min, polls aimed by past
 # durations and by progress alone.
@@ -87,6 +88,7 @@ bench: install
 	$(BIN)/python -m benchmarks.bench_busy_live
 	$(BIN)/python -m benchmarks.bench_polls
 	$(BIN)/python -m benchmarks.bench_output
+	$(BIN)/python -m benchmarks.bench_folder
 	$(BIN)/python -m benchmarks.bench_load
 
 # Figures, not pass/fail: one harvester process against three on the same work.

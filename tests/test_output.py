@@ -99,16 +99,17 @@ class CountingExecutor(ThreadPoolExecutor):
 @pytest.mark.parametrize(
     ("padding", "most_jobs"),
     [
-        pytest.param(450, 2, id="clover-sized: open, then write-sync-rename"),
-        pytest.param(6_000, 2 + 6_100_000 // WRITE_BYTES, id="6 MB: a job per WRITE_BYTES"),
+        pytest.param(450, 1, id="clover-sized: open-write-sync-rename in one"),
+        pytest.param(6_000, 1 + 6_100_000 // WRITE_BYTES, id="6 MB: a job per WRITE_BYTES"),
     ],
 )
 async def test_a_part_takes_few_thread_jobs_and_is_never_read_back(
     chunk: ChunkOutput, padding: int, most_jobs: int
 ) -> None:
     """A part in 64 KiB pieces is hashed and checked as it streams: it goes to a worker
-    thread once to open, once per WRITE_BYTES, and once to be synced and renamed, never a
-    job per piece nor a second reading to count its elements."""
+    thread once per WRITE_BYTES (the first job opens the file) and once to be synced and
+    renamed, never a job per piece, a job to open it, nor a second reading to count its
+    elements."""
     elements = [{"id": f"o{n}", "pad": "x" * padding} for n in range(1000)]
     body = json.dumps({"elements": elements}).encode()
     executor = CountingExecutor()
@@ -152,10 +153,40 @@ async def test_an_unknown_size_skips_the_length_check(chunk: ChunkOutput) -> Non
 async def test_a_bad_file_is_refused_and_leaves_nothing(
     chunk: ChunkOutput, body: bytes, expected_size: int | None, problem: str
 ) -> None:
-    """A truncated, malformed or oversized file raises BadFile and leaves no part behind."""
+    """A truncated, malformed or oversized file raises BadFile and leaves nothing: refused
+    before its bytes went to a worker thread, it never touched the disk."""
     with pytest.raises(BadFile, match=problem):
         await write_part(chunk, 1, body, expected_size)
+    assert not chunk.staging_dir.exists()
+
+
+async def test_a_bad_file_already_on_disk_is_deleted(chunk: ChunkOutput) -> None:
+    """A file refused after a first WRITE_BYTES went to the disk leaves no temp file."""
+    body = b'{"elements": [' + b" " * WRITE_BYTES + b"7]}"
+    with pytest.raises(BadFile, match="element 0 is not"):
+        await write_part(chunk, 1, body, len(body))
     assert listing(chunk.staging_dir) == set()
+
+
+async def test_a_part_given_up_before_its_first_job_costs_no_thread_job(
+    chunk: ChunkOutput,
+) -> None:
+    """A download that fails before WRITE_BYTES arrived (the usual broken connection)
+    leaves without a worker thread: nothing was opened, so nothing is deleted."""
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    writer = await chunk.open_part(1)
+
+    async def download_that_breaks() -> None:
+        async with writer:
+            await writer.write(b'{"elements": [')
+            raise ConnectionError("peer went away")
+
+    with pytest.raises(ConnectionError):
+        await download_that_breaks()
+    await writer.abort()  # again: still nothing to do
+    assert executor.jobs == 0
+    assert not chunk.staging_dir.exists()
 
 
 async def test_the_truncation_message_gives_both_sizes(chunk: ChunkOutput) -> None:
@@ -171,7 +202,7 @@ async def test_leaving_a_writer_on_error_deletes_its_temp_file(chunk: ChunkOutpu
 
     async def download_that_breaks() -> None:
         async with writer:
-            await writer.write(b'{"elements": [')
+            await writer.write(b'{"elements": [' + b" " * WRITE_BYTES)  # goes to the disk
             staged_meanwhile.append(listing(chunk.staging_dir))
             raise ConnectionError("peer went away")
 
@@ -228,19 +259,20 @@ async def test_publish_puts_the_complete_folder_in_place(chunk: ChunkOutput) -> 
 async def test_publish_syncs_the_folders_above_a_type_folder_once_per_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each publish syncs its staging folder and its type folder (the renamed entry); the
-    merchant folder (the type folder's entry) on the first publish into that type folder,
-    the output folder (the merchant folder's entry) on the first into that merchant."""
+    """Each publish syncs its manifest, its staging folder and its type folder (the renamed
+    entry); the merchant folder (the type folder's entry) on the first publish into that
+    type folder, the output folder (the merchant folder's entry) on the first into that
+    merchant."""
     synced: list[Path] = []
-    sync = folder_module._fsync_dir
+    sync = os.fsync
 
-    def spy(path: Path) -> None:
-        synced.append(path)
-        sync(path)
+    def spy(descriptor: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
+        sync(descriptor)
 
-    monkeypatch.setattr(folder_module, "_fsync_dir", spy)
-    output = folder_module.FolderOutput(tmp_path / "out")
-    merchant_dir = tmp_path / "out" / MERCHANT
+    out = tmp_path / "out"  # pytest gives it resolved, as /proc names it
+    output = folder_module.FolderOutput(out)
+    merchant_dir = out / MERCHANT
     february = TimeRange.from_ms(JANUARY.end_ms, JANUARY.end_ms + 28 * 86_400_000)
     for number, time_range in enumerate((JANUARY, february, JANUARY)):
         chunk = output.chunk(MERCHANT, ExportType.PAYMENTS, time_range)
@@ -249,16 +281,22 @@ async def test_publish_syncs_the_folders_above_a_type_folder_once_per_process(
             MERCHANT, ExportType.PAYMENTS, time_range, f"E{number}", HARVESTED_AT, tuple(parts)
         )
         synced.clear()
-        await chunk.publish(manifest)
-        above = [merchant_dir, tmp_path / "out"] if number == 0 else []
-        assert synced == [chunk.staging_dir, merchant_dir / "payments", *above]
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "fsync", spy)
+            await chunk.publish(manifest)
+        above = [merchant_dir, out] if number == 0 else []
+        staging = chunk.staging_dir
+        assert synced == [staging / MANIFEST_NAME, staging, merchant_dir / "payments", *above]
     orders = output.chunk(MERCHANT, ExportType.ORDERS, JANUARY)
     parts = [await save_part(orders, 1, export_file(1))]
     synced.clear()
-    await orders.publish(
-        Manifest(MERCHANT, ExportType.ORDERS, JANUARY, "E9", HARVESTED_AT, tuple(parts))
-    )
-    assert synced == [orders.staging_dir, merchant_dir / "orders", merchant_dir]
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", spy)
+        await orders.publish(
+            Manifest(MERCHANT, ExportType.ORDERS, JANUARY, "E9", HARVESTED_AT, tuple(parts))
+        )
+    staging = orders.staging_dir
+    assert synced == [staging / MANIFEST_NAME, staging, merchant_dir / "orders", merchant_dir]
 
 
 async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: ChunkOutput) -> None:
@@ -266,6 +304,17 @@ async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: Chun
     await stage(chunk, [export_file(1), export_file(2), export_file(3)], "OLD")
     manifest = await stage(chunk, [export_file(4, "n")], "NEW")
     await chunk.publish(manifest)
+    assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
+
+
+async def test_publish_writes_over_a_manifest_a_crash_left_in_staging(chunk: ChunkOutput) -> None:
+    """A crash after the manifest was written in staging, before the folder moved, leaves it
+    there, perhaps torn: the next publish writes the whole manifest over it."""
+    await stage(chunk, [export_file(1)], "OLD")
+    (chunk.staging_dir / MANIFEST_NAME).write_text('{"merchant_id": "MERCHANT00001", "ty')
+    manifest = await stage(chunk, [export_file(2, "n")], "NEW")
+    await chunk.publish(manifest)
+    assert (chunk.final_dir / MANIFEST_NAME).read_text() == manifest.to_json()
     assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
 
 
@@ -452,6 +501,20 @@ async def test_an_unreadable_published_manifest_counts_as_none(chunk: ChunkOutpu
     assert (await chunk.look()).published is None
 
 
+async def test_a_chunk_folder_without_a_manifest_counts_as_none_and_is_replaced(
+    chunk: ChunkOutput,
+) -> None:
+    """A folder under the chunk's name that holds no manifest (not the harvester's) is
+    treated as not harvested; publish swaps it out."""
+    chunk.final_dir.mkdir(parents=True)
+    (chunk.final_dir / "notes.txt").write_text("someone else's")
+    assert (await chunk.look()).published is None
+    manifest = await stage(chunk, [export_file(1)])
+    await chunk.publish(manifest)
+    assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
+    assert listing(chunk.final_dir.parent) == {JANUARY.name}
+
+
 # -- recover --------------------------------------------------------------------------------
 
 
@@ -526,7 +589,8 @@ async def test_a_kept_staging_is_reused_after_recover(chunk: ChunkOutput) -> Non
     """Parts staged before a crash survive recover and are recognised as saved."""
     info = await save_part(chunk, 1, export_file(3))
     writer = await chunk.open_part(2)
-    await writer.write(b'{"elements": [')  # the crash comes mid-download
+    await writer.write(b'{"elements": [' + b" " * WRITE_BYTES)  # the crash comes mid-download
+    assert ".part-00002.json.tmp" in listing(chunk.staging_dir)
     recover(chunk.output_dir, lambda *_: True)
     assert listing(chunk.staging_dir) == {"part-00001.json"}
     assert await chunk.saved_part(1, info.sha256)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.clover.chunks import ExportType
+from harvester.clover.chunks import ExportType, TimeRange
 from harvester.output.folder import ChunkLook, ChunkOutput, recover
 from tests.test_output import JANUARY, MERCHANT, export_file, listing, save_part, stage
 
@@ -90,3 +90,25 @@ async def test_a_look_tells_whether_others_staged_the_chunk_and_what_is_publishe
     legacy = ChunkOutput(tmp_path / "out", MERCHANT, ExportType.PAYMENTS, JANUARY)
     await save_part(legacy, 1, export_file(1))
     assert (await mine.look()).staged_elsewhere
+
+
+async def test_a_look_counts_only_real_staging_folders_of_the_same_chunk(
+    tmp_path: Path,
+) -> None:
+    """Another chunk's staging, a file or a link under a staging name, and staging inside
+    a linked type folder are nothing to adopt."""
+    mine, other = owned(tmp_path, "box-1-aa"), owned(tmp_path, "box-2-bb")
+    type_dir = mine.final_dir.parent
+    type_dir.mkdir(parents=True)
+    february = TimeRange.from_ms(JANUARY.end_ms, JANUARY.end_ms + 28 * 86_400_000)
+    (type_dir / f".staging-{february.name}@box-2-bb").mkdir()
+    (type_dir / f".staging-{JANUARY.name}@box-3-cc").write_bytes(b"")
+    (tmp_path / "elsewhere").mkdir()
+    (type_dir / f".staging-{JANUARY.name}@box-4-dd").symlink_to(tmp_path / "elsewhere")
+    assert await mine.look() == ChunkLook(published=None, staged_elsewhere=False)
+    await save_part(other, 1, export_file(3))
+    assert (await mine.look()).staged_elsewhere
+    real = tmp_path / "real"
+    type_dir.rename(real)
+    type_dir.symlink_to(real)
+    assert await mine.look() == ChunkLook(published=None, staged_elsewhere=False)

@@ -53,6 +53,8 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 # Errors that mean "this kernel, libc or file system cannot exchange": take the fallback.
 _EXCHANGE_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+# What rename(2) of a folder says when something already lies at its new name.
+_IN_THE_WAY = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR})
 
 # (merchant id, type folder, chunk name) -> True if that chunk's export is still in flight,
 # so that its staged parts are kept for the next run.
@@ -211,13 +213,19 @@ class PartWriter:
 
     The pieces are hashed and checked in the event loop as they come (a 64 KiB piece takes
     a fraction of a millisecond), and gathered up to `WRITE_BYTES` before a worker thread
-    writes them: a Clover-sized part (1000 objects, about half a megabyte) costs one thread
-    job to open and one to write, sync and rename it, where a hop per piece, and a second
-    reading of the file to count its elements, were most of the CPU spent per byte.
+    writes them: a hop per piece, and a second reading of the file to count its elements,
+    were most of the CPU spent per byte. The temp file is opened (its staging folder made
+    if need be) by the first of those jobs, not by a job of its own: a Clover-sized part
+    (1000 objects, about half a megabyte) costs one thread job in all, which opens, writes,
+    syncs and renames it; a thread hop costs more CPU than the system calls it carries.
+    A part given up before its first job never touched the disk.
     """
 
-    def __init__(self, file: BinaryIO, temp_path: Path, final_path: Path, index: int) -> None:
-        self._file: BinaryIO | None = file
+    def __init__(
+        self, open_temp: Callable[[], BinaryIO], temp_path: Path, final_path: Path, index: int
+    ) -> None:
+        self._open_temp = open_temp
+        self._file: BinaryIO | None = None  # opened, in a worker thread, by the first job
         self._temp_path = temp_path
         self._final_path = final_path
         self._index = index
@@ -226,13 +234,14 @@ class PartWriter:
         self._size = 0
         self._pending: list[bytes] = []  # received, not yet handed to a thread to write
         self._pending_bytes = 0
-        self._in_flight: asyncio.Future[None] | None = None  # the thread job writing
+        self._in_flight: asyncio.Future[object] | None = None  # the last thread job
+        self._ended = False  # committed, or given up
         self._committed = False
+        self._discarding: asyncio.Future[None] | None = None  # abort's clean-up, run once
 
     async def write(self, data: bytes) -> None:
         """Append `data` to the part; at most `WRITE_BYTES` wait in memory for the disk."""
-        file = self._file
-        if file is None:
+        if self._ended:
             raise RuntimeError(f"{self._final_path.name}: write after commit or abort")
         self._hash.update(data)
         self._check.feed(data)
@@ -240,7 +249,7 @@ class PartWriter:
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes >= WRITE_BYTES:
-            await self._in_thread(functools.partial(_write_pieces, file, self._take_pending()))
+            await self._in_thread(functools.partial(self._write, self._take_pending()))
 
     async def commit(self, expected_size: int | None, url_index: int) -> PartInfo:
         """Check the part and move it into the staging folder under its final name.
@@ -249,8 +258,7 @@ class PartWriter:
         not an object whose "elements" list holds at most 1000 JSON objects. Then no part
         is left behind.
         """
-        file = self._file
-        if file is None:
+        if self._ended:
             raise RuntimeError(f"{self._final_path.name}: commit after commit or abort")
         try:
             if expected_size is not None and self._size != expected_size:
@@ -261,16 +269,11 @@ class PartWriter:
             # final name (which a resumed run reuses) holds what was checked. No directory
             # sync per part: publish syncs the staging folder once, and a part lost to a
             # crash before that is simply downloaded again.
-            await self._in_thread(
-                functools.partial(
-                    _finish_part, file, self._take_pending(), self._temp_path, self._final_path
-                )
-            )
-            self._file = None
+            await self._in_thread(functools.partial(self._finish, self._take_pending()))
         except BaseException:
             await self.abort()
             raise
-        self._committed = True
+        self._ended = self._committed = True
         return PartInfo(
             index=self._index,
             url_index=url_index,
@@ -283,14 +286,16 @@ class PartWriter:
         """Give up on the part: its temp file is deleted."""
         if self._committed:
             return
-        file, self._file = self._file, None
+        self._ended = True
         self._take_pending()
         self._check.abandon()
+        if self._discarding is None:
+            self._discarding = asyncio.ensure_future(self._discard())
         # Shielded: a close cancelled while it waits for a worker thread (a sibling part
         # failed meanwhile) would never run, and the file handle would leak.
-        await asyncio.shield(self._discard(file))
+        await asyncio.shield(self._discarding)
 
-    async def _in_thread(self, job: Callable[[], None]) -> None:
+    async def _in_thread(self, job: Callable[[], object]) -> None:
         """Run `job` in a worker thread. Cancelled, the job goes on there regardless:
         `abort` waits for it before it closes the file."""
         self._in_flight = asyncio.get_running_loop().run_in_executor(None, job)
@@ -300,10 +305,30 @@ class PartWriter:
         pieces, self._pending, self._pending_bytes = self._pending, [], 0
         return pieces
 
-    async def _discard(self, file: BinaryIO | None) -> None:
-        if self._in_flight is not None:
-            await asyncio.wait([self._in_flight])  # its failure is the caller's to report
-        await asyncio.to_thread(_close_and_delete, file, self._temp_path)
+    def _write(self, pieces: list[bytes]) -> BinaryIO:
+        """In a worker thread: the pieces appended, the file opened first if need be."""
+        if self._file is None:
+            self._file = self._open_temp()
+        for piece in pieces:
+            self._file.write(piece)
+        return self._file
+
+    def _finish(self, pieces: list[bytes]) -> None:
+        """In a worker thread: the last pieces written, the file synced and closed, and
+        renamed to its final name."""
+        file = self._write(pieces)
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        os.replace(self._temp_path, self._final_path)
+
+    async def _discard(self) -> None:
+        if self._in_flight is None:
+            return  # no job ever ran: nothing was opened or created
+        await asyncio.wait([self._in_flight])  # its failure is the caller's to report
+        # The job that opens the file has ended, so `_file` is what it left: None if it
+        # failed before the open.
+        await asyncio.to_thread(_close_and_delete, self._file, self._temp_path)
 
     async def __aenter__(self) -> PartWriter:
         return self
@@ -316,20 +341,6 @@ class PartWriter:
     ) -> None:
         # Without a commit the temp file is never of use, whether or not something failed.
         await self.abort()
-
-
-def _write_pieces(file: BinaryIO, pieces: list[bytes]) -> None:
-    for piece in pieces:
-        file.write(piece)
-
-
-def _finish_part(file: BinaryIO, pieces: list[bytes], temp_path: Path, final_path: Path) -> None:
-    """The last pieces written, the file synced and closed, and renamed to its final name."""
-    _write_pieces(file, pieces)
-    file.flush()
-    os.fsync(file.fileno())
-    file.close()
-    os.replace(temp_path, final_path)
 
 
 def _close_and_delete(file: BinaryIO | None, path: Path) -> None:
@@ -388,20 +399,18 @@ class ChunkOutput:
         return f"part-{index:05d}.json"
 
     async def open_part(self, index: int) -> PartWriter:
-        """Start writing part `index` into the staging folder (created if needed)."""
+        """Start writing part `index` into the staging folder. Nothing touches the disk yet:
+        the part's first thread job opens its file (see PartWriter)."""
         temp_path = self.staging_dir / f".{self.part_name(index)}.tmp"
-        opening = asyncio.ensure_future(asyncio.to_thread(self._open_temp, temp_path))
-        try:
-            file = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # The open goes on in its thread regardless (a sibling part failed, say): close
-            # and delete what it opens, or the handle leaks.
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(_close_and_delete, await opening, temp_path)
-            raise
-        return PartWriter(file, temp_path, self.staging_dir / self.part_name(index), index)
+        return PartWriter(
+            functools.partial(self._open_temp, temp_path),
+            temp_path,
+            self.staging_dir / self.part_name(index),
+            index,
+        )
 
     def _open_temp(self, temp_path: Path) -> BinaryIO:
+        """In a worker thread: the part's temp file, in the staging folder made if need be."""
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         return open(temp_path, "wb", opener=self._opener)  # PartWriter closes it
 
@@ -456,27 +465,39 @@ class ChunkOutput:
                 shutil.rmtree(entry)
         return adopted
 
-    def _staged_elsewhere(self) -> list[tuple[Path, str | None]]:
+    def _staged_elsewhere(self, names: list[str] | None = None) -> list[tuple[Path, str | None]]:
         """The staging folders of this chunk but this process's, by name, with their owners
-        (None: named before owners)."""
+        (None: named before owners). `names`: the type folder's, if listed already."""
         parent = self.staging_dir.parent
-        if not _is_real_dir(parent):
-            return []
+        if names is None:
+            try:
+                names = os.listdir(parent)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
         found = []
-        for entry in sorted(parent.iterdir()):
-            parsed = _parse_owned(entry.name, _STAGING_PREFIX)
-            if parsed is None or entry == self.staging_dir or parsed[0] != self.range.name:
+        for name in sorted(names):
+            parsed = _parse_owned(name, _STAGING_PREFIX)
+            if parsed is None or name == self.staging_dir.name or parsed[0] != self.range.name:
                 continue
+            entry = parent / name
             if _is_real_dir(entry):
                 found.append((entry, parsed[1]))
-        return found
+        # Looked at only when there is something: staging is never adopted through a link.
+        return found if found and _is_real_dir(parent) else []
 
     async def look(self) -> ChunkLook:
         """The published manifest, and whether others' staging of this chunk lies beside."""
         return await asyncio.to_thread(self._look)
 
     def _look(self) -> ChunkLook:
-        return ChunkLook(self._published_manifest(), bool(self._staged_elsewhere()))
+        """One listing of the type folder answers both questions: the manifest is read only
+        if the chunk's folder is there (a first harvest's look is that listing alone)."""
+        try:
+            names = os.listdir(self.final_dir.parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return ChunkLook(published=None, staged_elsewhere=False)
+        published = self._published_manifest() if self.range.name in names else None
+        return ChunkLook(published, bool(self._staged_elsewhere(names)))
 
     def _published_manifest(self) -> Manifest | None:
         """The manifest of the chunk folder in place, or None if there is none to trust."""
@@ -492,27 +513,23 @@ class ChunkOutput:
             return None
 
     def _publish(self, manifest: Manifest) -> None:
+        """In a worker thread. Each system call here is one a promise needs: the staging
+        folder holds exactly the manifest's parts; the manifest and every entry of the
+        staging folder are synced before it moves; the chunk's entry in its type folder
+        is synced before the chunk counts as published."""
         staging = self.staging_dir
-        staging.mkdir(parents=True, exist_ok=True)
-        listed = {self.part_name(part.index): part for part in manifest.parts}
-        # Parts of an earlier, abandoned export of this chunk may linger: the folder must
-        # hold exactly what the manifest lists.
-        for entry in staging.iterdir():
-            if entry.name not in listed:
-                _remove_entry(entry)
-        for name, part in listed.items():
-            try:
-                size = (staging / name).stat().st_size
-            except FileNotFoundError:
-                raise BadFile(f"{name} is not staged") from None
-            if size != part.size:
-                raise BadFile(f"{name}: {size} bytes staged, the manifest says {part.size}")
-        _write_durably(staging / MANIFEST_NAME, manifest.to_json().encode())
-        _fsync_dir(staging)
-        if self.final_dir.exists():
-            self._replace_live()
-        else:
-            os.rename(staging, self.final_dir)
+        try:
+            folder = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            # No part was staged: the chunk is empty.
+            staging.mkdir(parents=True, exist_ok=True)
+            folder = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._fill_staging(folder, manifest)
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        replaced = self._put_in_place()
         # The chunk's entry in its type folder is synced on every publish. The type
         # folder's entry in the merchant folder, and the merchant folder's in the output
         # folder, are synced the first time this process publishes below them: either may
@@ -521,11 +538,47 @@ class ChunkOutput:
         type_dir = self.final_dir.parent
         merchant_dir = type_dir.parent
         _fsync_dir(type_dir)
-        for folder in (type_dir, merchant_dir):
-            if folder not in self._synced_folders:
-                _fsync_dir(folder.parent)
-                self._synced_folders.add(folder)
-        _remove_tree(self._old_dir)
+        for parent in (type_dir, merchant_dir):
+            if parent not in self._synced_folders:
+                _fsync_dir(parent.parent)
+                self._synced_folders.add(parent)
+        if replaced:
+            # Deleted only once the swap is synced: a crash before leaves the previous
+            # harvest as `.old-<chunk>`, which `recover` knows how to clear.
+            _remove_tree(self._old_dir)
+
+    def _fill_staging(self, folder: int, manifest: Manifest) -> None:
+        """The staging folder (open as `folder`) left holding exactly the manifest's parts,
+        each of the size it lists, and the manifest, synced. BadFile if a part is missing
+        or of another size."""
+        listed = {self.part_name(part.index): part for part in manifest.parts}
+        present = set(os.listdir(folder))
+        # Parts of an earlier, abandoned export of this chunk may linger: the folder must
+        # hold exactly what the manifest lists. (A manifest left by a crash is overwritten.)
+        for name in present - listed.keys() - {MANIFEST_NAME}:
+            _remove_entry(self.staging_dir / name)
+        for name, part in listed.items():
+            if name not in present:
+                raise BadFile(f"{name} is not staged")
+            size = os.stat(name, dir_fd=folder).st_size
+            if size != part.size:
+                raise BadFile(f"{name}: {size} bytes staged, the manifest says {part.size}")
+        # Written in place, not through a temp file and a rename: no reader looks into a
+        # staging folder, and the folder moves only once the manifest is whole and synced.
+        _write_synced(MANIFEST_NAME, folder, manifest.to_json().encode())
+
+    def _put_in_place(self) -> bool:
+        """The staging folder renamed to the chunk's; True if that replaced an earlier
+        harvest, now at `.old-<chunk>`. No look first: a rename onto a chunk folder that
+        holds anything fails, and only then is the harvest in place swapped out."""
+        try:
+            os.rename(self.staging_dir, self.final_dir)
+        except OSError as exc:
+            if exc.errno not in _IN_THE_WAY:
+                raise
+            self._replace_live()
+            return True
+        return False
 
     def _replace_live(self) -> None:
         _remove_tree(self._old_dir)  # left by a crash `recover` did not see
@@ -580,13 +633,16 @@ def _sha256_of(path: Path) -> str | None:
         return None
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    temp_path = path.with_name(f".{path.name}.tmp")
-    with temp_path.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp_path, path)
+def _write_synced(name: str, folder: int, data: bytes) -> None:
+    """`data` as the file `name` in the open folder `folder`, created or truncated, synced."""
+    descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666, dir_fd=folder)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,7 +15,7 @@ from harvester.clover.chunks import ExportType, TimeRange
 from harvester.config import Timing
 from harvester.errors import FileTooLarge, OutputError
 from harvester.harvest.downloader import CappedWriter, download_deadline_s
-from harvester.output.folder import ChunkOutput
+from harvester.output.folder import WRITE_BYTES, ChunkOutput
 from harvester.output.room import FRESH_S, OutputRoom
 
 RANGE = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
@@ -27,18 +27,21 @@ async def test_a_part_never_grows_past_its_cap_on_disk(tmp_path: Path) -> None:
     sizes: list[int] = []
     part = await output.open_part(1)
     temp = output.staging_dir / ".part-00001.json.tmp"
+    # Pieces and a cap past WRITE_BYTES, so that what was written has reached the disk.
+    piece = WRITE_BYTES // 4
+    cap = 10 * piece
     async with part:
-        capped = CappedWriter(part, 10_000, sizes.append)
+        capped = CappedWriter(part, cap, sizes.append)
         for _ in range(9):
-            await capped.write(b"x" * 1000)
+            await capped.write(b"x" * piece)
         with pytest.raises(FileTooLarge, match="larger than max_file_bytes"):
-            await capped.write(b"x" * 1001)
-        await capped.write(b"x" * 1000)  # exactly the cap is allowed
-        assert capped.size == 10_000
-        assert sizes[-1] == 10_000
+            await capped.write(b"x" * (piece + 1))
+        await capped.write(b"x" * piece)  # exactly the cap is allowed
+        assert capped.size == cap
+        assert sizes[-1] == cap
         with pytest.raises(FileTooLarge):
             await capped.write(b"x")
-        assert temp.stat().st_size <= 10_000
+        assert 0 < temp.stat().st_size <= cap
     assert not temp.exists()  # left without a commit: deleted
 
 
