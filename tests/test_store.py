@@ -514,22 +514,6 @@ async def test_writes_asked_for_while_the_thread_is_busy_commit_together(
     assert len(read_snapshot(db_path).chunks) == 5
 
 
-async def test_writes_asked_for_together_commit_together_though_the_thread_is_idle(
-    db_path: Path, clock: FakeClock
-) -> None:
-    """Calls asked for in one turn of the loop (here by `gather`) go as one group: one
-    transaction, one COMMIT, though no group was running when the first was asked."""
-    async with await Store.open(db_path, clock) as store:
-        statements: list[str] = []
-        await store._on_thread("trace", lambda c: c.set_trace_callback(statements.append))
-        added = await asyncio.gather(
-            *(store.add_chunks(f"MERCHANT0000{n}", ExportType.ORDERS, [JANUARY]) for n in range(3))
-        )
-        assert [chunks[0].merchant_id for chunks in added] == [f"MERCHANT0000{n}" for n in range(3)]
-        assert statements.count("BEGIN IMMEDIATE") == 1
-        assert statements.count("COMMIT") == 1
-
-
 async def test_a_failing_operation_of_a_group_is_rolled_back_alone(
     db_path: Path, clock: FakeClock
 ) -> None:

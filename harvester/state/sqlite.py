@@ -284,32 +284,26 @@ class Store(SqlStore):
     async def _transact(self, operation: str, make: Callable[[], Work[T]], kind: Transaction) -> T:
         if self._closed:
             raise StoreError(f"state store {self._path}: {operation} after close")
-        loop = asyncio.get_running_loop()
-        call = _Call(operation, make, kind, loop.create_future())
+        call = _Call(operation, make, kind, asyncio.get_running_loop().create_future())
         self._waiting.append(call)
         if self._group is None:
-            self._next_group(loop)
+            self._start_group()
         # Once asked for, a write lands even if the caller is cancelled meanwhile: the group
         # runs every call it took; a cancelled caller's answer is dropped (no shield needed).
         result: T = await call.done
         return result
-
-    def _next_group(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the next group once the loop has run what is ready now: calls asked for
-        together (`asyncio.gather`, or by the tasks one group's answers woke) go as one."""
-        self._group = loop.create_future()  # done when the group's calls are answered
-        loop.call_soon(self._start_group)
 
     def _start_group(self) -> None:
         """Hand the calls waiting to the thread as one group (on the loop's thread)."""
         group = self._waiting[:_MOST_IN_A_GROUP]
         del self._waiting[:_MOST_IN_A_GROUP]
         running = asyncio.get_running_loop().run_in_executor(self._executor, self._run_group, group)
+        self._group = running
         running.add_done_callback(lambda _: self._group_done(group))
 
     def _group_done(self, group: list[_Call]) -> None:
         """The group's COMMIT is behind it: answer its calls, start the next group."""
-        answered, self._group = self._group, None
+        self._group = None
         for call in group:
             if call.done.cancelled():  # its caller was cancelled: the call ran regardless
                 continue
@@ -317,10 +311,8 @@ class Store(SqlStore):
                 call.done.set_exception(call.error)
             else:
                 call.done.set_result(call.result)
-        assert answered is not None
-        answered.set_result(None)
         if self._waiting:
-            self._next_group(asyncio.get_running_loop())
+            self._start_group()
 
     def _run_group(self, group: list[_Call]) -> None:
         """On the thread: run the group, each call's outcome kept in it. Never raises."""
