@@ -24,6 +24,7 @@ from harvester.state.claims import ClaimLost, Owner, ProcessLease, machine_id, p
 from harvester.state.records import (
     ChunkRecord,
     ChunkStatus,
+    ExportState,
     PartRecord,
     ProcessRecord,
     StateStore,
@@ -113,6 +114,31 @@ async def test_held_parts_are_the_exports_saved_parts_only_while_the_claim_holds
     lease = ProcessLease(store, Owner("a", "host-a", 1, "m", "backfill"), clock, 10)
     with pytest.raises(ClaimLost, match=f"chunk {chunk} was taken over"):
         await lease.held_parts(chunk, "E1")
+
+
+async def test_an_exports_done_confirms_the_claim_and_reads_the_parts_in_the_same_operation(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """`export_done_held` records the DONE and answers as `held_parts` does; the DONE lands
+    even for a process whose claim was taken over, and ProcessLease then says ClaimLost."""
+    await store.register_process(process("a", clock, lease_s=10))
+    await store.register_process(process("b", clock, lease_s=100))
+    chunk = await chunk_id(store)
+    await store.claim_chunk(chunk, "a")
+    await store.record_export(chunk, "E1", "PENDING", 0.0)
+    part = PartRecord("E1", 1, 0, 10, "ab" * 32, 2)
+    await store.record_part(part)
+    done, held = await store.export_done_held("E1", None, ["https://f/1"], None, chunk, "a")
+    assert (done.state, done.urls, held) == (ExportState.DONE, ("https://f/1",), [part])
+    await store.record_export(chunk, "E2", "PENDING", 0.0)
+    clock.advance(11)
+    assert (await store.claim_chunk(chunk, "b")).granted
+    lease = ProcessLease(store, Owner("a", "host-a", 1, "m", "backfill"), clock, 10)
+    with pytest.raises(ClaimLost, match=f"chunk {chunk} was taken over"):
+        await lease.export_done(chunk, "E2", None, ["https://f/2"], None)
+    recorded = await store.get_export("E2")
+    assert recorded is not None
+    assert recorded.state is ExportState.DONE
 
 
 async def test_a_chunk_completed_by_its_holder_ends_its_claim_in_the_same_operation(

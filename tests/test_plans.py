@@ -150,8 +150,11 @@ def hot_operations(drive: Explained, clock: FakeClock) -> None:
     drive.work(queries.record_export(at(), chunk.id, "EXPORT1", "PENDING", 0.0))
     drive.work(queries.slot_went_through(at(), HOST, 3))
     drive.work(queries.update_export(at(), "EXPORT1", "IN_PROGRESS", 50.0))
-    drive.work(queries.export_done(at(), "EXPORT1", None, ["https://files.example/1"]))
-    drive.work(queries.release_slot(at(), tried.slot_id))
+    drive.work(
+        queries.export_done_held(
+            at(), "EXPORT1", None, ["https://files.example/1"], tried.slot_id, chunk.id, OWNER
+        )
+    )
     drive.work(queries.get_export(at(), "EXPORT1"))
     drive.work(queries.get_chunk(at(), chunk.id))
     drive.work(queries.processes(at()))

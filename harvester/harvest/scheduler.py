@@ -635,9 +635,9 @@ class Harvest:
     ) -> tuple[ExportRecord, list[PartRecord]]:
         """Poll an export (whose slot the caller holds) until DONE, aiming the polls at its
         likely end as past exports of the merchant and type tell it. The host's slot in
-        the store goes back with the DONE, in the same store operation; the claim is
-        confirmed and the parts saved of the export read with it, in the same group commit
-        (ClaimLost if another process took the chunk over).
+        the store goes back with the DONE, and the claim is confirmed and the parts saved
+        of the export read, in the same store operation (ClaimLost if another process took
+        the chunk over).
 
         DONE listing no files raises _NoFilesListed, unless `confirming` (the export before
         said the same): then the export is DONE with no files, an empty chunk.
@@ -697,18 +697,12 @@ class Harvest:
                     self._durations.observe(
                         host_name, chunk.merchant_id, export_type, chunk.range, took_s
                     )
-                # Asked for together: one group commit. Shielded: the DONE (and the slot going
-                # back with it) lands whatever becomes of this lane or of the other question.
-                done, recorded = await asyncio.gather(
-                    asyncio.shield(
-                        self._store.export_done(
-                            record.id,
-                            info.available_until,
-                            info.urls or (),
-                            shared_slot.given_back(),
-                        )
-                    ),
-                    self.lease.held_parts(chunk.id, record.id),
+                done, recorded = await self.lease.export_done(
+                    chunk.id,
+                    record.id,
+                    info.available_until,
+                    info.urls or (),
+                    shared_slot.given_back(),
                 )
                 get_logger().info(
                     "export.done", export_id=record.id, files=len(info.urls or ()), polls=polls

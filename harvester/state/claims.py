@@ -23,14 +23,20 @@ import secrets
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
 from harvester.clock import Clock
 from harvester.errors import HarvesterError, StoreError
 from harvester.logs import get_logger
-from harvester.state.records import ClaimResult, PartRecord, ProcessRecord, StateStore
+from harvester.state.records import (
+    ClaimResult,
+    ExportRecord,
+    PartRecord,
+    ProcessRecord,
+    StateStore,
+)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
 
@@ -216,6 +222,26 @@ class ProcessLease:
         if parts is None:
             raise ClaimLost(f"chunk {chunk_id} was taken over by another process")
         return parts
+
+    async def export_done(
+        self,
+        chunk_id: int,
+        export_id: str,
+        available_until: datetime | None,
+        urls: Sequence[str],
+        slot_id: int | None,
+    ) -> tuple[ExportRecord, list[PartRecord]]:
+        """The export's DONE recorded (`slot_id`, if any, given back with it), and
+        `held_parts`, in one operation of the store (shielded: the DONE lands whatever
+        becomes of the caller); ClaimLost, the DONE recorded, if the chunk was taken over."""
+        done, parts = await asyncio.shield(
+            self.store.export_done_held(
+                export_id, available_until, urls, slot_id, chunk_id, self.owner.id
+            )
+        )
+        if parts is None:
+            raise ClaimLost(f"chunk {chunk_id} was taken over by another process")
+        return done, parts
 
     async def complete(self, chunk_id: int) -> None:
         """The chunk is COMPLETE and its claim released, in one operation (shielded)."""

@@ -631,6 +631,23 @@ def held_parts(at: At, chunk_id: int, owner: str, export_id: str) -> Work[list[P
     return (yield from parts(at, export_id))
 
 
+def export_done_held(
+    at: At,
+    export_id: str,
+    available_until: datetime | None,
+    urls: Sequence[str],
+    slot_id: int | None,
+    chunk_id: int,
+    owner: str,
+) -> Work[tuple[ExportRecord, list[PartRecord] | None]]:
+    """`export_done` and `held_parts` in one operation: the DONE of an export as the process
+    that followed it under the chunk's claim records it, with the parts saved of it while
+    `owner` still holds the claim (None once it does not: the DONE is recorded all the same)."""
+    done = yield from export_done(at, export_id, available_until, urls, slot_id)
+    held = yield from held_parts(at, chunk_id, owner, export_id)
+    return done, held
+
+
 def release_chunk(at: At, chunk_id: int, owner: str) -> Work[None]:
     """`owner` is done with the chunk (if it still held it)."""
     yield execute("DELETE FROM claims WHERE chunk_id = ? AND owner = ?", (chunk_id, owner))

@@ -255,6 +255,16 @@ class StateStore(Protocol):
         self, chunk_id: int, owner: str, export_id: str
     ) -> list[PartRecord] | None: ...
 
+    async def export_done_held(
+        self,
+        export_id: str,
+        available_until: datetime | None,
+        urls: Sequence[str],
+        slot_id: int | None,
+        chunk_id: int,
+        owner: str,
+    ) -> tuple[ExportRecord, list[PartRecord] | None]: ...
+
     async def release_chunk(self, chunk_id: int, owner: str) -> None: ...
 
     # -- export slots and refresh locks shared by the processes

@@ -125,6 +125,7 @@ class SqlStore:
     claim_chunks = _timed_write(queries.claim_chunks)
     holds_chunk = _read(queries.holds_chunk)
     held_parts = _read(queries.held_parts)
+    export_done_held = _timed_write(queries.export_done_held)
     release_chunk = _write(queries.release_chunk)
     # shared export slots and refresh locks
     take_slot = _timed_write(queries.take_slot)
