@@ -20,8 +20,9 @@ class FakeClock:
     of day. `advance()` moves time by hand.
 
     Time never jumps while work handed to a thread (`run_in_executor`, `to_thread`: the
-    SQLite store, fsyncs, file writes) is still running: an fsync that takes 50 ms on a
-    loaded machine would otherwise let virtual seconds pass in the middle of one step.
+    SQLite store, fsyncs, file writes) or to a child process (a `token_command`) is still
+    running: an fsync that takes 50 ms on a loaded machine, or a program that takes 100 ms
+    to start, would otherwise let virtual seconds pass in the middle of one step.
     """
 
     def __init__(self, start: datetime, tick_s: float = 0.002) -> None:
@@ -77,6 +78,28 @@ class FakeClock:
             return future
 
         setattr(loop, "run_in_executor", run_in_executor)  # noqa: B010 (an instance attribute)
+        started = loop.subprocess_exec
+
+        async def subprocess_exec(factory: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
+            def counted() -> Any:
+                protocol = factory()
+                exited = protocol.process_exited
+
+                def process_exited() -> None:
+                    self._back_from_thread(None)
+                    exited()
+
+                protocol.process_exited = process_exited
+                return protocol
+
+            self._in_threads += 1
+            try:
+                return await started(counted, *args, **kwargs)
+            except BaseException:
+                self._back_from_thread(None)
+                raise
+
+        setattr(loop, "subprocess_exec", subprocess_exec)  # noqa: B010 (an instance attribute)
 
     def _back_from_thread(self, _: object) -> None:
         self._in_threads -= 1

@@ -114,7 +114,14 @@ async def test_failing_commands_fail_their_merchant_only_and_no_token_shows(
     }
     accounts = {merchant: Account() for merchant in ids.values()}
     accounts[ids["GOODA"]] = Account(token=token["GOODA"])
-    async with Simulator(sim_settings(accounts), clock, Faults()) as sim:
+    # More slots than merchants that get a token (five): slots go round-robin across
+    # merchants, so each one's first token is asked for at the start. With two, which
+    # merchants went first was a race, and EXPIRING, if it came third, asked for its first
+    # token after the minute it lasts and was refused for it.
+    slots = 6
+    async with Simulator(
+        sim_settings(accounts, max_concurrent_exports=slots), clock, Faults()
+    ) as sim:
         # The app got these from Clover on its own; Clover ends some sooner than it said.
         sim.grant_access_token(ids["EXPIRING"], token["EXPIRING"], expiry)
         sim.grant_access_token(ids["REVOKED"], token["REVOKED"], NOW + timedelta(seconds=30))
@@ -127,6 +134,7 @@ async def test_failing_commands_fail_their_merchant_only_and_no_token_shows(
             sim,
             dict.fromkeys(ids.values(), ""),
             command=app_script(tmp_path, answers),
+            region={"max_concurrent_exports": slots},
             timing={"token_refresh_margin_s": 20},
             extra_top={"token_command_timeout_s": 1},
         )
