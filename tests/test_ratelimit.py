@@ -268,6 +268,10 @@ class CountingClock:
         self.sleeps += 1
         await self.clock.sleep(seconds)
 
+    async def sleep_unless(self, event: asyncio.Event, seconds: float) -> None:
+        self.sleeps += 1
+        await self.clock.sleep_unless(event, seconds)
+
 
 async def test_waiters_held_by_the_rate_do_not_all_wake_for_each_place(clock: FakeClock) -> None:
     """However many wait for the rate, the limiter sleeps once per instant a place comes free,
