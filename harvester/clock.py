@@ -22,6 +22,10 @@ class Clock(Protocol):
         """Wait this long (no wait at all for zero or less)."""
         ...
 
+    async def sleep_unless(self, event: asyncio.Event, seconds: float) -> None:
+        """Wait this long, or until `event` is set if that comes first."""
+        ...
+
 
 class SystemClock:
     """The real clock."""
@@ -34,6 +38,15 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    async def sleep_unless(self, event: asyncio.Event, seconds: float) -> None:
+        # In the waiting task itself, a timer and the event's future: a poll's nap between
+        # two requests costs no tasks of its own (`wait_first` starts two and a gather).
+        try:
+            async with asyncio.timeout(max(0.0, seconds)):
+                await event.wait()
+        except TimeoutError:
+            pass
 
 
 async def wait_first(*waits: Coroutine[Any, Any, object]) -> None:
@@ -51,5 +64,5 @@ async def nap(clock: Clock, seconds: float, stop: asyncio.Event) -> bool:
     """Sleep on `clock` unless `stop` is set first. True if the nap ran its course."""
     if stop.is_set():
         return False
-    await wait_first(clock.sleep(seconds), stop.wait())
+    await clock.sleep_unless(stop, seconds)
     return not stop.is_set()

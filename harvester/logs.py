@@ -28,6 +28,10 @@ class _Routing:
     def __init__(self) -> None:
         self.pending: Callable[[], None] | None = None
         self.loaded = False
+        # What `get_logger` hands out, made once per routing. structlog's own `get_logger` is
+        # a lazy proxy that builds a new logger at every call on it, even one its level drops
+        # (a poll's debug line): a few microseconds each, several times per export.
+        self.logger: structlog.typing.FilteringBoundLogger | None = None
 
 
 _routing = _Routing()
@@ -77,6 +81,7 @@ def _apply() -> None:
         _routing.pending()
         _routing.pending = None
     _routing.loaded = True
+    _routing.logger = None  # made again, routed anew
 
 
 def _load_structlog() -> None:
@@ -131,10 +136,15 @@ def _configure(log_format: LogFormat, level: str, out: TextIO, drawing: bool) ->
 
 
 def get_logger() -> structlog.typing.FilteringBoundLogger:
-    _load_structlog()
-    import structlog
+    logger = _routing.logger
+    if logger is None:
+        _load_structlog()
+        import structlog
 
-    if not _routing.loaded:
-        _apply()
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("harvester")
+        if not _routing.loaded:
+            _apply()
+        # bind() on structlog's proxy makes the logger itself, as routed now. Its processors
+        # are structlog's list, which `capture_logs` changes in place.
+        logger = structlog.get_logger("harvester").bind()
+        _routing.logger = logger
     return logger

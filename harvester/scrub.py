@@ -30,6 +30,9 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"'<>,;\\]+")
 _QUERY = re.compile(r"\?[^\s\"'<>]+")
 # Where a whole token may begin: a letter or digit that does not follow one.
 _WORD_START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]")
+# The first few characters from each place a whole token may begin (the run of letters and
+# digits starting there is matched whole, so the next match is at the next such place).
+_WORD_PREFIX = re.compile(r"(?=([A-Za-z0-9][\s\S]{0,7}))[A-Za-z0-9]+")
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _PREFIX_CHARS = 8  # long tokens are first looked up by these: one set lookup per place
 # Where a long token glued to other characters can hide: a long run of token-like characters.
@@ -39,10 +42,12 @@ _LONG_RUN = re.compile(rf"[A-Za-z0-9._~+/=-]{{{MIN_TOKEN_CHARS},}}")
 class _Secrets:
     """Every secret the process knows (config tokens, refreshed tokens), indexed for lookup.
 
-    A run may know hundreds of thousands of tokens: a text is scanned once, and at each
-    place a token could begin, one set lookup of the next few characters says whether a
-    long token may start there; only then is each length tried. Short (loopback) tokens
-    are tried by length at word starts.
+    A run may know hundreds of thousands of tokens: at each place a token could begin, one
+    set lookup of the next few characters says whether a long token may start there; only
+    then is each length tried. Most texts (every answer Clover sends) hold none: the
+    characters at all such places are gathered by a regular expression and looked up at
+    once, and a text with none at all is left as it is without a step of Python per place.
+    Short (loopback) tokens are tried by length at word starts.
     """
 
     def __init__(self) -> None:
@@ -82,6 +87,11 @@ class _Secrets:
             return text
         for secret in self._odd:
             text = _replace_whole(text, secret)
+        if self._short_lengths or not self._long_prefixes.isdisjoint(_WORD_PREFIX.findall(text)):
+            text = self._replace_whole_words(text)
+        return self._replace_glued(text) if self._may_hold_glued(text) else text
+
+    def _replace_whole_words(self, text: str) -> str:
         pieces: list[str] = []
         done = 0
         for match in _WORD_START.finditer(text):
@@ -92,10 +102,21 @@ class _Secrets:
             if found:
                 pieces += (text[done:start], REDACTED)
                 done = start + found
-        if pieces:
-            pieces.append(text[done:])
-            text = "".join(pieces)
-        return self._replace_glued(text) if self._long_lengths else text
+        if not pieces:
+            return text
+        pieces.append(text[done:])
+        return "".join(pieces)
+
+    def _may_hold_glued(self, text: str) -> bool:
+        """Whether a long run of `text` has a long token's prefix where `_replace_glued` looks
+        for one: most texts have none, and this looks without a step of Python per place."""
+        prefixes = self._long_prefixes
+        return bool(prefixes) and any(
+            not prefixes.isdisjoint(
+                [run[at : at + _PREFIX_CHARS] for at in range(len(run) - MIN_TOKEN_CHARS + 1)]
+            )
+            for run in _LONG_RUN.findall(text)
+        )
 
     def _whole_at(self, text: str, start: int) -> int:
         """The length of the longest whole secret at `start`; 0 if none."""

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from harvester.clock import wait_first
+
 
 class FakeClock:
     """Virtual time for tests, a discrete-event clock.
@@ -59,6 +61,9 @@ class FakeClock:
         if self._driver is None or self._driver.done():
             self._driver = asyncio.create_task(self._drive(), name="fake-clock-driver")
         await future
+
+    async def sleep_unless(self, event: asyncio.Event, seconds: float) -> None:
+        await wait_first(self.sleep(seconds), event.wait())
 
     @property
     def jobs_in_threads(self) -> int:

@@ -4,6 +4,7 @@ import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Mapping
+from datetime import datetime
 
 import pytest
 
@@ -232,6 +233,57 @@ async def test_waiter_freed_by_release_then_held_by_rate_starts_on_time(clock: F
         for key in ("m1", "m2", "m3"):
             group.create_task(traffic.request(key, 0.1))
     assert sorted(traffic.all_starts) == pytest.approx([0.0, 0.1, 1.1])
+
+
+async def test_a_waiter_held_by_time_starts_on_time_with_nothing_released(
+    clock: FakeClock,
+) -> None:
+    """Time alone lets each waiter through when its turn comes, one after another, with no
+    request ending meanwhile to look at the limiter again."""
+    limiter = clover_limiter(clock)
+    traffic = Traffic(clock, limiter)
+    limiter.pause(Scope.APP, "m1", 1.0)
+    limiter.pause(Scope.TOKEN, "m2", 2.0)
+    limiter.pause(Scope.TOKEN, "m3", 3.0)
+    async with asyncio.TaskGroup() as group:
+        for key in ("m3", "m2", "m1"):
+            group.create_task(traffic.request(key, 10.0))
+    assert traffic.starts == {"m1": [1.0], "m2": [2.0], "m3": [3.0]}
+
+
+class CountingClock:
+    """A clock that counts the sleeps asked of it."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.sleeps = 0
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def monotonic(self) -> float:
+        return self.clock.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        await self.clock.sleep(seconds)
+
+    async def sleep_unless(self, event: asyncio.Event, seconds: float) -> None:
+        self.sleeps += 1
+        await self.clock.sleep_unless(event, seconds)
+
+
+async def test_waiters_held_by_the_rate_do_not_all_wake_for_each_place(clock: FakeClock) -> None:
+    """However many wait for the rate, the limiter sleeps once per instant a place comes free,
+    not once per waiter: 25 waiters let through 5 a second wait on five alarms."""
+    counting = CountingClock(clock)
+    limiter = RequestLimiter(counting, 16, 5, app_requests_per_s=5, app_concurrent=10)
+    traffic = Traffic(clock, limiter)
+    async with asyncio.TaskGroup() as group:
+        for n in range(30):
+            group.create_task(traffic.request(f"m{n}", 0.0))
+    assert sorted(traffic.all_starts) == [float(n // 5) for n in range(30)]
+    assert counting.sleeps == 5
 
 
 def most_in_a_second(arrivals: list[float]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -75,3 +76,32 @@ def test_a_library_message_loses_the_query_even_re_encoded() -> None:
     scrubbed = scrub_url(message, url)
     assert "s3cr3t" not in scrubbed
     assert "https://files.example/a.json" in scrubbed
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_token_anywhere_in_an_answer_is_found_and_a_text_without_one_is_left_alone(
+    seed: int,
+) -> None:
+    """Most texts hold no token and are looked over without a step per place: that look
+    misses no token, whole (at any word start, whatever it holds) or glued into a long run."""
+    rng = random.Random(seed)
+    glueable = ["8f14e45f-ceea-467f-a0e6-0123456789ab", "Zq9.Ab_c/d+e=f~g-0123456789"]
+    glueable.append("Ab3dEf7h.j1lMn5p")  # as short as a token glued to others may be
+    whole_only = ["client:secret with-space-9"]  # (a short token turns the look off)
+    for token in glueable + whole_only:
+        register_secret(token)
+    filler = 'ab19{}":,/ .-_=?&\n'
+    for _ in range(300):
+        before = "".join(rng.choices(filler, k=rng.randrange(40)))
+        after = "".join(rng.choices(filler, k=rng.randrange(40)))
+        assert scrub(before + " " + after) == before + " " + after
+        if rng.random() < 0.5:
+            token = rng.choice(glueable + whole_only)
+            text = f"{before} {token} {after}"
+        else:
+            token = rng.choice(glueable)
+            # Letters or digits next to it: the token does not stand as a whole word.
+            glue = "".join(rng.choices("ab19.-=/", k=rng.randrange(20))) + rng.choice("ab19")
+            tail = rng.choice(["", " ", "1" + glue])
+            text = f"{before}{glue}{token}{tail}{after}"
+        assert token not in scrub(text), text

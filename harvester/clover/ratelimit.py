@@ -131,10 +131,10 @@ class _Budget:
 @dataclass(slots=True, eq=False)
 class _Waiter:
     key: str
+    # Resolved when the waiter is granted (or its grant is taken back): its task then looks at
+    # `granted` again.
+    wakeup: asyncio.Future[None]
     granted: bool = False
-    # Set while the waiter waits for an event rather than for a time; resolving it makes the
-    # waiter look at the limiter again.
-    wakeup: asyncio.Future[None] | None = None
 
 
 class RequestLimiter:
@@ -149,9 +149,11 @@ class RequestLimiter:
     not hold back other tokens' waiters behind it. Rates are whole requests per window:
     fractions are dropped.
 
-    A waiter blocked only by time (a rate or a pause) sleeps until then; one blocked by
-    concurrency waits for a release. Whoever changes the state hands out what it freed, so a
-    granted waiter may still be asleep for an instant; it counts as in flight all the same.
+    Waiters wait to be granted. Whoever changes the state (a release, a pause, a new share)
+    hands out what it freed; what only time frees (a rate, a pause) is handed out by one alarm,
+    set for the earliest instant a waiter may start: however many wait, a place that comes free
+    wakes the one task it goes to, not every waiter to look. A granted waiter may not have run
+    yet; it counts as in flight all the same.
     Until it runs, its request has not gone out: a pause that covers it takes the grant back.
     That matters because a request leaves its block (and hands its place on) before its 429
     is read and the pause set.
@@ -195,6 +197,10 @@ class RequestLimiter:
         self._waiters: deque[_Waiter] = deque()
         # Granted, but their tasks have not run since: their requests have not gone out yet.
         self._granted: list[_Waiter] = []
+        # Sleeps until `_alarm_at`, then hands out what time has freed (None: nothing to wait
+        # for but a release).
+        self._alarm: asyncio.Task[None] | None = None
+        self._alarm_at = math.inf
         self._max_in_flight_seen = 0
         # Told of every APP pause this limiter is asked for (not of those `hold_app` applies),
         # with its length in seconds: how the other processes on the host learn of it.
@@ -323,21 +329,15 @@ class RequestLimiter:
     async def _acquire(self, key: str) -> None:
         if not self.busy and self.on_busy is not None:
             self.on_busy()
-        waiter = _Waiter(key)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(key, loop.create_future())
         self._waiters.append(waiter)
         try:
             self._grant()
             while not waiter.granted:
-                wait_s = self._ready_at(key) - self._clock.monotonic()
-                if wait_s > 0:
-                    await self._clock.sleep(wait_s)
-                else:
-                    waiter.wakeup = asyncio.get_running_loop().create_future()
-                    try:
-                        await waiter.wakeup
-                    finally:
-                        waiter.wakeup = None
-                self._grant()
+                await waiter.wakeup
+                if not waiter.granted:  # its grant was taken back: wait to be granted again
+                    waiter.wakeup = loop.create_future()
             self._granted.remove(waiter)
         except BaseException:
             # Cancelled, possibly right after being granted: give back what was handed over.
@@ -371,9 +371,6 @@ class RequestLimiter:
             self._tokens[key] = budget
         return budget
 
-    def _ready_at(self, key: str) -> float:
-        return max(self._app.ready_at(), self._token(key).ready_at())
-
     def _grant(self) -> None:
         """Start every waiter the limits allow now, in arrival order; re-arm the others."""
         now = self._clock.monotonic()
@@ -385,7 +382,7 @@ class RequestLimiter:
             # token), but other tokens may still go.
             if waiter.key in held_back:
                 continue
-            if waiter.wakeup is not None and waiter.wakeup.cancelled():
+            if waiter.wakeup.cancelled():
                 # Its task was cancelled and will withdraw it; granting it would waste a start.
                 continue
             token = self._token(waiter.key)
@@ -398,11 +395,29 @@ class RequestLimiter:
             self._max_in_flight_seen = max(self._max_in_flight_seen, self._app.in_flight)
             waiter.granted = True
             self._granted.append(waiter)
-            if waiter.wakeup is not None and not waiter.wakeup.done():
+            if not waiter.wakeup.done():
                 waiter.wakeup.set_result(None)
-        # A waiter that waits for an event but is now held back by time would never be woken
-        # by the clock: send it back to sleep until then.
-        for waiter in self._waiters:
-            wakeup = waiter.wakeup
-            if wakeup is not None and not wakeup.done() and self._ready_at(waiter.key) > now:
-                wakeup.set_result(None)
+        self._set_alarm(now)
+
+    def _set_alarm(self, now: float) -> None:
+        """Ring when time next lets a waiter start: the earliest instant after `now` at which
+        the rate and the pauses allow one (a waiter they allow now waits for a release)."""
+        app_ready_at = self._app.ready_at()
+        ready_at = [
+            max(app_ready_at, self._token(waiter.key).ready_at()) for waiter in self._waiters
+        ]
+        ring_at = min((at for at in ready_at if at > now), default=math.inf)
+        alarm = self._alarm
+        if alarm is not None and not alarm.done():
+            if self._alarm_at <= ring_at < math.inf:
+                return  # rings in time; what it hands out sets the next one
+            alarm.cancel()
+        self._alarm = None
+        self._alarm_at = ring_at
+        if ring_at < math.inf:
+            self._alarm = asyncio.get_running_loop().create_task(self._ring(ring_at - now))
+
+    async def _ring(self, wait_s: float) -> None:
+        await self._clock.sleep(wait_s)
+        self._alarm = None  # rung: what it hands out sets the next one
+        self._grant()

@@ -171,7 +171,7 @@ class HostGate:
                     break
                 if window_s > 0 and self._closed_until is None:
                     self._announce(now + timedelta(seconds=window_s))
-                await wait_first(self._clock.sleep(min(wait_s, LONGEST_NAP_S)), stop.wait())
+                await self._clock.sleep_unless(stop, min(wait_s, LONGEST_NAP_S))
             yield True
         finally:
             if is_probe and self._probe is not None:
