@@ -98,19 +98,19 @@ def _land(chunk: ChunkOutput, pieces: list[bytes], manifest: bytes) -> None:
         os.listdir(type_dir)  # the look
     chunk.staging_dir.mkdir(parents=True)
     temp = chunk.staging_dir / ".part-00001.json.tmp"
-    _write_synced(temp, pieces)
+    write_synced(temp, pieces)
     os.rename(temp, chunk.staging_dir / "part-00001.json")
-    _write_synced(chunk.staging_dir / MANIFEST_NAME, [manifest])
-    _sync(chunk.staging_dir)
+    write_synced(chunk.staging_dir / MANIFEST_NAME, [manifest])
+    sync_folder(chunk.staging_dir)
     os.rename(chunk.staging_dir, chunk.final_dir)
     # As the harvester does on a type folder's first publish (each chunk's here), and on a
     # merchant's first (the first type's, here).
     above = [type_dir.parent.parent] if chunk.type is FIRST_TYPE else []
     for folder in (type_dir, type_dir.parent, *above):
-        _sync(folder)
+        sync_folder(folder)
 
 
-def _write_synced(path: Path, pieces: list[bytes]) -> None:
+def write_synced(path: Path, pieces: list[bytes]) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         for piece in pieces:
@@ -120,7 +120,7 @@ def _write_synced(path: Path, pieces: list[bytes]) -> None:
         os.close(descriptor)
 
 
-def _sync(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.bench_folder import sync_folder, write_synced
 from harvester.clock import SystemClock
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
@@ -150,34 +151,23 @@ async def fill_first_night(path: Path, merchants: Sequence[str]) -> float:
     return time.perf_counter() - started
 
 
-def _fsync_folder(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def disk_ms_per_chunk(folder: Path, chunks: int = 100) -> float:
     """CPU ms this thread spends laying down `chunks` chunk folders in `folder` the way the
     folder output does (output/folder.py), each with a part of a bench-sized export file."""
     base = folder / "disk-floor"
     base.mkdir()
-    files = (("part-00001.json", b"x" * 8192), ("_manifest.json", b"{}" * 256))
+    part, manifest = b"x" * 8192, b"{}" * 256
     started = time.thread_time()
     for n in range(chunks):
         staging = base / f".staging-{n}"
         staging.mkdir()
-        for name, data in files:
-            temp = staging / f".{name}.tmp"
-            with temp.open("wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, staging / name)
-        _fsync_folder(staging)
+        temp = staging / ".part-00001.json.tmp"
+        write_synced(temp, [part])
+        os.rename(temp, staging / "part-00001.json")
+        write_synced(staging / "_manifest.json", [manifest])
+        sync_folder(staging)
         os.rename(staging, base / str(n))
-        _fsync_folder(base)
+        sync_folder(base)
     return 1000 * (time.thread_time() - started) / chunks
 
 

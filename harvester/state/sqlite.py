@@ -334,11 +334,7 @@ class Store(SqlStore):
         a call saved, each a hand-over of the GIL with the event loop, where calls fail
         only now and then (a chunk gone, a claim lost, a full disk)."""
         connection = self._connection
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            for call in group:
-                call.error = self._failed(call.operation, exc)
+        if not self._begin(group):
             return
         try:
             for call in group:
@@ -357,11 +353,7 @@ class Store(SqlStore):
     def _run_carefully(self, group: list[_Call]) -> None:
         """`_run_together` with a savepoint per call."""
         connection = self._connection
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            for call in group:
-                call.error = self._failed(call.operation, exc)
+        if not self._begin(group):
             return
         for call in group:
             try:
@@ -380,6 +372,16 @@ class Store(SqlStore):
                             other.error = self._failed(other.operation, exc)
                     return
         self._commit(group)
+
+    def _begin(self, group: list[_Call]) -> bool:
+        """The group's transaction begun; False (every call failed) if it could not be."""
+        try:
+            self._connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for call in group:
+                call.error = self._failed(call.operation, exc)
+            return False
+        return True
 
     def _commit(self, group: list[_Call]) -> None:
         connection = self._connection
