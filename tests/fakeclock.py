@@ -31,23 +31,25 @@ class FakeClock:
         if start.tzinfo is None:
             raise ValueError("FakeClock needs a timezone-aware start")
         self._start = start.astimezone(UTC)
-        self._elapsed = 0.0
+        # Whole microseconds, as datetimes count: a float sum of long sleeps drifts, and a
+        # wait until an instant would end a microsecond past it.
+        self._elapsed_us = 0
         self._tick_s = tick_s
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._driver: asyncio.Task[None] | None = None
         self._in_threads = 0  # jobs handed to threads and not yet back
         self._watched: asyncio.AbstractEventLoop | None = None
 
     def now(self) -> datetime:
-        return self._start + timedelta(seconds=self._elapsed)
+        return self._start + timedelta(microseconds=self._elapsed_us)
 
     def monotonic(self) -> float:
-        return self._elapsed
+        return self._elapsed_us / 1_000_000
 
     def advance(self, seconds: float) -> None:
         """Move virtual time forward, waking every sleeper whose time has come."""
-        self._elapsed += max(0.0, seconds)
+        self._elapsed_us += max(0, _us(seconds))
         self._wake_due()
 
     async def sleep(self, seconds: float) -> None:
@@ -57,7 +59,9 @@ class FakeClock:
             await asyncio.sleep(0)
             return
         future: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._sleepers, (self._elapsed + seconds, next(self._order), future))
+        # At least a microsecond: a sleep shorter than one still lets time move on.
+        wake_us = self._elapsed_us + max(1, _us(seconds))
+        heapq.heappush(self._sleepers, (wake_us, next(self._order), future))
         if self._driver is None or self._driver.done():
             self._driver = asyncio.create_task(self._drive(), name="fake-clock-driver")
         await future
@@ -110,7 +114,7 @@ class FakeClock:
         self._in_threads -= 1
 
     def _wake_due(self) -> None:
-        while self._sleepers and self._sleepers[0][0] <= self._elapsed:
+        while self._sleepers and self._sleepers[0][0] <= self._elapsed_us:
             _, _, future = heapq.heappop(self._sleepers)
             if not future.done():
                 future.set_result(None)
@@ -124,5 +128,10 @@ class FakeClock:
                 return
             if self._in_threads:
                 continue
-            self._elapsed = max(self._elapsed, self._sleepers[0][0])
+            self._elapsed_us = max(self._elapsed_us, self._sleepers[0][0])
             self._wake_due()
+
+
+def _us(seconds: float) -> int:
+    """`seconds` in whole microseconds, the nearest."""
+    return round(seconds * 1_000_000)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+from datetime import timedelta
 
 from tests.conftest import NOW
 from tests.fakeclock import FakeClock
@@ -34,3 +36,29 @@ async def test_time_stands_still_while_a_thread_works() -> None:
     await sleeper
     assert clock.monotonic() == 10
     assert clock.jobs_in_threads == 0
+
+
+async def test_a_wait_until_an_instant_ends_on_it_after_odd_sleeps() -> None:
+    """Time is kept in whole microseconds, as datetimes count it: `now()` is exact, and a
+    wait computed from it to an instant, after sleeps of any length, ends on that instant."""
+    clock = FakeClock(NOW)
+    clock.advance(0.0000007)
+    target = NOW + timedelta(seconds=10)
+    await clock.sleep((target - clock.now()).total_seconds())
+    assert clock.now() == target
+
+
+async def test_time_stands_still_while_a_child_process_runs() -> None:
+    """A program run as a child (a token_command) holds virtual time as a thread does."""
+    clock = FakeClock(NOW)
+    await clock.sleep(0)  # the clock watches this loop from now on
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(0.1)"
+    )
+    sleeper = asyncio.create_task(clock.sleep(10))
+    await asyncio.sleep(0.05)  # real time: the driver's ticks would leap
+    assert not sleeper.done()
+    assert clock.monotonic() == 0
+    await child.wait()
+    await sleeper
+    assert clock.monotonic() == 10
