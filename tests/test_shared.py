@@ -227,7 +227,9 @@ async def test_an_exports_done_gives_its_slot_back_in_the_same_operation(
         refused = await store.take_slot(HOST, "c", "M2", None, 1)
         assert refused.slot_id is None
         before = await store.host_version(HOST)
-        done = await store.export_done("E1", None, ["https://files/1"], slot.given_back())
+        done, _ = await store.export_done_held(
+            "E1", None, ["https://files/1"], slot.given_back(), chunk.id, "b"
+        )
         assert done.urls == ("https://files/1",)
         assert slot.id is None
         assert await store.host_version(HOST) > before

@@ -361,15 +361,10 @@ def update_export(at: At, export_id: str, status: str, percent: float) -> Work[N
 
 
 def export_done(
-    at: At,
-    export_id: str,
-    available_until: datetime | None,
-    urls: Sequence[str],
-    slot_id: int | None = None,
+    at: At, export_id: str, available_until: datetime | None, urls: Sequence[str]
 ) -> Work[ExportRecord]:
     """Clover says DONE: keep its file URLs; its chunk moves on to DOWNLOADING. Returns
-    the export as it is now. With `slot_id`, the host's slot the export held is given back
-    in the same operation (`release_slot`): DONE freed it at the server."""
+    the export as it is now."""
     until = None if available_until is None else to_ms(available_until)
     row = yield one(
         "UPDATE exports SET state = ?, status = 'DONE', percent = 100.0,"
@@ -383,8 +378,6 @@ def export_done(
         "UPDATE chunks SET status = ?, updated_at_ms = ? WHERE export_id = ? AND status = ?",
         (ChunkStatus.DOWNLOADING.value, at.now, export_id, ChunkStatus.EXPORTING.value),
     )
-    if slot_id is not None:
-        yield from release_slot(at, slot_id)
     return done
 
 
@@ -640,10 +633,13 @@ def export_done_held(
     chunk_id: int,
     owner: str,
 ) -> Work[tuple[ExportRecord, list[PartRecord] | None]]:
-    """`export_done` and `held_parts` in one operation: the DONE of an export as the process
-    that followed it under the chunk's claim records it, with the parts saved of it while
-    `owner` still holds the claim (None once it does not: the DONE is recorded all the same)."""
-    done = yield from export_done(at, export_id, available_until, urls, slot_id)
+    """`export_done`, `release_slot` of `slot_id` (if any: DONE freed it at the server) and
+    `held_parts`, in one operation: the DONE of an export as the process that followed it
+    under the chunk's claim records it, with the parts saved of it while `owner` still
+    holds the claim (None once it does not: the DONE is recorded all the same)."""
+    done = yield from export_done(at, export_id, available_until, urls)
+    if slot_id is not None:
+        yield from release_slot(at, slot_id)
     held = yield from held_parts(at, chunk_id, owner, export_id)
     return done, held
 

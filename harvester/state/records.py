@@ -205,11 +205,7 @@ class StateStore(Protocol):
     async def update_export(self, export_id: str, status: str, percent: float) -> None: ...
 
     async def export_done(
-        self,
-        export_id: str,
-        available_until: datetime | None,
-        urls: Sequence[str],
-        slot_id: int | None = None,
+        self, export_id: str, available_until: datetime | None, urls: Sequence[str]
     ) -> ExportRecord: ...
 
     async def end_export(self, export_id: str, state: ExportState, error: str) -> None: ...

@@ -56,7 +56,7 @@ class HeldSlot:
 
     def given_back(self) -> int | None:
         """The slot's id, for the store operation that gives it back with the export's DONE
-        (`StateStore.export_done`): the block's end then has nothing left to give back.
+        (`StateStore.export_done_held`): the block's end then has nothing left to give back.
         Call once that operation is asked for: asked, it lands even if its caller is
         cancelled."""
         slot_id, self.id = self.id, None
