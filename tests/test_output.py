@@ -307,6 +307,74 @@ async def test_publish_drops_staged_files_the_manifest_does_not_list(chunk: Chun
     assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
 
 
+async def test_publish_lists_staging_only_when_it_may_hold_what_the_manifest_does_not(
+    chunk: ChunkOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging folder this chunk made, holding just the parts it committed, is published
+    without a listing (each system call in a worker thread costs a lock hand-over with the
+    loop). One made by an earlier run, or one where a part was given up after touching the
+    disk, is listed, and what the manifest does not name is dropped."""
+    listed: list[str] = []  # the staging folder, each time it is listed
+    listdir = os.listdir
+
+    def spy(path: Any) -> list[str]:
+        shown = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else str(path)
+        if shown == str(chunk.staging_dir):
+            listed.append(shown)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", spy)
+    await chunk.publish(await stage(chunk, [export_file(2)]))
+    assert listed == []
+    assert listing(chunk.final_dir) == {"part-00001.json", MANIFEST_NAME}
+
+    # An earlier run left a stray file in staging: a new object of the chunk did not make
+    # the folder, so it lists it.
+    chunk.staging_dir.mkdir()
+    (chunk.staging_dir / "part-00009.json").write_bytes(b"{}")
+    again = ChunkOutput(chunk.output_dir, MERCHANT, ExportType.PAYMENTS, JANUARY)
+    await again.publish(await stage(again, [export_file(3)], "E2"))
+    assert len(listed) == 1
+    assert listing(again.final_dir) == {"part-00001.json", MANIFEST_NAME}
+
+    # A part given up after its first job: a file of it may be left; publish lists.
+    third = ChunkOutput(chunk.output_dir, MERCHANT, ExportType.PAYMENTS, JANUARY)
+    manifest = await stage(third, [export_file(4)], "E3")
+    writer = await third.open_part(2)
+    await writer.write(b'{"elements": [' + b" " * WRITE_BYTES)
+    await writer.abort()
+    await third.publish(manifest)
+    assert len(listed) == 2
+    assert listing(third.final_dir) == {"part-00001.json", MANIFEST_NAME}
+
+
+async def test_a_part_is_whole_however_little_each_write_takes(
+    chunk: ChunkOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pieces of a write job go out in one writev; when the kernel takes only part of
+    them (as it may), the rest follows, in order, from where it stopped."""
+    writev = os.writev
+    calls: list[int] = []
+
+    def stingy(descriptor: int, buffers: Any) -> int:
+        calls.append(len(buffers))
+        return writev(descriptor, [bytes(buffers[0])[:1000]])
+
+    monkeypatch.setattr(os, "writev", stingy)
+    body = export_file(700)
+    writer = await chunk.open_part(1)
+    async with writer:
+        for start in range(0, len(body), 4096):
+            await writer.write(body[start : start + 4096])
+        info = await writer.commit(len(body), 0)
+    assert (chunk.staging_dir / "part-00001.json").read_bytes() == body
+    assert info.size == len(body)
+    assert calls[0] == -(-len(body) // 4096)  # every piece handed over in the first call
+    # Each call took at most 1000 bytes of the first buffer left: so many calls, no more.
+    pieces = [len(body[start : start + 4096]) for start in range(0, len(body), 4096)]
+    assert len(calls) == sum(-(-size // 1000) for size in pieces)
+
+
 async def test_publish_writes_over_a_manifest_a_crash_left_in_staging(chunk: ChunkOutput) -> None:
     """A crash after the manifest was written in staging, before the folder moved, leaves it
     there, perhaps torn: the next publish writes the whole manifest over it."""

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 from harvester.clover.chunks import ExportType, TimeRange, iso
 from harvester.clover.export_file import StreamCheck
@@ -51,6 +51,10 @@ WRITE_BYTES = 512 * 1024
 # Linux renameat2(2): swap two paths atomically.
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+# How a part's temp file is opened: new or emptied, for writing, not inherited by children.
+_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+# The most buffers one writev(2) takes (IOV_MAX; POSIX guarantees at least 16).
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
 # Errors that mean "this kernel, libc or file system cannot exchange": take the fallback.
 _EXCHANGE_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 # What rename(2) of a folder says when something already lies at its new name.
@@ -218,14 +222,26 @@ class PartWriter:
     if need be) by the first of those jobs, not by a job of its own: a Clover-sized part
     (1000 objects, about half a megabyte) costs one thread job in all, which opens, writes,
     syncs and renames it; a thread hop costs more CPU than the system calls it carries.
-    A part given up before its first job never touched the disk.
+    A part given up before its first job never touched the disk. The file is written through
+    its descriptor, all pieces of a job in one `writev`: Python's buffered file would add
+    three system calls to open it, and each system call in a worker thread is a hand-over
+    of the interpreter's lock with the event loop.
+
+    `staged` is told the part's name and size once it is committed, and the name with None
+    if the part was given up after its first job: a file of it may then lie in staging.
     """
 
     def __init__(
-        self, open_temp: Callable[[], BinaryIO], temp_path: Path, final_path: Path, index: int
+        self,
+        open_temp: Callable[[], int],
+        temp_path: Path,
+        final_path: Path,
+        index: int,
+        staged: Callable[[str, int | None], None],
     ) -> None:
         self._open_temp = open_temp
-        self._file: BinaryIO | None = None  # opened, in a worker thread, by the first job
+        self._file: int | None = None  # the descriptor the first job opened, until closed
+        self._staged = staged
         self._temp_path = temp_path
         self._final_path = final_path
         self._index = index
@@ -274,6 +290,7 @@ class PartWriter:
             await self.abort()
             raise
         self._ended = self._committed = True
+        self._staged(self._final_path.name, self._size)
         return PartInfo(
             index=self._index,
             url_index=url_index,
@@ -305,30 +322,33 @@ class PartWriter:
         pieces, self._pending, self._pending_bytes = self._pending, [], 0
         return pieces
 
-    def _write(self, pieces: list[bytes]) -> BinaryIO:
+    def _write(self, pieces: list[bytes]) -> int:
         """In a worker thread: the pieces appended, the file opened first if need be."""
         if self._file is None:
             self._file = self._open_temp()
-        for piece in pieces:
-            self._file.write(piece)
+        _write_all(self._file, pieces)
         return self._file
 
     def _finish(self, pieces: list[bytes]) -> None:
         """In a worker thread: the last pieces written, the file synced and closed, and
         renamed to its final name."""
-        file = self._write(pieces)
-        file.flush()
-        os.fsync(file.fileno())
-        file.close()
+        descriptor = self._write(pieces)
+        os.fsync(descriptor)
+        # Forgotten before it is closed: a descriptor is never closed twice (by then its
+        # number may be another file's).
+        self._file = None
+        os.close(descriptor)
         os.replace(self._temp_path, self._final_path)
 
     async def _discard(self) -> None:
         if self._in_flight is None:
             return  # no job ever ran: nothing was opened or created
+        self._staged(self._final_path.name, None)
         await asyncio.wait([self._in_flight])  # its failure is the caller's to report
         # The job that opens the file has ended, so `_file` is what it left: None if it
-        # failed before the open.
-        await asyncio.to_thread(_close_and_delete, self._file, self._temp_path)
+        # failed before the open, or closed the file.
+        descriptor, self._file = self._file, None
+        await asyncio.to_thread(_close_and_delete, descriptor, self._temp_path)
 
     async def __aenter__(self) -> PartWriter:
         return self
@@ -343,12 +363,27 @@ class PartWriter:
         await self.abort()
 
 
-def _close_and_delete(file: BinaryIO | None, path: Path) -> None:
+def _close_and_delete(descriptor: int | None, path: Path) -> None:
     try:
-        if file is not None:
-            file.close()
+        if descriptor is not None:
+            os.close(descriptor)
     finally:
         path.unlink(missing_ok=True)
+
+
+def _write_all(descriptor: int, pieces: list[bytes]) -> None:
+    """Every byte of `pieces`, in order, in as few `writev` calls as the kernel allows."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    first = 0  # views before this one are written
+    while first < len(views):
+        written = os.writev(descriptor, views[first : first + _IOV_MAX])
+        while written:
+            size = len(views[first])
+            if written < size:
+                views[first] = views[first][written:]
+                break
+            written -= size
+            first += 1
 
 
 class ChunkOutput:
@@ -387,6 +422,14 @@ class ChunkOutput:
         self._rename = rename or renameat2
         self._opener = opener
         self._synced_folders = set() if synced_folders is None else synced_folders
+        # What publish may know without listing the staging folder. `_made_staging`: this
+        # object made it (so nothing from an earlier run or another process is in it);
+        # `_parts_staged`: the parts committed into it since, by name, with their sizes;
+        # `_doubtful`: a part was given up after touching the disk, so a file of it may lie
+        # there. Set in worker threads and on the loop; a race can only make publish list.
+        self._made_staging = False
+        self._parts_staged: dict[str, int] = {}
+        self._doubtful = False
 
     def __repr__(self) -> str:
         return f"ChunkOutput({str(self.final_dir)!r})"
@@ -407,12 +450,26 @@ class ChunkOutput:
             temp_path,
             self.staging_dir / self.part_name(index),
             index,
+            self._part_staged,
         )
 
-    def _open_temp(self, temp_path: Path) -> BinaryIO:
-        """In a worker thread: the part's temp file, in the staging folder made if need be."""
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
-        return open(temp_path, "wb", opener=self._opener)  # PartWriter closes it
+    def _open_temp(self, temp_path: Path) -> int:
+        """In a worker thread: the part's temp file, in the staging folder made if need be;
+        its descriptor (PartWriter closes it)."""
+        if _make_folder(self.staging_dir):
+            self._made_staging = True
+        return (self._opener or _open_new)(str(temp_path), _PART_FLAGS)
+
+    def _part_staged(self, name: str, size: int | None) -> None:
+        if size is None:
+            self._doubtful = True
+        else:
+            self._parts_staged[name] = size
+
+    def _forget_staging(self) -> None:
+        """The staging folder is gone (published or deleted): nothing is known of the next."""
+        self._made_staging = self._doubtful = False
+        self._parts_staged = {}
 
     async def saved_part(self, index: int, expected_sha256: str) -> bool:
         """True if part `index` is staged with this sha256: a resumed run need not fetch it."""
@@ -437,6 +494,7 @@ class ChunkOutput:
     async def discard_staging(self) -> None:
         """Delete the staging folder and whatever it holds."""
         await asyncio.to_thread(_remove_tree, self.staging_dir)
+        self._forget_staging()
 
     async def adopt_staging(self, gone_owners: Collection[str]) -> str | None:
         """Take over what gone processes staged for this chunk; call holding its claim.
@@ -530,6 +588,7 @@ class ChunkOutput:
         finally:
             os.close(folder)
         replaced = self._put_in_place()
+        self._forget_staging()
         # The chunk's entry in its type folder is synced on every publish. The type
         # folder's entry in the merchant folder, and the merchant folder's in the output
         # folder, are synced the first time this process publishes below them: either may
@@ -550,17 +609,27 @@ class ChunkOutput:
     def _fill_staging(self, folder: int, manifest: Manifest) -> None:
         """The staging folder (open as `folder`) left holding exactly the manifest's parts,
         each of the size it lists, and the manifest, synced. BadFile if a part is missing
-        or of another size."""
+        or of another size.
+
+        The folder is listed unless this object made it and committed exactly the listed
+        parts into it, and gave none up: then nothing else can be there."""
         listed = {self.part_name(part.index): part for part in manifest.parts}
-        present = set(os.listdir(folder))
-        # Parts of an earlier, abandoned export of this chunk may linger: the folder must
-        # hold exactly what the manifest lists. (A manifest left by a crash is overwritten.)
-        for name in present - listed.keys() - {MANIFEST_NAME}:
-            _remove_entry(self.staging_dir / name)
+        known_whole = (
+            self._made_staging
+            and not self._doubtful
+            and self._parts_staged == {name: part.size for name, part in listed.items()}
+        )
+        if not known_whole:
+            # Parts of an earlier, abandoned export of this chunk may linger: the folder must
+            # hold exactly what the manifest lists. (A manifest left by a crash is
+            # overwritten.)
+            for name in set(os.listdir(folder)) - listed.keys() - {MANIFEST_NAME}:
+                _remove_entry(self.staging_dir / name)
         for name, part in listed.items():
-            if name not in present:
-                raise BadFile(f"{name} is not staged")
-            size = os.stat(name, dir_fd=folder).st_size
+            try:
+                size = os.stat(name, dir_fd=folder).st_size
+            except FileNotFoundError:
+                raise BadFile(f"{name} is not staged") from None
             if size != part.size:
                 raise BadFile(f"{name}: {size} bytes staged, the manifest says {part.size}")
         # Written in place, not through a temp file and a rename: no reader looks into a
@@ -631,6 +700,25 @@ def _sha256_of(path: Path) -> str | None:
             return hashlib.file_digest(file, "sha256").hexdigest()
     except FileNotFoundError:
         return None
+
+
+def _open_new(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o666)
+
+
+def _make_folder(path: Path) -> bool:
+    """`path` made a folder if need be, its parents too; True if this call made it."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            return False
+    return True
 
 
 def _write_synced(name: str, folder: int, data: bytes) -> None:
