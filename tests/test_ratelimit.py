@@ -8,6 +8,7 @@ from datetime import datetime
 
 import pytest
 
+from harvester.clover import ratelimit
 from harvester.clover.ratelimit import RequestLimiter, Scope, scope_of_header
 from tests.conftest import until
 from tests.fakeclock import FakeClock
@@ -284,6 +285,34 @@ async def test_waiters_held_by_the_rate_do_not_all_wake_for_each_place(clock: Fa
             group.create_task(traffic.request(f"m{n}", 0.0))
     assert sorted(traffic.all_starts) == [float(n // 5) for n in range(30)]
     assert counting.sleeps == 5
+
+
+async def test_a_long_line_held_by_the_app_rate_costs_each_request_a_few_looks(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the app's rate holds everyone back, as all through a busy night, each start,
+    end and alarm looks at a few budgets, not at every waiter's: 200 waiters in line cost
+    what 20 would."""
+    looks = 0
+    ready_at = ratelimit._Budget.ready_at
+
+    def counted(budget: ratelimit._Budget) -> float:
+        nonlocal looks
+        looks += 1
+        return ready_at(budget)
+
+    monkeypatch.setattr(ratelimit._Budget, "ready_at", counted)
+    per_request = []
+    for waiting in (20, 200):
+        looks = 0
+        limiter = RequestLimiter(clock, 16, 5, app_requests_per_s=10, app_concurrent=10)
+        traffic = Traffic(clock, limiter)
+        async with asyncio.TaskGroup() as group:
+            for n in range(waiting):
+                group.create_task(traffic.request(f"m{n}", 0.05))
+        assert most_starts_in_one_second(traffic.all_starts) <= 10
+        per_request.append(looks / waiting)
+    assert per_request[1] <= per_request[0] + 1 < 12, per_request
 
 
 def most_in_a_second(arrivals: list[float]) -> int:

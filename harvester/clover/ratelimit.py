@@ -375,38 +375,37 @@ class RequestLimiter:
         """Start every waiter the limits allow now, in arrival order; re-arm the others."""
         now = self._clock.monotonic()
         held_back: set[str] = set()
-        for waiter in list(self._waiters):
-            if not self._app.can_start(now):
-                break
-            # A token that cannot start now cannot start its later waiters either (FIFO per
-            # token), but other tokens may still go.
-            if waiter.key in held_back:
-                continue
-            if waiter.wakeup.cancelled():
-                # Its task was cancelled and will withdraw it; granting it would waste a start.
-                continue
-            token = self._token(waiter.key)
-            if not token.can_start(now):
-                held_back.add(waiter.key)
-                continue
-            self._waiters.remove(waiter)
-            token.start(now)
-            self._app.start(now)
-            self._max_in_flight_seen = max(self._max_in_flight_seen, self._app.in_flight)
-            waiter.granted = True
-            self._granted.append(waiter)
-            if not waiter.wakeup.done():
-                waiter.wakeup.set_result(None)
+        # The app is looked at first: while its rate or concurrency binds, as it does all
+        # through a busy night, no waiter is looked at, nor the line copied.
+        if self._app.can_start(now):
+            for waiter in list(self._waiters):
+                if not self._app.can_start(now):
+                    break
+                # A token that cannot start now cannot start its later waiters either (FIFO per
+                # token), but other tokens may still go.
+                if waiter.key in held_back:
+                    continue
+                if waiter.wakeup.cancelled():
+                    # Its task was cancelled and will withdraw it; granting it would waste a start.
+                    continue
+                token = self._token(waiter.key)
+                if not token.can_start(now):
+                    held_back.add(waiter.key)
+                    continue
+                self._waiters.remove(waiter)
+                token.start(now)
+                self._app.start(now)
+                self._max_in_flight_seen = max(self._max_in_flight_seen, self._app.in_flight)
+                waiter.granted = True
+                self._granted.append(waiter)
+                if not waiter.wakeup.done():
+                    waiter.wakeup.set_result(None)
         self._set_alarm(now)
 
     def _set_alarm(self, now: float) -> None:
         """Ring when time next lets a waiter start: the earliest instant after `now` at which
         the rate and the pauses allow one (a waiter they allow now waits for a release)."""
-        app_ready_at = self._app.ready_at()
-        ready_at = [
-            max(app_ready_at, self._token(waiter.key).ready_at()) for waiter in self._waiters
-        ]
-        ring_at = min((at for at in ready_at if at > now), default=math.inf)
+        ring_at = self._next_ready(now)
         alarm = self._alarm
         if alarm is not None and not alarm.done():
             if self._alarm_at <= ring_at < math.inf:
@@ -416,6 +415,26 @@ class RequestLimiter:
         self._alarm_at = ring_at
         if ring_at < math.inf:
             self._alarm = asyncio.get_running_loop().create_task(self._ring(ring_at - now))
+
+    def _next_ready(self, now: float) -> float:
+        """The earliest instant after `now` at which the rate and the pauses let a waiter
+        start; infinity if none waits for them. No waiter starts before the app's rate lets
+        it: the first whose token is ready by then settles it, and the rest are not looked at.
+        While every place the app has is held by a request in flight, only a release lets
+        anyone start, and it hands out what it frees: time alone frees nothing.
+        """
+        app = self._app
+        if app.in_flight >= min(app.concurrent, app.rate):
+            return math.inf
+        app_ready_at = app.ready_at()
+        earliest = math.inf
+        for waiter in self._waiters:
+            at = max(app_ready_at, self._token(waiter.key).ready_at())
+            if at > now:
+                if at == app_ready_at:
+                    return at
+                earliest = min(earliest, at)
+        return earliest
 
     async def _ring(self, wait_s: float) -> None:
         await self._clock.sleep(wait_s)
