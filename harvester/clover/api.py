@@ -389,8 +389,6 @@ async def download_file(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=stall_timeout_s, sock_read=stall_timeout_s
     )
-    # A pre-signed URL grants access by its query: messages show host and path only.
-    shown = describe_url(url)
     try:
         async with session.get(
             url,
@@ -398,14 +396,19 @@ async def download_file(
             headers={"Accept-Encoding": ACCEPT_ENCODING},
             auto_decompress=False,
         ) as response:
+            # A pre-signed URL grants access by its query: messages show host and path only
+            # (`describe_url`), made when a message is, not for every file.
             if response.status in (403, 404, 410):
                 raise FileExpired(
-                    f"file host answered {response.status} for {shown}: the file has expired"
+                    f"file host answered {response.status} for {describe_url(url)}: "
+                    "the file has expired"
                 )
             if response.status >= 500 or response.status == 429:
-                raise CloverUnavailable(f"file host answered {response.status} for {shown}")
+                raise CloverUnavailable(
+                    f"file host answered {response.status} for {describe_url(url)}"
+                )
             if response.status != 200:
-                raise BadFile(f"file host answered {response.status} for {shown}")
+                raise BadFile(f"file host answered {response.status} for {describe_url(url)}")
             decoder = BodyDecoder(response.headers.get("Content-Encoding"))
             decoded = 0
             async for piece in response.content.iter_chunked(DOWNLOAD_PIECE_BYTES):
@@ -417,8 +420,8 @@ async def download_file(
                 await writer.write(data)
             return decoded
     except aiohttp.ClientPayloadError as exc:
-        raise BadFile(f"{shown}: body cut short: {scrub_url(str(exc), url)}") from exc
+        raise BadFile(f"{describe_url(url)}: body cut short: {scrub_url(str(exc), url)}") from exc
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise CloverUnavailable(
-            f"download {shown}: {type(exc).__name__}: {scrub_url(str(exc), url)}"
+            f"download {describe_url(url)}: {type(exc).__name__}: {scrub_url(str(exc), url)}"
         ) from exc
