@@ -23,6 +23,7 @@ from harvester.clover.chunks import TimeRange
 from harvester.config import Config, load_config
 from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest, active_merchants
+from harvester.output.folder import ChunkLook, ChunkOutput
 from harvester.state.records import ExportState, StateStore
 from harvester.state.sqlite import Store
 from harvester.state.sqlstore import SqlStore
@@ -273,6 +274,27 @@ async def test_a_process_alone_asks_the_state_few_questions_per_chunk(
     assert calls["release_chunk"] == 0  # each claim ended with its chunk's completion
     assert calls["release_slot"] == 0  # each slot given back with its export's DONE
     assert calls["processes"] < chunks / 2, calls
+
+
+async def test_an_export_created_in_the_run_is_not_looked_for_in_place(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's place is looked at (a thread job) for an export known from before: it may
+    be in place already, or staged by a process that died. An export just created can be
+    neither: its place is not looked at, and the chunk is published all the same."""
+    looks: list[str] = []
+    look = ChunkOutput.look
+
+    async def counted(self: ChunkOutput) -> ChunkLook:
+        looks.append(self.range.name)
+        return await look(self)
+
+    monkeypatch.setattr(ChunkOutput, "look", counted)
+    async with simulated(tmp_path, clock, merchants=4, objects_per_day=1.0) as scenario:
+        run = await harvest(scenario, clock, ONE_CHUNK)
+        assert run.summary.all_done, run.summary.render()
+        assert run.summary.totals()["chunks_done"] == 2 * 4
+    assert looks == []
 
 
 async def test_the_part_that_completes_a_chunk_is_not_recorded(

@@ -53,6 +53,7 @@ from harvester.harvest.merchant import MerchantClient
 from harvester.harvest.observer import RunObserver
 from harvester.harvest.summary import Summary
 from harvester.logs import bound_context, get_logger
+from harvester.output.folder import NOTHING_IN_PLACE
 from harvester.output.room import OutputRoom
 from harvester.output.target import ChunkTarget, Output
 from harvester.pacing.backoff import backoff_delay, capped_backoff_delay
@@ -376,7 +377,11 @@ class Harvest:
                 if self._stop.is_set():
                     raise _Stopped
                 output = self._output(chunk)
-                look = await output.look()
+                # An export created just now (not the chunk's stored one) cannot be in place
+                # yet, and what gone processes staged of the chunk belongs to an earlier
+                # export, of no use to this one (the next run's recover clears it): its
+                # place is not looked at, which saves a thread job per export.
+                look = NOTHING_IN_PLACE if export.id != chunk.export_id else await output.look()
                 if look.staged_elsewhere:
                     # Adopted only under the claim, from processes known to be gone: the
                     # state is asked who they are only when there is staging to adopt.

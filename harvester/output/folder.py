@@ -162,6 +162,10 @@ class ChunkLook:
     staged_elsewhere: bool
 
 
+# A chunk's place with nothing in it: no harvest in place, no staging of others beside.
+NOTHING_IN_PLACE = ChunkLook(published=None, staged_elsewhere=False)
+
+
 def _field(document: object, key: str, kind: type[Any]) -> Any:
     if not isinstance(document, dict):
         raise TypeError(f"expected an object holding {key!r}")
@@ -553,7 +557,7 @@ class ChunkOutput:
         try:
             names = os.listdir(self.final_dir.parent)
         except (FileNotFoundError, NotADirectoryError):
-            return ChunkLook(published=None, staged_elsewhere=False)
+            return NOTHING_IN_PLACE
         published = self._published_manifest() if self.range.name in names else None
         return ChunkLook(published, bool(self._staged_elsewhere(names)))
 
