@@ -52,7 +52,8 @@ def many_merchants(folder: Path, count: int) -> Path:
         ],
     }
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(document))
+    # libyaml's dumper writes the same text several times faster than the pure-Python one.
+    path.write_text(yaml.dump(document, Dumper=yaml.CSafeDumper))
     return path
 
 
