@@ -24,12 +24,14 @@ from harvester.clock import Clock
 from harvester.config import Config, load_config
 from harvester.logs import configure_logging, get_logger
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
+from harvester.simulator import data as simulator_data
 from harvester.state.postgres import PgStore
 from harvester.state.records import StateStore
 from harvester.state.sqlite import Store
 from tests.fakeclock import FakeClock
 from tests.pgserver import PgServer, running_server, skip_or_fail, unavailable_reason
 from tests.seaweed import SeaweedFS, seaweedfs
+from tests.simdata import generate_once
 
 BUCKET = "harvest"  # every bucket test works under a prefix of its own in this one bucket
 
@@ -109,6 +111,14 @@ def log_buffer() -> Iterator[io.StringIO]:
     get_logger()
     yield buffer
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def simulator_data_once(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulators make their objects once per worker (tests/simdata.py), save in the tests
+    marked `fresh_data`: those that check the simulator makes the same objects again."""
+    if request.node.get_closest_marker("fresh_data") is None:
+        monkeypatch.setattr(simulator_data, "generate", generate_once)
 
 
 @pytest.fixture
