@@ -251,11 +251,12 @@ _databases = itertools.count()
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """One throwaway PostgreSQL server for the whole session (see tests/pgserver.py)."""
+    """One throwaway PostgreSQL server for the whole session (see tests/pgserver.py), its
+    files in memory: every test that asks for `pg_url` creates a database."""
     reason = unavailable_reason()
     if reason is not None:
         skip_or_fail(reason)
-    with running_server() as server:
+    with running_server(in_memory=True) as server:
         yield server
 
 
