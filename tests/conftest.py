@@ -55,13 +55,12 @@ FAST_TIMING: dict[str, float] = {
 # The tests that take longest on the wall clock, longest first (`pytest --durations`): under
 # pytest-xdist each worker starts on one of them, so that none is left to run last.
 SLOWEST = (
-    "tests/test_app_tokens.py::test_a_thousand_merchants",
     "tests/test_soak.py::",
+    "tests/test_app_tokens.py::test_a_thousand_merchants",
     "tests/test_resume.py::test_sigkill_at_random_points",
-    "tests/test_scale.py::test_merchants_waiting_for_their_turn",
-    "tests/test_scale.py::test_planning_twenty_thousand_chunks",
     "tests/test_bucket.py::test_a_bucket_answering_500_or_503",
     "tests/test_many.py::",
+    "tests/test_scale.py::test_planning_twenty_thousand_chunks",
 )
 
 
