@@ -61,10 +61,12 @@ typecheck: install
 # 95% fails the run. Tests run in a new order each time (pytest-randomly prints its seed;
 # `make unit PYTEST_ARGS=--randomly-seed=N` replays it) on twice as many workers as cores (at
 # most 8), as many tests wait on subprocesses and servers; idle workers take queued tests from
-# busy ones.
+# busy ones. Bytecode is cached even where the environment says PYTHONDONTWRITEBYTECODE: each
+# worker would otherwise compile the package and rewrite the tests' asserts anew (about 3 of
+# its 7 CPU seconds of collection), and so would every interpreter a test starts.
 WORKERS ?= $(shell n=$$(( $$(nproc) * 2 )); echo $$(( n > 8 ? 8 : n )))
 unit: install
-	$(BIN)/pytest --numprocesses=$(WORKERS) --dist=worksteal \
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest --numprocesses=$(WORKERS) --dist=worksteal \
 		--cov=harvester --cov-report=term-missing:skip-covered --cov-fail-under=95 $(PYTEST_ARGS)
 
 demo: install

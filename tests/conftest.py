@@ -24,12 +24,14 @@ from harvester.clock import Clock
 from harvester.config import Config, load_config
 from harvester.logs import configure_logging, get_logger
 from harvester.simulator import Account, Faults, Simulator, SimulatorSettings
+from harvester.simulator import data as simulator_data
 from harvester.state.postgres import PgStore
 from harvester.state.records import StateStore
 from harvester.state.sqlite import Store
 from tests.fakeclock import FakeClock
 from tests.pgserver import PgServer, running_server, skip_or_fail, unavailable_reason
 from tests.seaweed import SeaweedFS, seaweedfs
+from tests.simdata import generate_once
 
 BUCKET = "harvest"  # every bucket test works under a prefix of its own in this one bucket
 
@@ -53,13 +55,12 @@ FAST_TIMING: dict[str, float] = {
 # The tests that take longest on the wall clock, longest first (`pytest --durations`): under
 # pytest-xdist each worker starts on one of them, so that none is left to run last.
 SLOWEST = (
-    "tests/test_app_tokens.py::test_a_thousand_merchants",
     "tests/test_soak.py::",
+    "tests/test_app_tokens.py::test_a_thousand_merchants",
     "tests/test_resume.py::test_sigkill_at_random_points",
-    "tests/test_scale.py::test_merchants_waiting_for_their_turn",
-    "tests/test_scale.py::test_planning_twenty_thousand_chunks",
     "tests/test_bucket.py::test_a_bucket_answering_500_or_503",
     "tests/test_many.py::",
+    "tests/test_scale.py::test_planning_twenty_thousand_chunks",
 )
 
 
@@ -109,6 +110,14 @@ def log_buffer() -> Iterator[io.StringIO]:
     get_logger()
     yield buffer
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def simulator_data_once(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulators make their objects once per worker (tests/simdata.py), save in the tests
+    marked `fresh_data`: those that check the simulator makes the same objects again."""
+    if request.node.get_closest_marker("fresh_data") is None:
+        monkeypatch.setattr(simulator_data, "generate", generate_once)
 
 
 @pytest.fixture
@@ -241,11 +250,12 @@ _databases = itertools.count()
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """One throwaway PostgreSQL server for the whole session (see tests/pgserver.py)."""
+    """One throwaway PostgreSQL server for the whole session (see tests/pgserver.py), its
+    files in memory: every test that asks for `pg_url` creates a database."""
     reason = unavailable_reason()
     if reason is not None:
         skip_or_fail(reason)
-    with running_server() as server:
+    with running_server(in_memory=True) as server:
         yield server
 
 

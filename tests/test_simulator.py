@@ -24,7 +24,9 @@ from harvester.simulator.command import (
     serve,
     settings_from_args,
 )
+from harvester.simulator.data import generate
 from tests.fakeclock import FakeClock
+from tests.simdata import generate_once
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 DATA_START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -564,6 +566,7 @@ async def test_with_a_modified_time_filter_an_edit_moves_the_object(
         assert file.data["elements"] == [edited]
 
 
+@pytest.mark.fresh_data
 async def test_the_same_seed_gives_the_same_files_byte_for_byte(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -578,6 +581,19 @@ async def test_the_same_seed_gives_the_same_files_byte_for_byte(
     first = await bodies(7)
     assert first == await bodies(7)
     assert first != await bodies(8)
+
+
+def test_the_workers_copy_of_the_objects_is_what_generate_makes_and_each_callers_own() -> None:
+    """tests/simdata.py gives the objects `generate` makes for the same arguments, and
+    each call objects of its own: a simulator that edits or sorts them changes no other's."""
+    args = (3, "M1", "ORDERS", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 5, tzinfo=UTC))
+    made = generate(*args, 20.0)
+    first = generate_once(*args, 20.0)
+    assert first == made
+    first[0]["total"] = -1
+    first.reverse()
+    assert generate_once(*args, 20.0) == made
+    assert generate_once(*args, 40.0) == generate(*args, 40.0) != made
 
 
 async def test_a_restarted_simulator_never_reuses_export_ids(
