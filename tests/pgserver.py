@@ -61,6 +61,20 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+# What the tests' server may fill: its WAL (at most max_wal_size below) and a database per test.
+_TMPFS_ROOM_BYTES = 2 * 1024**3
+
+
+def _roomy(folder: Path) -> bool:
+    """Whether `folder` is there, ours to write in, with room for the tests' server (a
+    container's /dev/shm may be as small as 64 MB): if not, the server's files go on disk."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK) and stats.f_bavail * stats.f_frsize >= _TMPFS_ROOM_BYTES
+
+
 @contextmanager
 def running_server(in_memory: bool = False) -> Iterator[PgServer]:
     """Start a server; stop it and remove its files on exit.
@@ -71,7 +85,7 @@ def running_server(in_memory: bool = False) -> Iterator[PgServer]:
     where SQLite's file is too.
     """
     as_root = os.geteuid() == 0
-    tmpfs = in_memory and TMPFS.is_dir() and os.access(TMPFS, os.W_OK)
+    tmpfs = in_memory and _roomy(TMPFS)
     folder = Path(tempfile.mkdtemp(prefix="harvester-pg-", dir=TMPFS if tmpfs else None))
     prefix: list[str] = []
     if as_root:
