@@ -67,6 +67,17 @@ def listing(folder: Path) -> set[str]:
     return {entry.name for entry in folder.iterdir()}
 
 
+def open_in(folder: Path) -> list[str]:
+    """What this process holds open inside `folder` (deleted files included)."""
+    links = []
+    for descriptor in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        except FileNotFoundError:  # closed meanwhile (the listing's own, for one)
+            continue
+    return [link for link in links if link.startswith(f"{folder}/")]
+
+
 # -- parts ----------------------------------------------------------------------------------
 
 
@@ -122,6 +133,72 @@ async def test_a_part_takes_few_thread_jobs_and_is_never_read_back(
     assert info == PartInfo(1, 0, len(body), hashlib.sha256(body).hexdigest(), 1000)
     assert (chunk.staging_dir / "part-00001.json").read_bytes() == body
     assert executor.jobs <= most_jobs
+
+
+async def test_a_last_part_in_memory_is_staged_by_the_publish_that_follows(
+    chunk: ChunkOutput,
+) -> None:
+    """Committed with `publish_next`, a part still wholly in memory costs no thread job of
+    its own: nothing of it is on the disk until publish, whose one job stages it and puts
+    the chunk in place. A part that went to the disk already is committed as ever."""
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    first = await save_part(chunk, 1, export_file(3, "a"))
+    assert executor.jobs == 1
+    big = b'{"elements": [' + b" " * WRITE_BYTES + b"]}"
+    writer = await chunk.open_part(2)
+    async with writer:
+        await writer.write(big)  # to the disk: a job
+        second = await writer.commit(len(big), 1, publish_next=True)
+    assert executor.jobs == 3  # the write, and the commit's own
+    body = export_file(5, "c")
+    writer = await chunk.open_part(3)
+    async with writer:
+        await writer.write(body)
+        third = await writer.commit(len(body), 2, publish_next=True)
+    assert executor.jobs == 3
+    assert listing(chunk.staging_dir) == {"part-00001.json", "part-00002.json"}
+    manifest = Manifest(
+        MERCHANT, ExportType.PAYMENTS, JANUARY, "E1", HARVESTED_AT, (first, second, third)
+    )
+    await chunk.publish(manifest)
+    assert executor.jobs == 4
+    assert third == PartInfo(3, 2, len(body), hashlib.sha256(body).hexdigest(), 5)
+    assert (chunk.final_dir / "part-00003.json").read_bytes() == body
+    assert listing(chunk.final_dir) == {
+        "part-00001.json",
+        "part-00002.json",
+        "part-00003.json",
+        MANIFEST_NAME,
+    }
+
+
+async def test_a_part_left_to_publish_that_fails_to_stage_leaves_nothing_open_or_behind(
+    chunk: ChunkOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publish stages the part first; a full disk then fails publish, and the part's file is
+    neither left open nor left in staging. Staged again, the chunk is published."""
+    body = export_file(4)
+    writer = await chunk.open_part(1)
+    async with writer:
+        await writer.write(body)
+        info = await writer.commit(len(body), 0, publish_next=True)
+    manifest = Manifest(MERCHANT, ExportType.PAYMENTS, JANUARY, "E1", HARVESTED_AT, (info,))
+
+    def full(descriptor: int, buffers: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "writev", full)
+        with pytest.raises(OSError, match="No space left"):
+            await chunk.publish(manifest)
+    assert open_in(chunk.staging_dir) == []
+    assert listing(chunk.staging_dir) == set()
+    assert not chunk.final_dir.exists()
+    with pytest.raises(BadFile, match=r"part-00001\.json is not staged"):
+        await chunk.publish(manifest)  # the part went with the failure: downloaded again
+    await chunk.publish(await stage(chunk, [body]))
+    assert (chunk.final_dir / "part-00001.json").read_bytes() == body
 
 
 async def test_an_unknown_size_skips_the_length_check(chunk: ChunkOutput) -> None:

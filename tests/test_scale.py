@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -23,7 +24,7 @@ from harvester.clover.chunks import TimeRange
 from harvester.config import Config, load_config
 from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest, active_merchants
-from harvester.output.folder import ChunkLook, ChunkOutput
+from harvester.output.folder import ChunkLook, ChunkOutput, PartWriter
 from harvester.state.records import ExportState, StateStore
 from harvester.state.sqlite import Store
 from harvester.state.sqlstore import SqlStore
@@ -285,25 +286,36 @@ async def test_a_process_alone_asks_the_state_few_questions_per_chunk(
     assert calls["processes"] < chunks / 2, calls
 
 
-async def test_an_export_created_in_the_run_is_not_looked_for_in_place(
+async def test_a_new_export_of_one_file_costs_the_output_folder_one_thread_job(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A chunk's place is looked at (a thread job) for an export known from before: it may
     be in place already, or staged by a process that died. An export just created can be
-    neither: its place is not looked at, and the chunk is published all the same."""
+    neither, so its place is not looked at; and its one file, the chunk's last part, is
+    staged by the publish that follows it, in publish's own job."""
     looks: list[str] = []
+    part_jobs = 0
     look = ChunkOutput.look
+    in_thread = PartWriter._in_thread
 
-    async def counted(self: ChunkOutput) -> ChunkLook:
+    async def counted_look(self: ChunkOutput) -> ChunkLook:
         looks.append(self.range.name)
         return await look(self)
 
-    monkeypatch.setattr(ChunkOutput, "look", counted)
+    async def counted_job(self: PartWriter, job: Callable[[], object]) -> None:
+        nonlocal part_jobs
+        part_jobs += 1
+        await in_thread(self, job)
+
+    monkeypatch.setattr(ChunkOutput, "look", counted_look)
+    monkeypatch.setattr(PartWriter, "_in_thread", counted_job)
     async with simulated(tmp_path, clock, merchants=4, objects_per_day=1.0) as scenario:
         run = await harvest(scenario, clock, ONE_CHUNK)
         assert run.summary.all_done, run.summary.render()
         assert run.summary.totals()["chunks_done"] == 2 * 4
+        assert [len(export.urls) for export in recorded_exports(scenario)] == [1] * 8
     assert looks == []
+    assert part_jobs == 0
 
 
 async def test_the_part_that_completes_a_chunk_is_not_recorded(

@@ -146,7 +146,9 @@ class Downloader:
             self._check_available(export)
             try:
                 async with self._limit:
-                    info = await self._download(output, export.urls[url_index], index, url_index)
+                    info = await self._download(
+                        output, export.urls[url_index], index, url_index, left
+                    )
                 if left.saved():
                     part = PartRecord(
                         export.id, index, url_index, info.size, info.sha256, info.objects
@@ -167,7 +169,7 @@ class Downloader:
                 await self._clock.sleep(delay)
 
     async def _download(
-        self, output: ChunkTarget, url: str, index: int, url_index: int
+        self, output: ChunkTarget, url: str, index: int, url_index: int, left: _PartsLeft
     ) -> PartInfo:
         """One try at one file, within its deadline (real time, like every network timeout)."""
         loop = asyncio.get_running_loop()
@@ -190,7 +192,9 @@ class Downloader:
                         CappedWriter(part, self._max_file_bytes, on_size),
                         self._timing.request_timeout_s,
                     )
-                    return await part.commit(size, url_index)
+                    # The chunk's publish follows the last of its parts at once (`left` is
+                    # told after this returns): that part may be staged by it.
+                    return await part.commit(size, url_index, publish_next=left.last())
         except FileTooLarge as exc:
             # Not tried again: the same export's file would be just as big.
             raise FileTooLarge(f"{describe_url(url)}: {exc}; download stopped") from exc
@@ -218,6 +222,10 @@ class _PartsLeft:
         """One more is saved: True if others are still to come (so it is worth recording)."""
         self._count -= 1
         return self._count > 0
+
+    def last(self) -> bool:
+        """True if the part about to be saved is the last still to come: every other is."""
+        return self._count == 1
 
 
 class CappedWriter:

@@ -510,8 +510,11 @@ class BucketPart:
         if self._buffer.tell() >= self._bucket.part_size:
             await self._send_buffer()
 
-    async def commit(self, expected_size: int | None, url_index: int) -> PartInfo:
-        """Check the part, then finish its upload and record its sha256 beside it.
+    async def commit(
+        self, expected_size: int | None, url_index: int, *, publish_next: bool = False
+    ) -> PartInfo:
+        """Check the part, then finish its upload and record its sha256 beside it (at once,
+        `publish_next` or not: a bucket's publish has no thread job to save).
 
         BadFile if it is shorter or longer than `expected_size` (when given), not JSON, or
         not an object whose "elements" list holds at most 1000 JSON objects; then nothing

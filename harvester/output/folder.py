@@ -233,6 +233,8 @@ class PartWriter:
 
     `staged` is told the part's name and size once it is committed, and the name with None
     if the part was given up after its first job: a file of it may then lie in staging.
+    `stage_at_publish` takes the job that stages a part whose chunk's publish comes next
+    (see `commit`), for publish's own thread job to run first.
     """
 
     def __init__(
@@ -242,10 +244,12 @@ class PartWriter:
         final_path: Path,
         index: int,
         staged: Callable[[str, int | None], None],
+        stage_at_publish: Callable[[Callable[[], None]], None],
     ) -> None:
         self._open_temp = open_temp
         self._file: int | None = None  # the descriptor the first job opened, until closed
         self._staged = staged
+        self._stage_at_publish = stage_at_publish
         self._temp_path = temp_path
         self._final_path = final_path
         self._index = index
@@ -271,15 +275,23 @@ class PartWriter:
         if self._pending_bytes >= WRITE_BYTES:
             await self._in_thread(functools.partial(self._write, self._take_pending()))
 
-    async def commit(self, expected_size: int | None, url_index: int) -> PartInfo:
+    async def commit(
+        self, expected_size: int | None, url_index: int, *, publish_next: bool = False
+    ) -> PartInfo:
         """Check the part and move it into the staging folder under its final name.
 
         BadFile if it is shorter or longer than `expected_size` (when given), not JSON, or
         not an object whose "elements" list holds at most 1000 JSON objects. Then no part
         is left behind.
+
+        `publish_next`: the chunk's publish comes right after this one. A part still wholly
+        in memory (no thread job has run: a Clover-sized file) is then staged by publish,
+        in its thread job, which saves one. Until then nothing of it is on the disk, so a
+        publish that never comes (the run is stopped) leaves nothing behind.
         """
         if self._ended:
             raise RuntimeError(f"{self._final_path.name}: commit after commit or abort")
+        later = publish_next and self._in_flight is None
         try:
             if expected_size is not None and self._size != expected_size:
                 problem = "truncated" if self._size < expected_size else "too long"
@@ -289,12 +301,16 @@ class PartWriter:
             # final name (which a resumed run reuses) holds what was checked. No directory
             # sync per part: publish syncs the staging folder once, and a part lost to a
             # crash before that is simply downloaded again.
-            await self._in_thread(functools.partial(self._finish, self._take_pending()))
+            if later:
+                self._stage_at_publish(functools.partial(self._stage, self._take_pending()))
+            else:
+                await self._in_thread(functools.partial(self._finish, self._take_pending()))
         except BaseException:
             await self.abort()
             raise
         self._ended = self._committed = True
-        self._staged(self._final_path.name, self._size)
+        if not later:
+            self._staged(self._final_path.name, self._size)
         return PartInfo(
             index=self._index,
             url_index=url_index,
@@ -343,6 +359,18 @@ class PartWriter:
         self._file = None
         os.close(descriptor)
         os.replace(self._temp_path, self._final_path)
+
+    def _stage(self, pieces: list[bytes]) -> None:
+        """In publish's worker thread: `_finish`, for a part whose commit left it to
+        publish. Failing, it leaves no file open and no temp file behind."""
+        try:
+            self._finish(pieces)
+        except BaseException:
+            self._staged(self._final_path.name, None)
+            descriptor, self._file = self._file, None
+            _close_and_delete(descriptor, self._temp_path)
+            raise
+        self._staged(self._final_path.name, self._size)
 
     async def _discard(self) -> None:
         if self._in_flight is None:
@@ -434,6 +462,8 @@ class ChunkOutput:
         self._made_staging = False
         self._parts_staged: dict[str, int] = {}
         self._doubtful = False
+        # The jobs that stage parts committed for publish to stage (PartWriter.commit).
+        self._stage_at_publish: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"ChunkOutput({str(self.final_dir)!r})"
@@ -455,6 +485,7 @@ class ChunkOutput:
             self.staging_dir / self.part_name(index),
             index,
             self._part_staged,
+            self._stage_at_publish.append,
         )
 
     def _open_temp(self, temp_path: Path) -> int:
@@ -474,6 +505,7 @@ class ChunkOutput:
         """The staging folder is gone (published or deleted): nothing is known of the next."""
         self._made_staging = self._doubtful = False
         self._parts_staged = {}
+        self._stage_at_publish.clear()
 
     async def saved_part(self, index: int, expected_sha256: str) -> bool:
         """True if part `index` is staged with this sha256: a resumed run need not fetch it."""
@@ -492,7 +524,9 @@ class ChunkOutput:
             self.range,
         ):
             raise ValueError(f"the manifest of {manifest.range} does not belong to {self!r}")
-        await asyncio.to_thread(self._publish, manifest)
+        stage_first = list(self._stage_at_publish)
+        self._stage_at_publish.clear()
+        await asyncio.to_thread(self._publish, manifest, stage_first)
         return manifest
 
     async def discard_staging(self) -> None:
@@ -574,11 +608,14 @@ class ChunkOutput:
             # the next publish replaces it.
             return None
 
-    def _publish(self, manifest: Manifest) -> None:
-        """In a worker thread. Each system call here is one a promise needs: the staging
-        folder holds exactly the manifest's parts; the manifest and every entry of the
-        staging folder are synced before it moves; the chunk's entry in its type folder
-        is synced before the chunk counts as published."""
+    def _publish(self, manifest: Manifest, stage_first: list[Callable[[], None]]) -> None:
+        """In a worker thread, `stage_first` done first (parts committed for publish to
+        stage). Each system call here is one a promise needs: the staging folder holds
+        exactly the manifest's parts; the manifest and every entry of the staging folder
+        are synced before it moves; the chunk's entry in its type folder is synced before
+        the chunk counts as published."""
+        for stage in stage_first:
+            stage()
         staging = self.staging_dir
         try:
             folder = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)

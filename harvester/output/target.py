@@ -23,8 +23,15 @@ class StagedPart(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def commit(self, expected_size: int | None, url_index: int) -> PartInfo:
-        """Check the part (BadFile if truncated or not an export file) and stage it."""
+    async def commit(
+        self, expected_size: int | None, url_index: int, *, publish_next: bool = False
+    ) -> PartInfo:
+        """Check the part (BadFile if truncated or not an export file) and stage it.
+
+        `publish_next`: the chunk's publish comes right after, with nothing in between;
+        the part may then be left for publish to stage (a folder does so, to save a thread
+        job), and is not staged if that publish never comes.
+        """
         ...
 
     async def abort(self) -> None: ...
