@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from harvester import commands
 from harvester.cli import main
 from harvester.clover.chunks import ExportType, TimeRange
+from harvester.errors import StoreError
 from harvester.harvest import scheduler
 from harvester.harvest.planning import select
 from harvester.harvest.scheduler import Harvest
@@ -458,3 +459,20 @@ async def test_a_plan_cut_from_a_stale_listing_is_cut_again(
         TimeRange(mid.end, requested.end),
     ]
     assert theirs.id in {c.id for c in planned}
+
+
+async def test_an_export_recorded_again_changes_nothing_and_another_chunks_is_refused(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """Recording an export is idempotent for its chunk (a retried store call) and an error
+    for any other: one export id never serves two chunks."""
+    chunk = await chunk_id(store)
+    (other,) = await store.add_chunks(MERCHANT, ExportType.PAYMENTS, [JANUARY])
+    first = await store.record_export(chunk, "E1", "PENDING", 0.0)
+    clock.advance(5)
+    again = await store.record_export(chunk, "E1", "IN_PROGRESS", 50.0)
+    assert again == first
+    assert (await store.get_chunk(chunk)).exports_created == 1
+    with pytest.raises(StoreError, match=f"export E1 already belongs to chunk {chunk}, not"):
+        await store.record_export(other.id, "E1", "PENDING", 0.0)
+    assert (await store.get_chunk(other.id)).export_id is None

@@ -256,3 +256,23 @@ async def test_a_slot_granted_at_the_first_ask_with_nobody_in_line_is_six_statem
     assert tried.slot_id is not None
     assert tried.waiter_id is None
     assert len(drive.plans) == 6, [sql for sql, _ in drive.plans]
+
+
+async def test_a_new_export_is_recorded_in_three_statements(tmp_path: Path) -> None:
+    """The chunk's row, the export inserted (no look first: it is new all but always) and
+    the chunk pointed at it; an export recorded again is looked up instead."""
+    path = tmp_path / "state.sqlite3"
+    async with await Store.open(path, FakeClock(NOW)) as store:
+        (chunk,) = await store.add_chunks(MERCHANTS[1], ExportType.ORDERS, [MONTHS[0]])
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.row_factory = sqlite3.Row
+        at = At(str(path), to_ms(NOW))
+        drive = sqlite_driver(connection)
+        first = drive.work(queries.record_export(at, chunk.id, "EXPORT1", "PENDING", 0.0))
+        assert len(drive.plans) == 3, [sql for sql, _ in drive.plans]
+        again = sqlite_driver(connection)
+        assert again.work(queries.record_export(at, chunk.id, "EXPORT1", "PENDING", 0.0)) == first
+        assert len(again.plans) == 3, [sql for sql, _ in again.plans]
+    finally:
+        connection.close()

@@ -329,19 +329,21 @@ def record_export(
     Recording the same export for the same chunk again changes nothing.
     """
     yield from _chunk_row(at, chunk_id, lock=True)
-    existing = yield one("SELECT * FROM exports WHERE id = ?", (export_id,))
-    if existing is not None:
+    # Inserted first: an export is new all but always, and then no look is needed.
+    row = yield one(
+        "INSERT INTO exports (id, chunk_id, state, status, percent, created_at_ms, updated_at_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING *",
+        (export_id, chunk_id, ExportState.RUNNING.value, status, percent, at.now, at.now),
+    )
+    if row is None:
+        existing = yield one("SELECT * FROM exports WHERE id = ?", (export_id,))
+        assert existing is not None  # the conflict was with it
         if existing["chunk_id"] != chunk_id:
             raise StoreError(
                 f"state store {at.where}: export {export_id} already belongs to "
                 f"chunk {existing['chunk_id']}, not {chunk_id}"
             )
         return export_record(existing)
-    row = yield one(
-        "INSERT INTO exports (id, chunk_id, state, status, percent, created_at_ms, updated_at_ms)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
-        (export_id, chunk_id, ExportState.RUNNING.value, status, percent, at.now, at.now),
-    )
     yield execute(
         "UPDATE chunks SET export_id = ?, status = ?,"
         " exports_created = exports_created + 1, updated_at_ms = ? WHERE id = ?",
