@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from harvester.cli import main
@@ -191,3 +192,28 @@ async def test_connection_errors_never_show_the_password(pg_server: PgServer) ->
     message = str(caught.value)
     assert "hunter2" not in message
     assert f"postgresql://nobody@127.0.0.1:{pg_server.port}/no_such_database" in message
+
+
+async def test_a_write_lands_though_its_caller_is_cancelled(pg_url: str) -> None:
+    """As on SQLite (tests/test_store.py): a store call, once made, lands even if its caller
+    is cancelled while it waits (here for a row another connection holds), which is why
+    callers do not shield their store calls."""
+    async with await PgStore.open(pg_url, FakeClock(NOW)) as store:
+        (chunk,) = await store.add_chunks("M1CANCELSHOP", ExportType.ORDERS, [JANUARY])
+        blocker = await psycopg.AsyncConnection.connect(pg_url)
+        async with blocker, blocker.transaction():
+            await blocker.execute("SELECT 1 FROM chunks WHERE id = %s FOR UPDATE", (chunk.id,))
+            write = asyncio.create_task(store.record_export(chunk.id, "E1", "PENDING", 0.0))
+            await asyncio.sleep(0)  # the call is made
+            write.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            assert (await store.get_chunk(chunk.id)).export_id is None  # still held back
+        for _ in range(500):  # the lock is gone: the write goes through on its own
+            if (await store.get_chunk(chunk.id)).export_id is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert (await store.get_chunk(chunk.id)).export_id == "E1"
+        recorded = await store.get_export("E1")
+        assert recorded is not None
+        assert recorded.chunk_id == chunk.id

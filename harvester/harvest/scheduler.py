@@ -600,9 +600,10 @@ class Harvest:
                 else:
                     host.gate.created()
                     host.slots.went_through(slot)
-                    # Shielded: an export whose id is lost is a slot wasted until it ends.
-                    record = await asyncio.shield(
-                        self._store.record_export(chunk.id, info.id, info.status, info.percent)
+                    # An export whose id is lost is a slot wasted until it ends: the record
+                    # lands even if this lane is cancelled now (a store call, once made, does).
+                    record = await self._store.record_export(
+                        chunk.id, info.id, info.status, info.percent
                     )
                     await host.shared.went_through()
                     self.summary.tally(

@@ -232,20 +232,19 @@ class ProcessLease:
         slot_id: int | None,
     ) -> tuple[ExportRecord, list[PartRecord]]:
         """The export's DONE recorded (`slot_id`, if any, given back with it), and
-        `held_parts`, in one operation of the store (shielded: the DONE lands whatever
-        becomes of the caller); ClaimLost, the DONE recorded, if the chunk was taken over."""
-        done, parts = await asyncio.shield(
-            self.store.export_done_held(
-                export_id, available_until, urls, slot_id, chunk_id, self.owner.id
-            )
+        `held_parts`, in one operation of the store (which lands whatever becomes of the
+        caller); ClaimLost, the DONE recorded, if the chunk was taken over."""
+        done, parts = await self.store.export_done_held(
+            export_id, available_until, urls, slot_id, chunk_id, self.owner.id
         )
         if parts is None:
             raise ClaimLost(f"chunk {chunk_id} was taken over by another process")
         return done, parts
 
     async def complete(self, chunk_id: int) -> None:
-        """The chunk is COMPLETE and its claim released, in one operation (shielded)."""
-        await asyncio.shield(self.store.complete_chunk(chunk_id, self.owner.id))
+        """The chunk is COMPLETE and its claim released, in one operation (which lands
+        whatever becomes of the caller)."""
+        await self.store.complete_chunk(chunk_id, self.owner.id)
 
     async def release(self, chunk_id: int) -> None:
         await asyncio.shield(self.store.release_chunk(chunk_id, self.owner.id))

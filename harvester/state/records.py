@@ -147,7 +147,9 @@ class Snapshot:
 
 
 class StateStore(Protocol):
-    """Durable harvest state: every write has landed when its coroutine returns.
+    """Durable harvest state: every write has landed when its coroutine returns, and a
+    write lands once its call is made even if the caller is cancelled while it waits: an
+    awaited call needs no shield (one would cost a task per call).
 
     Each method's contract is the docstring of its operation in queries.py.
     """
