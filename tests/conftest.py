@@ -238,6 +238,17 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
+def open_in(folder: Path) -> list[str]:
+    """What this process holds open inside `folder` (deleted files included)."""
+    links = []
+    for descriptor in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        except FileNotFoundError:  # closed meanwhile (the listing's own, for one)
+            continue
+    return [link for link in links if link.startswith(f"{folder}/")]
+
+
 def ids(objects: Iterable[Mapping[str, Any]]) -> list[str]:
     return [str(o["id"]) for o in objects]
 

@@ -19,17 +19,13 @@ from harvester.simulator.data import Object
 _generate = data.generate
 
 
+# The arguments of `data.generate`, in its order.
+Settings = tuple[int, str, str, datetime, datetime, float]
+
+
 @functools.lru_cache(maxsize=64)  # a few MB each at most; 64 hold every common scenario
-def _generated(
-    seed: int,
-    merchant_id: str,
-    type: str,
-    data_start: datetime,
-    data_end: datetime,
-    objects_per_day: float,
-) -> bytes:
-    objects = _generate(seed, merchant_id, type, data_start, data_end, objects_per_day)
-    return marshal.dumps(objects)
+def _generated(settings: Settings) -> bytes:
+    return marshal.dumps(_generate(*settings))
 
 
 def generate_once(
@@ -41,6 +37,6 @@ def generate_once(
     objects_per_day: float,
 ) -> list[Object]:
     """`data.generate`, from this worker's copy when it has made these objects before."""
-    made = _generated(seed, merchant_id, type, data_start, data_end, objects_per_day)
+    made = _generated((seed, merchant_id, type, data_start, data_end, objects_per_day))
     objects: list[Object] = marshal.loads(made)  # noqa: S302 (bytes this process wrote)
     return objects

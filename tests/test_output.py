@@ -29,6 +29,7 @@ from harvester.output.folder import (
     recover,
     renameat2,
 )
+from tests.conftest import open_in
 
 MERCHANT = "MERCHANT00001"
 JANUARY = TimeRange(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 31, tzinfo=UTC))
@@ -54,6 +55,15 @@ async def write_part(
         return await writer.commit(expected_size, index - 1)
 
 
+async def write_pieces(chunk: ChunkOutput, index: int, body: bytes, piece: int) -> PartInfo:
+    """Part `index` written `piece` bytes at a time, as a download hands it over."""
+    writer = await chunk.open_part(index)
+    async with writer:
+        for start in range(0, len(body), piece):
+            await writer.write(body[start : start + piece])
+        return await writer.commit(len(body), index - 1)
+
+
 async def save_part(chunk: ChunkOutput, index: int, body: bytes) -> PartInfo:
     return await write_part(chunk, index, body, len(body))
 
@@ -67,28 +77,13 @@ def listing(folder: Path) -> set[str]:
     return {entry.name for entry in folder.iterdir()}
 
 
-def open_in(folder: Path) -> list[str]:
-    """What this process holds open inside `folder` (deleted files included)."""
-    links = []
-    for descriptor in os.listdir("/proc/self/fd"):
-        try:
-            links.append(os.readlink(f"/proc/self/fd/{descriptor}"))
-        except FileNotFoundError:  # closed meanwhile (the listing's own, for one)
-            continue
-    return [link for link in links if link.startswith(f"{folder}/")]
-
-
 # -- parts ----------------------------------------------------------------------------------
 
 
 async def test_a_part_written_in_pieces_commits_with_hash_and_count(chunk: ChunkOutput) -> None:
     """Streamed pieces become one staged part whose sha256, size and object count are right."""
     body = export_file(250)
-    writer = await chunk.open_part(3)
-    async with writer:
-        for start in range(0, len(body), 1000):
-            await writer.write(body[start : start + 1000])
-        info = await writer.commit(len(body), 2)
+    info = await write_pieces(chunk, 3, body, 1000)
     assert info == PartInfo(3, 2, len(body), hashlib.sha256(body).hexdigest(), 250)
     assert (chunk.staging_dir / "part-00003.json").read_bytes() == body
     assert listing(chunk.staging_dir) == {"part-00003.json"}
@@ -439,11 +434,7 @@ async def test_a_part_is_whole_however_little_each_write_takes(
 
     monkeypatch.setattr(os, "writev", stingy)
     body = export_file(700)
-    writer = await chunk.open_part(1)
-    async with writer:
-        for start in range(0, len(body), 4096):
-            await writer.write(body[start : start + 4096])
-        info = await writer.commit(len(body), 0)
+    info = await write_pieces(chunk, 1, body, 4096)
     assert (chunk.staging_dir / "part-00001.json").read_bytes() == body
     assert info.size == len(body)
     assert calls[0] == -(-len(body) // 4096)  # every piece handed over in the first call

@@ -13,20 +13,9 @@ import pytest
 
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.output.folder import WRITE_BYTES, ChunkOutput
-from tests.conftest import DATA_START
+from tests.conftest import DATA_START, open_in
 
 WAIT_S = 5.0  # real seconds; only reached if the thread never gets going
-
-
-def open_in(folder: Path) -> list[str]:
-    """What this process holds open inside `folder` (deleted files included)."""
-    links = []
-    for descriptor in os.listdir("/proc/self/fd"):
-        try:
-            links.append(os.readlink(f"/proc/self/fd/{descriptor}"))
-        except FileNotFoundError:  # closed meanwhile (the listing's own, for one)
-            continue
-    return [link for link in links if link.startswith(f"{folder}/")]
 
 
 @pytest.mark.parametrize(
