@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
 import shlex
@@ -163,3 +164,33 @@ def test_container_file_copies_real_paths_and_installs_what_it_copied() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert re.search(r'^ENTRYPOINT \["harvester"\]$', text, re.M)
     assert "harvester" in scripts
+
+
+def test_the_build_context_leaves_out_a_checkouts_leftovers_but_nothing_copied() -> None:
+    """`.dockerignore` (read by docker, and by podman and buildah when there is no
+    `.containerignore`) keeps the venv, git and bytecode (which the test suite writes into
+    `harvester/`) out of the build context, and no COPY source of the Containerfile with it."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(path: str) -> bool:
+        parts = path.split("/")
+        return any(
+            fnmatch.fnmatch(path, pattern)
+            or (pattern.startswith("**/") and pattern[3:] in parts)
+            or any(fnmatch.fnmatch("/".join(parts[: n + 1]), pattern) for n in range(len(parts)))
+            for pattern in patterns
+        )
+
+    for leftover in (".venv/bin/python", ".git/HEAD", "harvester/__pycache__/cli.cpython-311.pyc"):
+        assert ignored(leftover), leftover
+    copied, _ = container_paths((DEPLOY / "Containerfile").read_text())
+    for source in copied.values():
+        name = source.relative_to(ROOT).as_posix()
+        assert not ignored(name), name
+        if source.is_dir():
+            for inside in source.rglob("*.py"):
+                assert not ignored(inside.relative_to(ROOT).as_posix()), inside
