@@ -766,9 +766,7 @@ def _write_synced(name: str, folder: int, data: bytes) -> None:
     """`data` as the file `name` in the open folder `folder`, created or truncated, synced."""
     descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666, dir_fd=folder)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
+        _write_all(descriptor, [data])
         os.fsync(descriptor)
     finally:
         os.close(descriptor)

@@ -5,15 +5,14 @@ it must lose nothing, duplicate nothing, and never forget an export it created (
 holds a scarce server slot). So every write is committed in WAL mode with synchronous=FULL
 before its coroutine returns.
 
-One connection lives on one dedicated worker thread: SQLite never blocks the event loop
-and never sees two threads. An operation (queries.py, shared with PostgreSQL) runs whole on
-that thread, in one hop. Operations asked for while the thread is busy, or in the same turn
-of the event loop, wait for it together and then run as one group: one transaction, one
-COMMIT and so one sync for all of them (if one fails, the group runs again with a savepoint
-per operation, so that it alone is rolled back); none of their coroutines returns before
-that COMMIT. At a thousand merchants a sync per operation was most of the harvester's time.
-`read_snapshot` is the separate, read-only way in for `harvester status`, safe while a run
-is writing.
+One connection lives on one dedicated worker thread: SQLite never blocks the event loop and
+never sees two threads. An operation (queries.py, shared with PostgreSQL) runs whole on that
+thread, in one hop. Operations asked for while the thread is busy wait for it together and
+then run as one group: one transaction, one COMMIT and so one sync for all of them (if one
+fails, the group runs again with a savepoint per operation, so that it alone is rolled
+back); none of their coroutines returns before that COMMIT. At a thousand merchants a sync
+per operation was most of the harvester's time. `read_snapshot` is the separate, read-only
+way in for `harvester status`, safe while a run is writing.
 """
 
 from __future__ import annotations
