@@ -25,8 +25,10 @@ Printed per case:
   files as the folder output lays them down (a staging folder, a part and a manifest each
   written, synced and renamed, the folders synced), measured on the case's own temp folder
   before the harvester starts. Three new inodes per chunk are the layout's; on an ext4
-  without a journal whose block groups hold recently deleted inodes (a test suite's or the
-  last case's), each costs a scan: this figure tells such a disk from the harvester;
+  without a journal whose block groups hold inodes deleted in the last minute or more (a
+  test suite's, another run's), each costs a scan: this figure tells such a disk from the
+  harvester. The cases' own folders are deleted only after the last case, and the first
+  line names the folder's file system;
 - peak RSS MB: the process's own. Linux carries a peak RSS over `exec`, and a child started
   from this process (the simulator of 10,000 merchants holds some 200 MB) would report this
   process's as its own: the harvester is started by a small launcher, a fresh interpreter
@@ -199,64 +201,82 @@ async def reap(pid: int, report: Path) -> Usage:
         await asyncio.sleep(0.05)
 
 
-async def case(merchant_count: int, seconds: float, night: str) -> Outcome:
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem `path` is on (its mount's, from /proc/mounts); "?" if
+    this system does not say."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "?"
+    resolved, best, kind = path.resolve(), -1, "?"
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # /proc/mounts escapes a space in a mount point as \040.
+        point = Path(fields[1].replace("\\040", " "))
+        if resolved.is_relative_to(point) and len(point.parts) > best:
+            best, kind = len(point.parts), fields[2]
+    return kind
+
+
+async def case(merchant_count: int, seconds: float, night: str, root: Path) -> Outcome:
     merchants = {f"SCALE{n:05d}SHOP": f"scale-token-{n:05d}-abcdef" for n in range(merchant_count)}
     requested = SECOND_NIGHT if night == "second" else FIRST_NIGHT
     async with Simulator(settings(merchants), SystemClock(), Faults()) as sim:
-        with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
-            config = write_config(Path(folder), sim.api_url, merchants)
-            if night == "second":
-                state = Path(folder) / "state.sqlite3"
-                fill_s = await fill_first_night(state, list(merchants))
-                read_s, recent_s = await history_read_s(state, list(merchants))
-                print(
-                    f"{merchant_count:>9} first night filled in {fill_s:.1f} s; history read: "
-                    f"{read_s:.2f} s for {merchant_count} merchants "
-                    f"({1000 * read_s / merchant_count:.2f} ms each), the latest of "
-                    f"each type {1000 * recent_s:.1f} ms",
-                    flush=True,
-                )
-            disk_ms = disk_ms_per_chunk(Path(folder))
-            started_at = datetime.now(UTC)
-            started = time.perf_counter()
-            report = Path(folder) / "usage.json"
-            # The harvester's own CLI, through the launcher; Popen (not asyncio's): reap()
-            # waits for it without a child watcher.
-            process = subprocess.Popen(  # noqa: S603, ASYNC220
-                launched(
-                    backfill_argv(
-                        config,
-                        requested.start.date().isoformat(),
-                        requested.end.date().isoformat(),
-                        "--log-level",
-                        "warning",
-                        "--no-live",
-                    ),
-                    report,
-                ),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+        # Kept until every case has run (see main): a case's clean-up is no later case's cost.
+        folder = Path(tempfile.mkdtemp(prefix=f"{merchant_count}-{night}-", dir=root))
+        config = write_config(folder, sim.api_url, merchants)
+        if night == "second":
+            state = folder / "state.sqlite3"
+            fill_s = await fill_first_night(state, list(merchants))
+            read_s, recent_s = await history_read_s(state, list(merchants))
+            print(
+                f"{merchant_count:>9} first night filled in {fill_s:.1f} s; history read: "
+                f"{read_s:.2f} s for {merchant_count} merchants "
+                f"({1000 * read_s / merchant_count:.2f} ms each), the latest of "
+                f"each type {1000 * recent_s:.1f} ms",
+                flush=True,
             )
-            reaper = asyncio.create_task(reap(process.pid, report))
-            # The simulator's counters have no event to wait on: look every 10 ms.
-            while sim.stats.first_create_at is None and not reaper.done():  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-            first = sim.stats.first_create_at
-            if first is None:
-                raise SystemExit(f"the harvester exited before any export: {await reaper}")
-            first_at = started + (first - started_at).total_seconds()
-            try:
-                await asyncio.wait_for(
-                    asyncio.shield(reaper), first_at + seconds - time.perf_counter()
-                )
-                stopped_at = time.perf_counter()
-            except TimeoutError:
-                stopped_at = time.perf_counter()
-                process.send_signal(signal.SIGTERM)
-            exports_in_span = sim.stats.exports_created
-            span = stopped_at - first_at
-            usage = await reaper
-            stop_s = time.perf_counter() - stopped_at
+        disk_ms = disk_ms_per_chunk(folder)
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        report = folder / "usage.json"
+        # The harvester's own CLI, through the launcher; Popen (not asyncio's): reap()
+        # waits for it without a child watcher.
+        process = subprocess.Popen(  # noqa: S603, ASYNC220
+            launched(
+                backfill_argv(
+                    config,
+                    requested.start.date().isoformat(),
+                    requested.end.date().isoformat(),
+                    "--log-level",
+                    "warning",
+                    "--no-live",
+                ),
+                report,
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        reaper = asyncio.create_task(reap(process.pid, report))
+        # The simulator's counters have no event to wait on: look every 10 ms.
+        while sim.stats.first_create_at is None and not reaper.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        first = sim.stats.first_create_at
+        if first is None:
+            raise SystemExit(f"the harvester exited before any export: {await reaper}")
+        first_at = started + (first - started_at).total_seconds()
+        try:
+            await asyncio.wait_for(asyncio.shield(reaper), first_at + seconds - time.perf_counter())
+            stopped_at = time.perf_counter()
+        except TimeoutError:
+            stopped_at = time.perf_counter()
+            process.send_signal(signal.SIGTERM)
+        exports_in_span = sim.stats.exports_created
+        span = stopped_at - first_at
+        usage = await reaper
+        stop_s = time.perf_counter() - stopped_at
         stats = sim.stats
         requests = sum(stats.requests[kind] for kind in ("create", "poll"))
         per_export = requests / max(1, stats.exports_created)
@@ -300,17 +320,27 @@ async def main() -> None:
         f"{'CPU ms/export':>13} {'sys':>4} {'disk ms/chunk':>13} {'peak RSS MB':>11} "
         f"{'app 429s':>8} {'most in 1 s':>11} {'stop s':>6} {'exit':>4} {'exports':>7}"
     )
-    for count in args.merchants:
-        for night in args.nights:
-            o = await case(count, args.seconds, night)
-            print(
-                f"{o.merchants:>9} {o.night:>6} {o.start_s:>7.1f} {o.exports_per_s:>9.1f} "
-                f"{o.share:>5.2f} {o.cpu_ms_per_export:>13.1f} {o.sys_ms_per_export:>4.1f} "
-                f"{o.disk_ms_per_chunk:>13.2f} {o.peak_rss_mb:>11.0f} "
-                f"{o.app_429s:>8} {o.most_in_a_second:>11} {o.stop_s:>6.1f} {o.exit_code:>4} "
-                f"{o.exports:>7}",
-                flush=True,
-            )
+    # Every case's folder is deleted only once all have run. On an ext4 without a journal
+    # (this project's CI machines have one), each new file's inode is looked for past those
+    # deleted in the last minute or more; a case's thousands of deletions would charge the
+    # next case's output for them.
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as root:
+        print(f"output and state in {root} ({filesystem_of(Path(root))})", flush=True)
+        for count in args.merchants:
+            for night in args.nights:
+                await run_and_print(count, args.seconds, night, Path(root))
+
+
+async def run_and_print(count: int, seconds: float, night: str, root: Path) -> None:
+    o = await case(count, seconds, night, root)
+    print(
+        f"{o.merchants:>9} {o.night:>6} {o.start_s:>7.1f} {o.exports_per_s:>9.1f} "
+        f"{o.share:>5.2f} {o.cpu_ms_per_export:>13.1f} {o.sys_ms_per_export:>4.1f} "
+        f"{o.disk_ms_per_chunk:>13.2f} {o.peak_rss_mb:>11.0f} "
+        f"{o.app_429s:>8} {o.most_in_a_second:>11} {o.stop_s:>6.1f} {o.exit_code:>4} "
+        f"{o.exports:>7}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

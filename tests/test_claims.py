@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -348,6 +349,54 @@ async def test_a_chunk_held_elsewhere_is_waited_for_and_reported_done_elsewhere(
     (held,) = log_events(log_buffer, "chunk.held_elsewhere")
     assert held["host"] == "host-other"
     assert "harvested by another process" in run.summary.render()
+
+
+async def test_chunks_held_elsewhere_are_looked_at_again_soon_then_twice_as_late_each_time(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk another process holds is mostly an export in flight there: the run looks at
+    it again a quarter second after finding it held, then twice as late each time, up to a
+    tenth of the lease (5 s here), and so sees it done soon after its holder completes it."""
+    looks: list[float] = []
+    claim = ProcessLease.claim
+
+    async def looked_at(lease: ProcessLease, chunk_id: int) -> Any:
+        looks.append(clock.monotonic())
+        return await claim(lease, chunk_id)
+
+    monkeypatch.setattr(ProcessLease, "claim", looked_at)
+    async with simulated(tmp_path, clock, merchants=1) as scenario:
+        config = scenario.config()
+        async with await Store.open(config.state_path, clock) as store:
+            chunks = await commands.due_chunks(store, config, select(config, [], [])[0], FULL)
+            await store.register_process(process("other", clock, lease_s=3600))
+            assert all(c.granted for c in await store.claim_chunks([c.id for c in chunks], "other"))
+
+        async def the_other_finishes(harvest: Harvest) -> None:
+            while not looks:
+                await clock.sleep(0.01)
+            await clock.sleep(3)
+            # All of them at 3 s: the fake clock stands still while a thread job runs.
+            still = threading.Event()
+            standing = asyncio.get_running_loop().run_in_executor(None, still.wait)
+            try:
+                async with await Store.open(config.state_path, clock) as store:
+                    for chunk in chunks:
+                        await store.complete_chunk(chunk.id)
+                        await store.release_chunk(chunk.id, "other")
+            finally:
+                still.set()
+                await standing
+
+        run = await harvest(scenario, clock, beside=the_other_finishes)
+    assert run.summary.all_done
+    assert sum(t.chunks_elsewhere for t in run.summary.tallies.values()) == len(chunks)
+    assert scenario.sim.stats.exports_created == 0
+    # Each round looks at every chunk (in no time, on the fake clock). The rounds' starts,
+    # from the first: done at 3 s, seen so at 3.75 s (with a look every 5 s, at 5 s).
+    rounds = [round(at - looks[0], 6) for at in looks]
+    assert sorted(set(rounds)) == [0, 0.25, 0.75, 1.75, 3.75]
+    assert all(rounds.count(start) == len(chunks) for start in rounds)
 
 
 async def test_a_merchant_whose_chunks_are_all_held_elsewhere_waits_behind_the_others(

@@ -81,6 +81,10 @@ class MerchantWork:
     chunks: tuple[ChunkRecord, ...]
 
 
+# The first wait before chunks held by another process are looked at again (_hold_wait_s).
+HOLD_FIRST_LOOK_S = 0.25
+
+
 @dataclass(slots=True, eq=False)
 class _Merchant:
     """A merchant taken up by a runner: its client, and the chunks left to it this run."""
@@ -94,7 +98,9 @@ class _Merchant:
     waited: set[int] = field(default_factory=set)  # deferred ids looked at since the last nap
     reported: set[int] = field(default_factory=set)  # ids logged as held elsewhere
     claims: dict[int, ClaimResult] = field(default_factory=dict)  # taken for its turn
-    put_back_at: float | None = None  # monotonic: when its last turn left chunks deferred
+    look_again_at: float | None = None  # monotonic: when its chunks held elsewhere are next
+    # looked at, once a turn left them deferred
+    hold_wait_s: float = HOLD_FIRST_LOOK_S  # the wait before the next look (see _hold_wait_s)
 
 
 # A merchant waiting for its turn, not yet taken up, or put back with chunks held elsewhere.
@@ -240,9 +246,9 @@ class Harvest:
             item = waiting.popleft()
             if isinstance(item, _Merchant):
                 state = item
-                if state.put_back_at is not None:
+                if state.look_again_at is not None:
                     # Its chunks were all held elsewhere a moment ago: give their holders time.
-                    left_s = state.put_back_at + self._hold_poll_s() - self._clock.monotonic()
+                    left_s = state.look_again_at - self._clock.monotonic()
                     if left_s > 0 and not await self._nap(left_s):
                         return
                     await self.lease.reap()
@@ -257,7 +263,7 @@ class Harvest:
                 await self._turn(state, waiting)
             if state.deferred and not self._stop.is_set():
                 # Held elsewhere: the merchants waiting behind it go first.
-                state.put_back_at = self._clock.monotonic()
+                state.look_again_at = self._clock.monotonic() + self._hold_wait_s(state)
                 waiting.append(state)
 
     async def _turn(self, state: _Merchant, waiting: deque[_Waiting]) -> None:
@@ -281,12 +287,18 @@ class Harvest:
                 if waiting:
                     return  # other merchants wait for the runner: these come after them
                 chunk = state.deferred.popleft()
-                if chunk.id in state.waited:
-                    # A whole round of chunks held elsewhere: give their holders time.
+                now = self._clock.monotonic()
+                leads = chunk.id in state.waited and not (state.look_again_at or 0) > now
+                if leads:
+                    # A whole round of chunks held elsewhere: give their holders time. The
+                    # merchant's other lanes wait for the same instant.
                     state.waited.clear()
-                    if not await self._nap(self._hold_poll_s()):
+                    state.look_again_at = now + self._hold_wait_s(state)
+                if state.look_again_at is not None and state.look_again_at > now:
+                    if not await self._nap(state.look_again_at - now):
                         return
-                    await self.lease.reap()
+                    if leads:
+                        await self.lease.reap()
                 state.waited.add(chunk.id)
             else:
                 return
@@ -294,8 +306,17 @@ class Harvest:
                 await self._claimed(state, chunk)
 
     def _hold_poll_s(self) -> float:
-        """How often a chunk held by another process is looked at again."""
+        """How often, at most, a chunk held by another process is looked at again."""
         return min(5.0, self.lease.lease_s / 10)
+
+    def _hold_wait_s(self, state: _Merchant) -> float:
+        """How long before the merchant's chunks held elsewhere are looked at again. Such a
+        chunk is mostly an export in flight there, done within seconds: the first look
+        comes soon, and each next one twice as late, up to `_hold_poll_s`. A chunk of the
+        merchant found done, or claimed, starts the waits short again."""
+        wait_s = min(state.hold_wait_s, self._hold_poll_s())
+        state.hold_wait_s = min(2 * wait_s, self._hold_poll_s())
+        return wait_s
 
     async def _claimed(self, state: _Merchant, chunk: ChunkRecord) -> None:
         """Harvest the chunk under its claim, or defer it while another process holds it."""
@@ -308,6 +329,7 @@ class Harvest:
             if claim.granted:
                 await self.lease.release(chunk.id)
             state.waited.discard(chunk.id)
+            state.hold_wait_s = HOLD_FIRST_LOOK_S
             tally.chunks_done += 1
             tally.chunks_elsewhere += 1
             self._observer.chunk_completed(ExportType(chunk.type), 0, 0)
@@ -328,6 +350,7 @@ class Harvest:
             state.deferred.append(claim.chunk)
             return
         state.waited.discard(chunk.id)
+        state.hold_wait_s = HOLD_FIRST_LOOK_S
         chunk = claim.chunk  # as it stands now: another process may have moved it on
         released = False  # the claim went with the chunk's completion
         try:
