@@ -315,17 +315,17 @@ async def main() -> None:
         f"{APP_REQUESTS_PER_S}/s and 10 in flight; SQLite; SIGTERM {args.seconds:g} s after "
         "the first export"
     )
-    print(
-        f"{'merchants':>9} {'night':>6} {'start s':>7} {'exports/s':>9} {'share':>5} "
-        f"{'CPU ms/export':>13} {'sys':>4} {'disk ms/chunk':>13} {'peak RSS MB':>11} "
-        f"{'app 429s':>8} {'most in 1 s':>11} {'stop s':>6} {'exit':>4} {'exports':>7}"
-    )
-    # Every case's folder is deleted only once all have run. On an ext4 without a journal
-    # (this project's CI machines have one), each new file's inode is looked for past those
-    # deleted in the last minute or more; a case's thousands of deletions would charge the
-    # next case's output for them.
+    # Every case's folder is deleted only once all have run. On an ext4 without a journal,
+    # each new file's inode is looked for past those deleted in the last minute or more: a
+    # case's thousands of deletions would charge the next case's output for them.
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as root:
-        print(f"output and state in {root} ({filesystem_of(Path(root))})", flush=True)
+        print(f"output and state in {root} ({filesystem_of(Path(root))})")
+        print(
+            f"{'merchants':>9} {'night':>6} {'start s':>7} {'exports/s':>9} {'share':>5} "
+            f"{'CPU ms/export':>13} {'sys':>4} {'disk ms/chunk':>13} {'peak RSS MB':>11} "
+            f"{'app 429s':>8} {'most in 1 s':>11} {'stop s':>6} {'exit':>4} {'exports':>7}",
+            flush=True,
+        )
         for count in args.merchants:
             for night in args.nights:
                 await run_and_print(count, args.seconds, night, Path(root))
