@@ -329,7 +329,7 @@ async def open_store(config: Config, output: Output, clock: Clock) -> StateStore
     """
     store = await open_state(config, clock)
     await store.start_run()
-    await reap(store, clock)
+    await reap(store)
     now = clock.now()
     processes = await store.processes()
     gone = {p.id for p in processes if p.lease_until <= now}

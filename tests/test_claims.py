@@ -260,10 +260,33 @@ async def test_reap_ends_processes_of_this_machine_whose_pid_is_gone(
     await store.register_process(process("dead", clock, machine=machine_id(), pid=dead_pid))
     await store.register_process(process("far", clock, machine="other-box", pid=dead_pid))
     with capture_logs() as logs:
-        assert await reap(store, clock) == ["dead"]
+        assert await reap(store) == ["dead"]
     assert [log["event"] for log in logs] == ["lease.reaped"]
     live = {p.id for p in await store.processes() if p.lease_until > clock.now()}
     assert live == {"far"}
+
+
+async def test_live_processes_are_those_whose_lease_runs_on_the_machine_asked_for(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """What `processes` says of the live ones (the lease running now), optionally of one
+    machine, oldest first: reap reads these, not every process that ever ran."""
+    await store.register_process(process("old", clock, lease_s=10, machine="here"))
+    clock.advance(1)
+    await store.register_process(process("here", clock, machine="here"))
+    clock.advance(1)
+    await store.register_process(process("far", clock, machine="there"))
+    clock.advance(1)
+    await store.register_process(process("ended", clock, machine="here"))
+    await store.end_process("ended")
+    clock.advance(8)  # "old"'s lease has run out
+    everyone = await store.processes()
+    assert [p.id for p in everyone] == ["old", "here", "far", "ended"]
+    live = [p for p in everyone if p.lease_until > clock.now()]
+    assert await store.live_processes() == live
+    assert [p.id for p in live] == ["here", "far"]
+    assert [p.id for p in await store.live_processes("here")] == ["here"]
+    assert await store.live_processes("nowhere") == []
 
 
 async def test_status_snapshot_names_the_holder_of_each_claim(
@@ -352,16 +375,21 @@ async def test_a_chunk_held_elsewhere_is_waited_for_and_reported_done_elsewhere(
 
 
 async def test_chunks_held_elsewhere_are_looked_at_again_soon_then_twice_as_late_each_time(
-    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A chunk another process holds is mostly an export in flight there: the run looks at
     it again a quarter second after finding it held, then twice as late each time, up to a
     tenth of the lease (5 s here), and so sees it done soon after its holder completes it."""
+    # Each step of virtual time lets the loop run 50 ms first (not 2): a lane whose store
+    # call ended just then, on a loaded machine, still looks before time moves on.
+    clock = FakeClock(START, tick_s=0.05)
     looks: list[float] = []
+    first_look = asyncio.Event()
     claim = ProcessLease.claim
 
     async def looked_at(lease: ProcessLease, chunk_id: int) -> Any:
         looks.append(clock.monotonic())
+        first_look.set()
         return await claim(lease, chunk_id)
 
     monkeypatch.setattr(ProcessLease, "claim", looked_at)
@@ -373,8 +401,7 @@ async def test_chunks_held_elsewhere_are_looked_at_again_soon_then_twice_as_late
             assert all(c.granted for c in await store.claim_chunks([c.id for c in chunks], "other"))
 
         async def the_other_finishes(harvest: Harvest) -> None:
-            while not looks:
-                await clock.sleep(0.01)
+            await first_look.wait()
             await clock.sleep(3)
             # All of them at 3 s: the fake clock stands still while a thread job runs.
             still = threading.Event()

@@ -96,17 +96,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-async def reap(store: StateStore, clock: Clock, machine: str | None = None) -> list[str]:
+async def reap(store: StateStore, machine: str | None = None) -> list[str]:
     """End the leases of processes on this machine whose pid is gone; returns their ids."""
     here = machine or machine_id()
-    now = clock.now()
     gone = [
         process.id
-        for process in await store.processes()
-        if process.lease_until > now
-        and process.machine == here
-        and process.pid != os.getpid()
-        and not pid_alive(process.pid)
+        for process in await store.live_processes(here)
+        if process.pid != os.getpid() and not pid_alive(process.pid)
     ]
     for process_id in gone:
         await store.end_process(process_id)
@@ -192,12 +188,11 @@ class ProcessLease:
 
     async def reap(self) -> list[str]:
         """End the leases of processes on this machine whose pid is gone; their ids."""
-        return await reap(self.store, self._clock, self.owner.machine)
+        return await reap(self.store, self.owner.machine)
 
     async def live_owners(self) -> set[str]:
         """Ids of the processes whose lease runs now, this one included."""
-        now = self._clock.now()
-        return {p.id for p in await self.store.processes() if p.lease_until > now}
+        return {p.id for p in await self.store.live_processes()}
 
     async def gone_owners(self) -> set[str]:
         """Ids of the processes whose lease has ended (known to have stopped or died)."""

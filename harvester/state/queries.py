@@ -579,6 +579,23 @@ def processes(at: At) -> Work[list[ProcessRecord]]:
     return [process_record(row) for row in rows]
 
 
+def live_processes(at: At, machine: str | None = None) -> Work[list[ProcessRecord]]:
+    """The processes whose lease runs now (those on `machine`, if given), oldest first:
+    what `processes` says of them, without reading every process that ever ran."""
+    if machine is None:
+        rows = yield every(
+            "SELECT * FROM processes WHERE lease_until_ms > ? ORDER BY started_at_ms, id",
+            (at.now,),
+        )
+    else:
+        rows = yield every(
+            "SELECT * FROM processes WHERE lease_until_ms > ? AND machine = ?"
+            " ORDER BY started_at_ms, id",
+            (at.now, machine),
+        )
+    return [process_record(row) for row in rows]
+
+
 def claim_chunk(at: At, chunk_id: int, owner: str) -> Work[ClaimResult]:
     """Take the chunk for `owner` unless a process whose lease runs holds it.
 

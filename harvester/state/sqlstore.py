@@ -121,6 +121,7 @@ class SqlStore:
     renew_process = _timed_write(queries.renew_process)
     end_process = _timed_write(queries.end_process)
     processes = _read(queries.processes)
+    live_processes = _timed_read(queries.live_processes)
     claim_chunk = _timed_write(queries.claim_chunk)
     claim_chunks = _timed_write(queries.claim_chunks)
     holds_chunk = _read(queries.holds_chunk)
