@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import defaultdict
 from collections.abc import Mapping
@@ -645,6 +646,37 @@ async def test_a_share_raised_lets_waiters_held_by_concurrency_through(clock: Fa
     assert traffic.starts["m2"] == [0.0]
     await holding.__aexit__(None, None, None)
     assert limiter.in_flight_total == 0
+
+
+async def test_a_hold_starts_nothing_until_it_ends_or_is_lifted_and_lowers_no_rate(
+    clock: FakeClock,
+) -> None:
+    """`hold_until` keeps every request waiting until its instant (infinity: until told
+    again); a later call replaces it, so a hold can be shortened or lifted. Unlike a pause it
+    leaves the rate alone, and it reports itself in `held_for`, not `app_paused_for`."""
+    limiter = RequestLimiter(clock, 1000, 1000, 40, 1000)
+    traffic = Traffic(clock, limiter)
+    limiter.hold_until(math.inf)
+    waiting = [asyncio.create_task(traffic.request(f"a{n}", 0.0)) for n in range(3)]
+    await until(lambda: limiter.waiting == 3)
+    clock.advance(10.0)
+    await asyncio.sleep(0)
+    assert limiter.waiting == 3
+    assert traffic.all_starts == []
+    assert limiter.held_for == math.inf
+    assert limiter.app_paused_for == 0.0
+    limiter.hold_until(clock.monotonic() + 0.5)  # shortened: ends half a second from now
+    assert limiter.held_for == 0.5
+    await asyncio.gather(*waiting)
+    assert traffic.all_starts == [10.5] * 3
+    assert limiter.app_rate == 40
+    limiter.hold_until(clock.monotonic() + 5.0)
+    later = asyncio.create_task(traffic.request("b", 0.0))
+    await until(lambda: limiter.waiting == 1)
+    limiter.hold_until(-math.inf)  # lifted
+    await later
+    assert traffic.starts["b"] == [10.5]
+    assert limiter.held_for == 0.0
 
 
 async def test_only_an_app_pause_asked_for_here_is_handed_on(clock: FakeClock) -> None:

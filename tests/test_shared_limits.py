@@ -38,6 +38,7 @@ HOST = "https://api.example"
 # a heartbeat of 10 s).
 HAND_OFF_S = 0.2
 IDLE_S = 0.1  # a process with nothing to send this long leaves the host's users
+JOIN_HOLD_S = 0.3  # how long a process joining others waits before its first request
 
 
 async def eventually(condition: Callable[[], bool], within_s: float = 2.0) -> float:
@@ -62,10 +63,12 @@ class Process:
     sharing: asyncio.Task[None] | None = None
     working: contextlib.AsyncExitStack | None = None
 
-    def share(self, app_concurrent: int = 10, idle_s: float = IDLE_S) -> None:
+    def share(
+        self, app_concurrent: int = 10, idle_s: float = IDLE_S, join_hold_s: float = JOIN_HOLD_S
+    ) -> None:
         clock = SystemClock()
         limits = SharedLimits(
-            self.limiter, self.lease, HOST, 3, app_concurrent, clock, clock, idle_s
+            self.limiter, self.lease, HOST, 3, app_concurrent, clock, clock, idle_s, join_hold_s
         )
         self.sharing = asyncio.create_task(limits.run(self.done))
 
@@ -142,6 +145,37 @@ async def test_the_shares_of_the_processes_on_a_host_sum_to_its_budget(
         assert three[0].limiter.app_rate == 45
         await three[1].work()  # back with requests to make: back to a half each
         await eventually(lambda: three[0].limiter.shares == three[1].limiter.shares == 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_process_starts_nothing_before_it_has_its_share(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Alone on a host, a process's first request waits only for it to join the host's
+    users. Joining a host another process uses, it waits until the other has taken its
+    smaller share and what it sent under the larger one has left the window (the hold):
+    at no instant do the two run with more than the whole budget between them. So too
+    when it comes back after leaving for idleness."""
+    async with processes(backend, request, tmp_path, 2) as (first, second):
+        for process in (first, second):
+            process.share()
+        await asyncio.sleep(0)  # each sharing task under way, as a run's is before its lanes
+        started = time.monotonic()
+        await first.work()
+        assert time.monotonic() - started < HAND_OFF_S
+        assert first.limiter.shares == 1
+        assert first.limiter.held_for == 0.0
+        started = time.monotonic()
+        await second.work()
+        waited_s = time.monotonic() - started
+        assert JOIN_HOLD_S - 0.01 <= waited_s < JOIN_HOLD_S + HAND_OFF_S
+        assert first.limiter.shares == second.limiter.shares == 2
+        await second.rest()
+        await eventually(lambda: first.limiter.shares == 1)  # the second left, idle
+        started = time.monotonic()
+        await second.work()  # back: held again until the first has halved
+        assert time.monotonic() - started >= JOIN_HOLD_S - 0.01
+        assert first.limiter.shares == second.limiter.shares == 2
 
 
 async def test_more_processes_than_the_app_concurrency_are_warned_of(

@@ -61,6 +61,7 @@ class _Budget:
         # late the network delivers them. The ends of the last N answered are kept.
         self.recent_ends: deque[float] = deque(maxlen=self.ceiling)
         self.paused_until = -math.inf
+        self.held_until = -math.inf  # set by `RequestLimiter.hold_until`, lowered too
         self._starts_at_rate = 0  # starts since the rate last changed
 
     def resize(self, requests_per_s: float, concurrent: int) -> None:
@@ -96,7 +97,7 @@ class _Budget:
         rate_free_at = (
             ends[len(ends) - free] + _RATE_WINDOW_S if 0 < free <= len(ends) else -math.inf
         )
-        return max(rate_free_at, self.paused_until)
+        return max(rate_free_at, self.paused_until, self.held_until)
 
     def can_start(self, now: float) -> bool:
         return self.in_flight < min(self.concurrent, self.rate) and self.ready_at() <= now
@@ -231,6 +232,21 @@ class RequestLimiter:
         rate lowered once per burst here too, but not handed on again."""
         self._pause(Scope.APP, "", seconds)
 
+    def hold_until(self, instant: float) -> None:
+        """Start no request before the monotonic `instant` (`math.inf`: until told again),
+        whatever the budgets allow; an earlier hold is replaced, so `-math.inf` lifts it.
+        Unlike a pause it lowers no rate: it is how a process waits for its share of a
+        host (state/shared.py). Requests granted but not sent go back to the line."""
+        self._app.held_until = instant
+        if instant > self._clock.monotonic():
+            self._revoke(lambda waiter: True)
+        self._grant()
+
+    @property
+    def held_for(self) -> float:
+        """Seconds left of the hold in force (`hold_until`); 0 if none."""
+        return max(0.0, self._app.held_until - self._clock.monotonic())
+
     def share(self, shares: int) -> None:
         """Run with one `shares`-th of every budget from now on: the app's and each token's
         rate divided by `shares`, their concurrency too but never below one (so more shares
@@ -273,14 +289,18 @@ class RequestLimiter:
         if scope is Scope.APP and budget.paused_until <= now:
             budget.slow_down()
         budget.paused_until = max(budget.paused_until, now + seconds)
-        revoked = [w for w in self._granted if scope is Scope.APP or w.key == key]
+        self._revoke(lambda waiter: scope is Scope.APP or waiter.key == key)
+        self._grant()
+
+    def _revoke(self, which: Callable[[_Waiter], bool]) -> None:
+        """Grants not sent yet, of the waiters `which` picks, taken back: to the line's head."""
+        revoked = [waiter for waiter in self._granted if which(waiter)]
         for waiter in reversed(revoked):
             self._granted.remove(waiter)
             waiter.granted = False
             self._token(waiter.key).unstart()
             self._app.unstart()
             self._waiters.appendleft(waiter)
-        self._grant()
 
     def in_flight(self, key: str) -> int:
         """Requests of `key` now inside their block."""

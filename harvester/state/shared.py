@@ -21,6 +21,7 @@ changes the host; a nap on the clock, as long as the waits used to be, stays as 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -44,6 +45,10 @@ ALONE_CHECK_S = 0.25
 # users: its share goes to the processes that have requests to make. It joins again with
 # its next request.
 IDLE_S = 2.0
+# A process that joins a host others use starts nothing for this long: they learn of it
+# within ALONE_CHECK_S (sooner if not alone) and take their smaller shares, and what they
+# sent under their larger ones counts at the server for a second more (Clover's window).
+JOIN_HOLD_S = ALONE_CHECK_S + 1.0
 
 
 class HeldSlot:
@@ -195,6 +200,8 @@ class SharedLimits:
     of each budget: as many shares as users whose lease runs, looked at again whenever the
     host changes (a process joins, leaves, pauses) and at each heartbeat. A process that
     only waits (for chunks held elsewhere, say) takes no share from those that work.
+    Its limiter starts no request while it is not a user: the first one waits for the join,
+    and where other processes use the host, for `join_hold_s` more (JOIN_HOLD_S).
     An app-scope 429 this limiter is told of (`RequestLimiter.on_app_pause`) is written to
     the host's row; one another process wrote is applied here (`hold_app`), so that no
     process starts a request inside it once it has learnt of it (at once on PostgreSQL;
@@ -211,6 +218,7 @@ class SharedLimits:
         clock: Clock,
         timer: Clock,
         idle_s: float = IDLE_S,
+        join_hold_s: float = JOIN_HOLD_S,
     ) -> None:
         """`maximum`: the host's export limit (for a new host row); `clock` the limiter's,
         `timer` the heartbeat's (real time, as the lease's)."""
@@ -222,6 +230,7 @@ class SharedLimits:
         self._clock = clock
         self._timer = timer
         self._idle_s = idle_s
+        self._join_hold_s = join_hold_s
         self._pause_until: datetime | None = None  # asked for here, not written yet
         self._paused_here = asyncio.Event()
         self._joined = False
@@ -234,6 +243,7 @@ class SharedLimits:
         busy = asyncio.Event()
         limiter.on_app_pause = self._pause_asked
         limiter.on_busy = busy.set
+        limiter.hold_until(math.inf)  # until joined
         log = get_logger()
         try:
             while not done.is_set():
@@ -245,8 +255,12 @@ class SharedLimits:
                     await self._look(done)
                 except HarvesterError as exc:  # a busy store now and then must not end the run
                     log.warning("host.limits_not_read", host=self._host, error=str(exc))
+                    # Requests go on with the share this process last had, as they would
+                    # if it had joined.
+                    limiter.hold_until(-math.inf)
                     await wait_first(done.wait(), self._timer.sleep(self._idle_s))
         finally:
+            limiter.hold_until(-math.inf)
             limiter.on_app_pause = None
             limiter.on_busy = None
             if self._joined:
@@ -263,12 +277,19 @@ class SharedLimits:
         """Join if need be, take this process's share, wait for a change, read it."""
         store = self._lease.store
         signals = store.host_signals()
-        if not self._joined:
+        joining = not self._joined
+        if joining:
             self._mark = await signals.mark(self._host)
             self._view = await store.join_host(self._host, self._owner, self._maximum)
             self._joined = True
         view = self._view
         self._apply(view)
+        if joining:
+            # Its share, now known, is used at once if it is alone; else once the others
+            # have taken theirs and what they sent before counts no more (JOIN_HOLD_S).
+            self._limiter.hold_until(
+                self._clock.monotonic() + self._join_hold_s if view.users > 1 else -math.inf
+            )
         waits = [
             done.wait(),
             self._paused_here.wait(),
@@ -282,6 +303,7 @@ class SharedLimits:
         if self._limiter.idle_for >= self._idle_s:
             # Nothing to send for a while: the share goes to those that have.
             self._joined = False
+            self._limiter.hold_until(math.inf)  # until joined again
             await store.leave_host(self._host, self._owner)
             return
         self._view = await store.host_view(self._host)
