@@ -288,7 +288,8 @@ class Harvest:
                     return  # other merchants wait for the runner: these come after them
                 chunk = state.deferred.popleft()
                 now = self._clock.monotonic()
-                leads = chunk.id in state.waited and not (state.look_again_at or 0) > now
+                due = state.look_again_at is None or state.look_again_at <= now
+                leads = chunk.id in state.waited and due
                 if leads:
                     # A whole round of chunks held elsewhere: give their holders time. The
                     # merchant's other lanes wait for the same instant.

@@ -16,7 +16,7 @@ import bisect
 import json
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from harvester.clover.chunks import ExportType, TimeRange
 from harvester.errors import ChunkOverlap, StoreError
@@ -582,17 +582,16 @@ def processes(at: At) -> Work[list[ProcessRecord]]:
 def live_processes(at: At, machine: str | None = None) -> Work[list[ProcessRecord]]:
     """The processes whose lease runs now (those on `machine`, if given), oldest first:
     what `processes` says of them, without reading every process that ever ran."""
-    if machine is None:
-        rows = yield every(
-            "SELECT * FROM processes WHERE lease_until_ms > ? ORDER BY started_at_ms, id",
-            (at.now,),
-        )
-    else:
-        rows = yield every(
-            "SELECT * FROM processes WHERE lease_until_ms > ? AND machine = ?"
-            " ORDER BY started_at_ms, id",
-            (at.now, machine),
-        )
+    conditions = ["lease_until_ms > ?"]
+    params: list[Any] = [at.now]
+    if machine is not None:
+        conditions.append("machine = ?")
+        params.append(machine)
+    rows = yield every(
+        f"SELECT * FROM processes WHERE {' AND '.join(conditions)}"  # noqa: S608 -- ours, bound
+        " ORDER BY started_at_ms, id",
+        params,
+    )
     return [process_record(row) for row in rows]
 
 
