@@ -15,6 +15,11 @@ no app 429 and at most 50 in any second).
 
     make bench-app-limit    # or: .venv/bin/python -m benchmarks.bench_app_limit
         [--merchants 200] [--backends sqlite postgresql] [--processes 1 3]
+        [--stop-one-after SECONDS]
+
+`--stop-one-after`: one of several processes gets SIGTERM that long after the start, as an
+operator stops a backfill next to the nightly run (its exit code then reads 143). The others
+take its share; what it sent in its last second still counts at the server.
 
 The harvesters are started in a folder of their own: with PYTHONPATH=DIR they run the
 package found in DIR (another checkout, for figures before a change), the simulator this one.
@@ -108,6 +113,7 @@ async def case(
     merchant_count: int,
     server: PgServer | None,
     keep_logs: Path | None,
+    stop_one_s: float | None = None,
 ) -> Outcome:
     merchants = {f"LIMIT{n:04d}SHOP": f"limit-token-{n:04d}-abcdef" for n in range(merchant_count)}
     async with Simulator(settings(merchants), SystemClock(), Faults()) as sim:
@@ -145,6 +151,13 @@ async def case(
                     )
                     for n in range(processes)
                 ]
+                if stop_one_s is not None and processes > 1:
+                    # One process stopped mid-run, as an operator stops a backfill: the others
+                    # take its share, and its last second still counts at the server.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(running[-1].wait(), stop_one_s)
+                    if running[-1].returncode is None:
+                        running[-1].terminate()
                 codes = tuple([await process.wait() for process in running])
             seconds = time.perf_counter() - started
         stats = sim.stats
@@ -169,6 +182,12 @@ async def main() -> None:
     )
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--logs", type=Path, help="keep each harvester's debug log in this folder")
+    parser.add_argument(
+        "--stop-one-after",
+        type=float,
+        metavar="SECONDS",
+        help="SIGTERM one of several processes this long after the start (its exit code: 143)",
+    )
     args = parser.parse_args()
     print(
         f"{args.merchants} merchants x 2 types, one {DAYS}-day chunk each; server limit "
@@ -190,6 +209,7 @@ async def main() -> None:
                     args.merchants,
                     server if backend == "postgresql" else None,
                     args.logs,
+                    args.stop_one_after,
                 )
                 exits = ",".join(str(code) for code in o.exit_codes)
                 print(

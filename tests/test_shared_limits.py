@@ -39,6 +39,7 @@ HOST = "https://api.example"
 HAND_OFF_S = 0.2
 IDLE_S = 0.1  # a process with nothing to send this long leaves the host's users
 JOIN_HOLD_S = 0.3  # how long a process joining others waits before its first request
+GROW_AFTER_S = 0.3  # how long after another process left a process takes its share
 
 
 async def eventually(condition: Callable[[], bool], within_s: float = 2.0) -> float:
@@ -68,7 +69,16 @@ class Process:
     ) -> None:
         clock = SystemClock()
         limits = SharedLimits(
-            self.limiter, self.lease, HOST, 3, app_concurrent, clock, clock, idle_s, join_hold_s
+            self.limiter,
+            self.lease,
+            HOST,
+            3,
+            app_concurrent,
+            clock,
+            clock,
+            idle_s,
+            join_hold_s,
+            GROW_AFTER_S,
         )
         self.sharing = asyncio.create_task(limits.run(self.done))
 
@@ -122,8 +132,9 @@ async def test_the_shares_of_the_processes_on_a_host_sum_to_its_budget(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """Three processes with requests to make on a host run with a third each of the app's
-    rate and concurrency (and the tokens'); one ending gives its share back to the two
-    others at once, and one with nothing more to send gives it back once idle a while."""
+    rate and concurrency (and the tokens'). One ending gives its share back to the two
+    others, and one with nothing more to send gives it back once idle a while: they take it
+    once what it sent just before has left the server's window (the grow wait), not before."""
     async with processes(backend, request, tmp_path, 3) as three:
         for process in three:
             process.share()
@@ -136,12 +147,12 @@ async def test_the_shares_of_the_processes_on_a_host_sum_to_its_budget(
         assert sum(p.limiter.app_concurrent for p in three) == 9  # 10 // 3 each
         await three[2].leave()
         took_s = await eventually(lambda: all(p.limiter.shares == 2 for p in three[:2]))
-        assert took_s < 0.5
+        assert GROW_AFTER_S - 0.01 <= took_s < GROW_AFTER_S + 0.5
         assert sum(p.limiter.app_rate for p in three[:2]) == 44  # 22.5 each, fractions dropped
         assert sum(p.limiter.app_concurrent for p in three[:2]) == 10
         await three[1].rest()
         took_s = await eventually(lambda: three[0].limiter.shares == 1)
-        assert took_s < IDLE_S + 0.5
+        assert IDLE_S + GROW_AFTER_S - 0.01 <= took_s < IDLE_S + GROW_AFTER_S + 0.5
         assert three[0].limiter.app_rate == 45
         await three[1].work()  # back with requests to make: back to a half each
         await eventually(lambda: three[0].limiter.shares == three[1].limiter.shares == 2)

@@ -49,6 +49,10 @@ IDLE_S = 2.0
 # within ALONE_CHECK_S (sooner if not alone) and take their smaller shares, and what they
 # sent under their larger ones counts at the server for a second more (Clover's window).
 JOIN_HOLD_S = ALONE_CHECK_S + 1.0
+# A process that leaves a host (it exits, or has had nothing to send for IDLE_S) may have
+# sent its last requests just before, under its share, and they count at the server for a
+# second more (Clover's window): the others take its share only once that has passed.
+GROW_AFTER_S = 1.0
 
 
 class HeldSlot:
@@ -201,7 +205,10 @@ class SharedLimits:
     host changes (a process joins, leaves, pauses) and at each heartbeat. A process that
     only waits (for chunks held elsewhere, say) takes no share from those that work.
     Its limiter starts no request while it is not a user: the first one waits for the join,
-    and where other processes use the host, for `join_hold_s` more (JOIN_HOLD_S).
+    and where other processes use the host, for `join_hold_s` more (JOIN_HOLD_S). Its share
+    shrinks as soon as another process joins, and grows `grow_after_s` after one has left
+    (GROW_AFTER_S): at no instant do the shares in use, and what was sent under them in the
+    server's window, add up to more than the whole.
     An app-scope 429 this limiter is told of (`RequestLimiter.on_app_pause`) is written to
     the host's row; one another process wrote is applied here (`hold_app`), so that no
     process starts a request inside it once it has learnt of it (at once on PostgreSQL;
@@ -219,6 +226,7 @@ class SharedLimits:
         timer: Clock,
         idle_s: float = IDLE_S,
         join_hold_s: float = JOIN_HOLD_S,
+        grow_after_s: float = GROW_AFTER_S,
     ) -> None:
         """`maximum`: the host's export limit (for a new host row); `clock` the limiter's,
         `timer` the heartbeat's (real time, as the lease's)."""
@@ -231,6 +239,10 @@ class SharedLimits:
         self._timer = timer
         self._idle_s = idle_s
         self._join_hold_s = join_hold_s
+        self._grow_after_s = grow_after_s
+        # Fewer users seen: how many, and when (the limiter's monotonic clock) the share
+        # grows to match; None while the share matches the users.
+        self._growing: tuple[int, float] | None = None
         self._pause_until: datetime | None = None  # asked for here, not written yet
         self._paused_here = asyncio.Event()
         self._joined = False
@@ -295,6 +307,8 @@ class SharedLimits:
             self._paused_here.wait(),
             self._timer.sleep(min(self._beat_s(view), self._idle_s)),
         ]
+        if self._growing is not None:
+            waits.append(self._clock.sleep(self._growing[1] - self._clock.monotonic()))
         if not signals.polled or view.users > 1:
             waits.append(signals.wait(self._host, self._mark))
         await wait_first(*waits)
@@ -327,7 +341,7 @@ class SharedLimits:
 
     def _apply(self, view: HostView) -> None:
         limiter = self._limiter
-        users = max(1, view.users)
+        users = self._shares_for(max(1, view.users))
         if users != limiter.shares:
             limiter.share(users)
             get_logger().info(
@@ -344,6 +358,21 @@ class SharedLimits:
             left_s = (view.app_paused_until - self._clock.now()).total_seconds()
             if left_s > limiter.app_paused_for + 0.001:  # not this limiter's own pause
                 limiter.hold_app(left_s)
+
+    def _shares_for(self, users: int) -> int:
+        """The shares to run with now that the host has `users` users: as many at once if
+        that is no fewer than now, else once `grow_after_s` has passed since fewer were
+        first seen (a further leave starts that wait again)."""
+        if users >= self._limiter.shares:
+            self._growing = None
+            return users
+        now = self._clock.monotonic()
+        if self._growing is None or self._growing[0] != users:
+            self._growing = (users, now + self._grow_after_s)
+        if now < self._growing[1]:
+            return self._limiter.shares
+        self._growing = None
+        return users
 
 
 class RefreshLocks:
