@@ -317,6 +317,7 @@ class SharedLimits:
         if self._limiter.idle_for >= self._idle_s:
             # Nothing to send for a while: the share goes to those that have.
             self._joined = False
+            self._growing = None  # begun again at the join: others may leave meanwhile
             self._limiter.hold_until(math.inf)  # until joined again
             await store.leave_host(self._host, self._owner)
             return
