@@ -36,8 +36,12 @@ Printed per case:
 - app 429s and the most API requests the server saw in any sliding second;
 - stop s: from SIGTERM to exit, and the exit code (143: stopped by SIGTERM, 0: done first).
 
+A single run's CPU per export varies by a fifth or more on a busy machine. `--runs N` runs
+every case N times, the cases in turn each round, and ends with each case's median and range
+of CPU per export.
+
     make bench-scale     # or: .venv/bin/python -m benchmarks.bench_scale [--merchants 1000 10000]
-        [--seconds 60] [--nights first second]
+        [--seconds 60] [--nights first second] [--runs 1]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
@@ -316,7 +321,10 @@ async def main() -> None:
     parser.add_argument(
         "--nights", nargs="+", choices=("first", "second"), default=["first", "second"]
     )
+    parser.add_argument("--runs", type=int, default=1, help="how many times each case runs")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error(f"--runs: at least 1, got {args.runs}")
     print(
         f"merchants x 2 types, one {DAYS}-day chunk each (the second night: one day each, on "
         f"the first's state); server limit {SERVER_LIMIT}, ~0.1 s exports, app limit "
@@ -334,12 +342,21 @@ async def main() -> None:
             f"{'app 429s':>8} {'most in 1 s':>11} {'stop s':>6} {'exit':>4} {'exports':>7}",
             flush=True,
         )
-        for count in args.merchants:
-            for night in args.nights:
-                await run_and_print(count, args.seconds, night, Path(root))
+        cpu_ms: dict[tuple[int, str], list[float]] = {}
+        for _ in range(args.runs):
+            for count in args.merchants:
+                for night in args.nights:
+                    o = await run_and_print(count, args.seconds, night, Path(root))
+                    cpu_ms.setdefault((count, night), []).append(o.cpu_ms_per_export)
+        if args.runs > 1:
+            for (count, night), figures in cpu_ms.items():
+                print(
+                    f"{count:>9} {night:>6} CPU ms/export over {len(figures)} runs: median "
+                    f"{statistics.median(figures):.1f}, {min(figures):.1f} to {max(figures):.1f}"
+                )
 
 
-async def run_and_print(count: int, seconds: float, night: str, root: Path) -> None:
+async def run_and_print(count: int, seconds: float, night: str, root: Path) -> Outcome:
     o = await case(count, seconds, night, root)
     print(
         f"{o.merchants:>9} {o.night:>6} {o.start_s:>7.1f} {o.exports_per_s:>9.1f} "
@@ -349,6 +366,7 @@ async def run_and_print(count: int, seconds: float, night: str, root: Path) -> N
         f"{o.exports:>7}",
         flush=True,
     )
+    return o
 
 
 if __name__ == "__main__":
